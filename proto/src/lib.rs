@@ -1,0 +1,84 @@
+//! The quizfs wire protocol: generated gRPC services and messages, plus the
+//! few constants that both ends must agree on.
+
+#[allow(missing_docs, unreachable_pub, unused_qualifications, clippy::all)]
+mod generated {
+    tonic::include_proto!("quizfs.v1");
+}
+
+pub use generated::*;
+
+/// Default TCP port of `storaged` when a peer is given as a bare host.
+pub const DEFAULT_PORT: u16 = 7420;
+
+/// Largest chunk a file is cut into; a chunk is also the unit of healing.
+pub const CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+/// Size of one streamed piece of a chunk in `Chunks.Put` / `Chunks.Get`.
+pub const PIECE_SIZE: usize = 256 * 1024;
+
+/// Largest gRPC message a client-facing service accepts.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Largest gRPC message the Raft transport accepts (batches of log entries).
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Longest file name in bytes, as on Linux.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Longest symlink target in bytes (PATH_MAX).
+pub const MAX_SYMLINK_BYTES: usize = 4096;
+
+/// Largest file size quizfs accepts (8 TiB).
+pub const MAX_FILE_SIZE: u64 = 8 << 40;
+
+/// gRPC metadata key carrying the leader's address on a redirect.
+pub const LEADER_HINT_KEY: &str = "x-quizfs-leader";
+
+/// Inode number of the volume's root directory.
+pub const ROOT_INO: u64 = 1;
+
+/// The blake3 hash that names a chunk.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkHash(pub [u8; 32]);
+
+impl ChunkHash {
+    /// Hashes chunk content.
+    pub fn of(data: &[u8]) -> Self {
+        Self(*blake3::hash(data).as_bytes())
+    }
+
+    /// Parses 32 raw bytes, as they travel in messages.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(Self)
+    }
+
+    /// Parses 64 lowercase hex digits, as in chunk file names.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+
+    /// The full hash as 64 hex digits.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for ChunkHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex()[..12])
+    }
+}
+
+impl std::fmt::Display for ChunkHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}

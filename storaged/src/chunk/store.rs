@@ -1,0 +1,297 @@
+//! The content-addressed chunk store on local disk.
+//!
+//! A chunk lives at `chunks/ab/cd/<64 hex digits>`. It is written to
+//! `tmp/`, synced, renamed into place, and the directory synced, so a chunk
+//! file is either absent or complete. Its hash is checked when it arrives and
+//! whenever it is read; a file whose content does not match its name is moved
+//! to `quarantine/` and never returned.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::SystemTime;
+
+use quizfs_proto::{ChunkHash, CHUNK_SIZE};
+use tokio::io::AsyncWriteExt;
+
+/// Errors of the chunk store, each naming its chunk.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// This node does not hold the chunk.
+    #[error("chunk {0} is not stored on this node")]
+    NotFound(ChunkHash),
+    /// The stored file does not match its hash; it was quarantined.
+    #[error("chunk {0} is corrupt on disk; quarantined")]
+    Corrupt(ChunkHash),
+    /// Received content does not match the claimed hash.
+    #[error("content received for chunk {claimed} hashes to {actual}")]
+    Mismatch {
+        /// The hash the sender named.
+        claimed: ChunkHash,
+        /// The hash of what arrived.
+        actual: ChunkHash,
+    },
+    /// Received content is larger than a chunk may be.
+    #[error("chunk {0} is larger than {CHUNK_SIZE} bytes")]
+    TooLarge(ChunkHash),
+    /// The disk is full.
+    #[error("no space left for chunk {0}")]
+    NoSpace(ChunkHash),
+    /// Another I/O error.
+    #[error("I/O error on chunk {hash}: {source}")]
+    Io {
+        /// The chunk.
+        hash: ChunkHash,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl ChunkError {
+    fn io(hash: ChunkHash, source: io::Error) -> Self {
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            Self::NoSpace(hash)
+        } else {
+            Self::Io { hash, source }
+        }
+    }
+}
+
+/// The chunk files of this node, with an in-memory index of what is present.
+#[derive(Debug)]
+pub struct ChunkStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    quarantine: PathBuf,
+    /// Present chunks and their sizes.
+    present: RwLock<HashMap<ChunkHash, u64>>,
+    bytes: AtomicU64,
+    tmp_seq: AtomicU64,
+    /// Serialises "refresh an existing chunk's age" with garbage collection.
+    gc_lock: Mutex<()>,
+}
+
+impl ChunkStore {
+    /// Opens (creating) the store under `data_dir`, indexing what is there.
+    pub fn open(data_dir: &Path) -> io::Result<Self> {
+        let root = data_dir.join("chunks");
+        let tmp = data_dir.join("tmp");
+        let quarantine = data_dir.join("quarantine");
+        for d in [&root, &tmp, &quarantine] {
+            std::fs::create_dir_all(d)?;
+        }
+        // Leftovers of writes interrupted by a crash.
+        for e in std::fs::read_dir(&tmp)? {
+            let _ = std::fs::remove_file(e?.path());
+        }
+        let mut present = HashMap::new();
+        let mut bytes = 0;
+        for a in std::fs::read_dir(&root)? {
+            for b in std::fs::read_dir(a?.path())? {
+                for f in std::fs::read_dir(b?.path())? {
+                    let f = f?;
+                    if let Some(h) = f.file_name().to_str().and_then(ChunkHash::from_hex) {
+                        let len = f.metadata()?.len();
+                        bytes += len;
+                        present.insert(h, len);
+                    }
+                }
+            }
+        }
+        tracing::info!(chunks = present.len(), bytes, "chunk store opened");
+        Ok(Self {
+            root,
+            tmp,
+            quarantine,
+            present: RwLock::new(present),
+            bytes: AtomicU64::new(bytes),
+            tmp_seq: AtomicU64::new(0),
+            gc_lock: Mutex::new(()),
+        })
+    }
+
+    /// Path of a chunk's file.
+    pub fn path(&self, hash: &ChunkHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+    }
+
+    /// Whether the chunk is present.
+    pub fn contains(&self, hash: &ChunkHash) -> bool {
+        self.present.read().unwrap_or_else(|p| p.into_inner()).contains_key(hash)
+    }
+
+    /// Number of chunks and bytes stored.
+    pub fn stats(&self) -> (u64, u64) {
+        let n = self.present.read().unwrap_or_else(|p| p.into_inner()).len() as u64;
+        (n, self.bytes.load(Ordering::Relaxed))
+    }
+
+    /// Every present chunk.
+    pub fn list(&self) -> Vec<ChunkHash> {
+        self.present.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    }
+
+    fn forget(&self, hash: &ChunkHash) {
+        let removed = self.present.write().unwrap_or_else(|p| p.into_inner()).remove(hash);
+        if let Some(len) = removed {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts receiving a chunk that claims to hash to `hash`.
+    pub async fn writer(&self, hash: ChunkHash) -> Result<ChunkWriter<'_>, ChunkError> {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{}.{n}", hash.to_hex()));
+        let file = tokio::fs::File::create(&path).await.map_err(|e| ChunkError::io(hash, e))?;
+        Ok(ChunkWriter {
+            store: self,
+            hash,
+            guard: TmpGuard(Some(path)),
+            file: Some(file),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        })
+    }
+
+    /// Stores a whole chunk held in memory (used by healing).
+    pub async fn put(&self, hash: ChunkHash, data: &[u8]) -> Result<bool, ChunkError> {
+        let mut w = self.writer(hash).await?;
+        w.write(data).await?;
+        w.finish().await
+    }
+
+    /// Reads and verifies a chunk. A corrupt file is quarantined.
+    pub async fn get(&self, hash: &ChunkHash) -> Result<Vec<u8>, ChunkError> {
+        let path = self.path(hash);
+        let data = match tokio::fs::read(&path).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(hash);
+                return Err(ChunkError::NotFound(*hash));
+            }
+            Err(e) => return Err(ChunkError::io(*hash, e)),
+        };
+        if ChunkHash::of(&data) != *hash {
+            self.quarantine(hash).await;
+            return Err(ChunkError::Corrupt(*hash));
+        }
+        Ok(data)
+    }
+
+    async fn quarantine(&self, hash: &ChunkHash) {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let to = self.quarantine.join(format!("{}.{n}", hash.to_hex()));
+        match tokio::fs::rename(self.path(hash), &to).await {
+            Ok(()) => tracing::error!(hash = %hash, to = %to.display(), "corrupt chunk quarantined"),
+            Err(e) => tracing::error!(hash = %hash, error = %e, "corrupt chunk could not be quarantined"),
+        }
+        self.forget(hash);
+    }
+
+    /// Deletes a chunk if `still_garbage` holds for it and it is older than
+    /// `grace`. Returns whether it was deleted.
+    pub fn remove_if_old(
+        &self,
+        hash: &ChunkHash,
+        grace: std::time::Duration,
+        still_garbage: impl FnOnce() -> bool,
+    ) -> io::Result<bool> {
+        let _g = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.path(hash);
+        let age = std::fs::metadata(&path)?.modified()?.elapsed().unwrap_or_default();
+        if age < grace || !still_garbage() {
+            return Ok(false);
+        }
+        std::fs::remove_file(&path)?;
+        self.forget(hash);
+        Ok(true)
+    }
+}
+
+/// Deletes a temporary file unless it was renamed into place.
+#[derive(Debug)]
+struct TmpGuard(Option<PathBuf>);
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A chunk being received: hashed as it is written, checked at the end.
+#[derive(Debug)]
+pub struct ChunkWriter<'a> {
+    store: &'a ChunkStore,
+    hash: ChunkHash,
+    guard: TmpGuard,
+    file: Option<tokio::fs::File>,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl ChunkWriter<'_> {
+    /// Appends received bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ChunkError> {
+        self.len += data.len() as u64;
+        if self.len > CHUNK_SIZE as u64 {
+            return Err(ChunkError::TooLarge(self.hash));
+        }
+        self.hasher.update(data);
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(data).await.map_err(|e| ChunkError::io(self.hash, e))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the hash and makes the chunk durable. Returns whether the chunk
+    /// was already present.
+    pub async fn finish(mut self) -> Result<bool, ChunkError> {
+        let hash = self.hash;
+        let actual = ChunkHash(*self.hasher.finalize().as_bytes());
+        if actual != hash {
+            return Err(ChunkError::Mismatch { claimed: hash, actual });
+        }
+        let Some(mut file) = self.file.take() else { return Err(ChunkError::NotFound(hash)) };
+        let dest = self.store.path(&hash);
+        if self.store.contains(&hash) {
+            // Restart the garbage-collection grace period: a write that
+            // found the chunk present is about to reference it again.
+            let _g = self.store.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if let Ok(f) = std::fs::File::options().write(true).open(&dest) {
+                if f.set_modified(SystemTime::now()).is_ok() {
+                    return Ok(true);
+                }
+            }
+        }
+        file.flush().await.map_err(|e| ChunkError::io(hash, e))?;
+        file.sync_all().await.map_err(|e| ChunkError::io(hash, e))?;
+        drop(file);
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| ChunkError::io(hash, e))?;
+        let tmp = self.guard.0.take().unwrap_or_default();
+        if let Err(e) = tokio::fs::rename(&tmp, &dest).await {
+            self.guard.0 = Some(tmp);
+            return Err(ChunkError::io(hash, e));
+        }
+        tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+            .await
+            .map_err(|e| ChunkError::io(hash, io::Error::other(e)))?
+            .map_err(|e| ChunkError::io(hash, e))?;
+        let newly = self
+            .store
+            .present
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, self.len)
+            .is_none();
+        if newly {
+            self.store.bytes.fetch_add(self.len, Ordering::Relaxed);
+        }
+        Ok(!newly)
+    }
+}

@@ -1,0 +1,225 @@
+//! The command line of `storaged`, checked: the peer list parses and holds
+//! this node, the listen address resolves, the data directory is writable.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quizfs_proto::DEFAULT_PORT;
+
+/// `storaged` flags.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "storaged", version, about = "quizfs storage daemon: Raft metadata and replicated chunks")]
+pub struct Args {
+    /// Every storage node of the cluster, comma-separated, as host[:port]
+    /// (default port 7420). Give every node the same list.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub peers: Vec<String>,
+    /// This node's entry in --peers. Default: the entry matching --listen,
+    /// else the one matching the hostname.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address to listen on, host[:port]. Default: every interface, on this
+    /// node's port from --peers.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Where metadata, chunks and snapshots are kept.
+    #[arg(long, default_value = "/var/lib/quizfs")]
+    pub data_dir: PathBuf,
+    /// Name of the volume this cluster serves.
+    #[arg(long, default_value = "nas")]
+    pub volume: String,
+    /// Log level or filter (overridden by RUST_LOG).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Take a Raft snapshot after this many log entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_logs: u64,
+    /// Log entries kept after a snapshot, for followers that lag a little.
+    #[arg(long, default_value_t = 1_000)]
+    pub keep_logs: u64,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (lower bound; the upper is twice it), ms.
+    #[arg(long, default_value_t = 500)]
+    pub election_ms: u64,
+    /// Seconds an unreferenced chunk is kept before it is deleted.
+    #[arg(long, default_value_t = 600)]
+    pub gc_grace_secs: u64,
+    /// Seconds between garbage collections.
+    #[arg(long, default_value_t = 60)]
+    pub gc_interval_secs: u64,
+    /// Milliseconds between heal scans.
+    #[arg(long, default_value_t = 1_000)]
+    pub heal_interval_ms: u64,
+}
+
+/// A configuration problem, reported in one line before exiting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A peer entry does not parse.
+    #[error("invalid peer {0:?}: expected host[:port]")]
+    BadPeer(String),
+    /// The same peer is listed twice.
+    #[error("peer {0} is listed twice in --peers")]
+    DuplicatePeer(String),
+    /// This node is not in the peer list.
+    #[error("this node ({0}) is not in --peers {1}; pass --name or --listen with its entry")]
+    NotInPeers(String, String),
+    /// The listen address does not resolve.
+    #[error("cannot listen on {0:?}: {1}")]
+    BadListen(String, String),
+    /// The data directory cannot be used.
+    #[error("data directory {0} is not writable: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// A flag value is out of range.
+    #[error("{0}")]
+    BadValue(&'static str),
+}
+
+/// One storage node as named in `--peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Host name or address.
+    pub host: String,
+    /// gRPC port.
+    pub port: u16,
+}
+
+impl Peer {
+    /// Parses `host[:port]`.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let s = s.trim();
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().map_err(|_| ConfigError::BadPeer(s.to_string()))?),
+            None => (s, DEFAULT_PORT),
+        };
+        if host.is_empty() || host.contains(['/', ' ', ',']) || port == 0 {
+            return Err(ConfigError::BadPeer(s.to_string()));
+        }
+        Ok(Self { host: host.to_string(), port })
+    }
+
+    /// `host:port`, the address other nodes and clients dial.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Every node, in `--peers` order (bootstrap node ids are index + 1).
+    pub peers: Vec<Peer>,
+    /// Index of this node in `peers`.
+    pub self_index: usize,
+    /// Socket to listen on.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Volume name.
+    pub volume: String,
+    /// Snapshot every this many entries.
+    pub snapshot_logs: u64,
+    /// Entries kept after a snapshot.
+    pub keep_logs: u64,
+    /// Raft heartbeat.
+    pub heartbeat: Duration,
+    /// Raft election timeout lower bound.
+    pub election: Duration,
+    /// Garbage collection grace period.
+    pub gc_grace: Duration,
+    /// Garbage collection interval.
+    pub gc_interval: Duration,
+    /// Heal scan interval.
+    pub heal_interval: Duration,
+}
+
+impl Config {
+    /// This node's peer entry.
+    pub fn me(&self) -> &Peer {
+        &self.peers[self.self_index]
+    }
+
+    /// Checks the flags.
+    pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        let mut peers = Vec::new();
+        for p in args.peers.iter().filter(|p| !p.trim().is_empty()) {
+            let peer = Peer::parse(p)?;
+            if peers.contains(&peer) {
+                return Err(ConfigError::DuplicatePeer(peer.addr()));
+            }
+            peers.push(peer);
+        }
+        if peers.is_empty() {
+            return Err(ConfigError::BadValue("--peers lists no node"));
+        }
+        let list = args.peers.join(",");
+        let listen_peer = match &args.listen {
+            Some(l) => Some(Peer::parse(l).map_err(|_| ConfigError::BadListen(l.clone(), "expected host[:port]".into()))?),
+            None => None,
+        };
+        let find = |host: &str, port: Option<u16>| {
+            peers.iter().position(|p| p.host == host && port.is_none_or(|port| p.port == port))
+        };
+        let self_index = if let Some(name) = &args.name {
+            let n = Peer::parse(name)?;
+            let port = name.contains(':').then_some(n.port);
+            find(&n.host, port).ok_or_else(|| ConfigError::NotInPeers(name.clone(), list.clone()))?
+        } else if let Some(l) = &listen_peer {
+            let port = args.listen.as_deref().is_some_and(|s| s.contains(':')).then_some(l.port);
+            find(&l.host, port).ok_or_else(|| ConfigError::NotInPeers(l.host.clone(), list.clone()))?
+        } else {
+            let host = hostname();
+            let short = host.split('.').next().unwrap_or_default().to_string();
+            find(&host, None)
+                .or_else(|| find(&short, None))
+                .ok_or_else(|| ConfigError::NotInPeers(format!("hostname {host}"), list.clone()))?
+        };
+        let me = &peers[self_index];
+        let listen_str = match &listen_peer {
+            Some(l) => format!("{}:{}", l.host, if args.listen.as_deref().is_some_and(|s| s.contains(':')) { l.port } else { me.port }),
+            None => format!("0.0.0.0:{}", me.port),
+        };
+        let listen = listen_str
+            .to_socket_addrs()
+            .map_err(|e| ConfigError::BadListen(listen_str.clone(), e.to_string()))?
+            .next()
+            .ok_or_else(|| ConfigError::BadListen(listen_str.clone(), "no address".into()))?;
+        check_data_dir(&args.data_dir)?;
+        if args.heartbeat_ms == 0 || args.election_ms <= args.heartbeat_ms {
+            return Err(ConfigError::BadValue("--election-ms must be larger than --heartbeat-ms > 0"));
+        }
+        if args.snapshot_logs == 0 {
+            return Err(ConfigError::BadValue("--snapshot-logs must be at least 1"));
+        }
+        Ok(Self {
+            peers,
+            self_index,
+            listen,
+            data_dir: args.data_dir.clone(),
+            volume: args.volume.clone(),
+            snapshot_logs: args.snapshot_logs,
+            keep_logs: args.keep_logs,
+            heartbeat: Duration::from_millis(args.heartbeat_ms),
+            election: Duration::from_millis(args.election_ms),
+            gc_grace: Duration::from_secs(args.gc_grace_secs),
+            gc_interval: Duration::from_secs(args.gc_interval_secs.max(1)),
+            heal_interval: Duration::from_millis(args.heal_interval_ms.max(10)),
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn check_data_dir(dir: &std::path::Path) -> Result<(), ConfigError> {
+    let err = |e| ConfigError::DataDir(dir.to_path_buf(), e);
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"probe").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)?;
+    Ok(())
+}

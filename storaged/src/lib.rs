@@ -1,0 +1,16 @@
+//! The quizfs storage daemon as a library, so the binary only parses flags.
+//!
+//! - [`config`]: the checked command line (peers, this node, data directory).
+//! - [`node`]: wiring, bootstrap or join, start and stop order.
+//! - [`raft`]: openraft types, the sled log store, the tonic transport, snapshots.
+//! - [`meta`]: the metadata state machine: schema, commands, namespace operations.
+//! - [`chunk`]: the content-addressed chunk store, garbage collection, healing.
+//! - [`rpc`]: the gRPC services and the one mapping of errors to gRPC status.
+
+pub mod chunk;
+pub mod config;
+pub mod meta;
+pub mod node;
+pub mod peers;
+pub mod raft;
+pub mod rpc;

@@ -1,0 +1,16 @@
+//! The metadata state machine: what the Raft log is applied to.
+//!
+//! - [`schema`]: key layout in sled and the stored records.
+//! - [`txn`]: the write overlay that makes one command atomic.
+//! - [`ops`]: every namespace command as a function over one transaction.
+//! - [`sessions`]: exactly-once replies per client.
+//! - [`read`]: the read queries served after a read-index check.
+//! - [`state_machine`]: openraft's `RaftStateMachine` over all of the above.
+
+pub mod ops;
+pub mod read;
+pub mod schema;
+pub mod sessions;
+pub mod state_machine;
+pub mod txn;
+pub mod validate;

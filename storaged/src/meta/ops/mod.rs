@@ -1,0 +1,177 @@
+//! Every metadata command as a pure function over one [`Txn`]: the same
+//! command applied to the same state gives the same writes and reply on
+//! every node. Times come from [`Ctx`], inode numbers from a counter in the
+//! state machine.
+
+mod attr;
+mod namespace;
+mod rename;
+
+use quizfs_proto::{self as pb, meta_op::Op};
+
+use super::schema::{
+    self, chunk_key, dirent_key, inode_key, ChunkEntry, DirEntryRec, Inode, KEY_INODE_COUNT,
+    KEY_NEXT_CLIENT, KEY_NEXT_INO, KEY_NEXT_NODE,
+};
+use super::txn::{Fail, OpResult, Txn};
+use super::validate;
+
+/// What a command may use besides the state: the proposer's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// The time stamped on the command by the leader that proposed it.
+    pub now_ns: i64,
+}
+
+/// Applies one operation, returning its reply. A `Fail::Posix` result must
+/// be rolled back by the caller; it becomes the reply's errno.
+pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::MetaReply> {
+    validate::op(op).map_err(Fail::Posix)?;
+    let Some(op) = &op.op else { return Err(Fail::Posix(libc::EINVAL)) };
+    if !matches!(op, Op::AllocNodeId(_)) {
+        ensure_root(txn, ctx)?;
+    }
+    let attr = |a: pb::Attr| pb::MetaReply { errno: 0, attr: Some(a), value: 0 };
+    let done = pb::MetaReply::default();
+    Ok(match op {
+        Op::Create(c) => attr(namespace::create(txn, ctx, c)?),
+        Op::Mkdir(c) => attr(namespace::mkdir(txn, ctx, c)?),
+        Op::Unlink(c) => namespace::unlink(txn, ctx, c.parent, &c.name).map(|()| done)?,
+        Op::Rmdir(c) => namespace::rmdir(txn, ctx, c.parent, &c.name).map(|()| done)?,
+        Op::Rename(c) => rename::rename(txn, ctx, c).map(|()| done)?,
+        Op::Link(c) => attr(namespace::link(txn, ctx, c)?),
+        Op::Symlink(c) => attr(namespace::symlink(txn, ctx, c)?),
+        Op::SetAttr(c) => attr(attr::set_attr(txn, ctx, c)?),
+        Op::CommitWrite(c) => attr(attr::commit_write(txn, ctx, c)?),
+        Op::SetXattr(c) => attr::set_xattr(txn, ctx, c).map(|()| done)?,
+        Op::RemoveXattr(c) => attr::remove_xattr(txn, ctx, c).map(|()| done)?,
+        Op::RegisterClient(_) => pb::MetaReply { value: next_counter(txn, KEY_NEXT_CLIENT, 1)?, ..done },
+        Op::AllocNodeId(_) => pb::MetaReply {
+            value: next_counter(txn, KEY_NEXT_NODE, schema::FIRST_JOINED_NODE_ID)?,
+            ..done
+        },
+        Op::InitVolume(_) => done,
+    })
+}
+
+/// Creates the root directory the first time any command is applied.
+fn ensure_root(txn: &mut Txn<'_>, ctx: &Ctx) -> OpResult<()> {
+    if txn.get_raw(&inode_key(pb::ROOT_INO))?.is_some() {
+        return Ok(());
+    }
+    let root = Inode {
+        mode: schema::S_IFDIR | 0o755,
+        nlink: 2,
+        atime_ns: ctx.now_ns,
+        mtime_ns: ctx.now_ns,
+        ctime_ns: ctx.now_ns,
+        parent: pb::ROOT_INO,
+        ..Inode::default()
+    };
+    txn.put(&inode_key(pb::ROOT_INO), &root);
+    txn.put_u64(KEY_NEXT_INO, pb::ROOT_INO + 1);
+    txn.put_u64(KEY_INODE_COUNT, 1);
+    Ok(())
+}
+
+/// Returns a counter's value and advances it; `first` when it was never used.
+fn next_counter(txn: &mut Txn<'_>, key: &[u8], first: u64) -> OpResult<u64> {
+    let v = txn.get_u64(key)?.max(first);
+    txn.put_u64(key, v + 1);
+    Ok(v)
+}
+
+/// Loads an inode, ENOENT when it does not exist.
+fn load(txn: &Txn<'_>, ino: u64) -> OpResult<Inode> {
+    txn.get(&inode_key(ino))?.ok_or(Fail::Posix(libc::ENOENT))
+}
+
+/// Stores an inode.
+fn save(txn: &mut Txn<'_>, ino: u64, inode: &Inode) {
+    txn.put(&inode_key(ino), inode);
+}
+
+/// Loads a directory: ENOENT if missing, ENOTDIR if not a directory.
+fn load_dir(txn: &Txn<'_>, ino: u64) -> OpResult<Inode> {
+    let dir = load(txn, ino)?;
+    if !dir.is_dir() {
+        return Err(Fail::Posix(libc::ENOTDIR));
+    }
+    Ok(dir)
+}
+
+/// Looks up a name in a directory.
+fn entry(txn: &Txn<'_>, parent: u64, name: &[u8]) -> OpResult<Option<DirEntryRec>> {
+    Ok(txn.get(&dirent_key(parent, name))?)
+}
+
+/// Allocates a new inode number.
+fn alloc_ino(txn: &mut Txn<'_>) -> OpResult<u64> {
+    let ino = next_counter(txn, KEY_NEXT_INO, pb::ROOT_INO + 1)?;
+    let count = txn.get_u64(KEY_INODE_COUNT)?;
+    txn.put_u64(KEY_INODE_COUNT, count + 1);
+    Ok(ino)
+}
+
+/// Adds an entry to a directory and updates the directory's times and
+/// counts. `subdir`: the child is a directory (the parent gains a link).
+fn add_entry(
+    txn: &mut Txn<'_>,
+    ctx: &Ctx,
+    parent: u64,
+    name: &[u8],
+    rec: DirEntryRec,
+) -> OpResult<()> {
+    let mut dir = load_dir(txn, parent)?;
+    dir.entries += 1;
+    if rec.kind == schema::S_IFDIR {
+        dir.nlink += 1;
+    }
+    dir.mtime_ns = ctx.now_ns;
+    dir.ctime_ns = ctx.now_ns;
+    save(txn, parent, &dir);
+    txn.put(&dirent_key(parent, name), &rec);
+    Ok(())
+}
+
+/// Removes an entry from a directory, the mirror of [`add_entry`].
+fn remove_entry(txn: &mut Txn<'_>, ctx: &Ctx, parent: u64, name: &[u8], kind: u32) -> OpResult<()> {
+    let mut dir = load_dir(txn, parent)?;
+    dir.entries = dir.entries.saturating_sub(1);
+    if kind == schema::S_IFDIR {
+        dir.nlink = dir.nlink.saturating_sub(1);
+    }
+    dir.mtime_ns = ctx.now_ns;
+    dir.ctime_ns = ctx.now_ns;
+    save(txn, parent, &dir);
+    txn.remove(&dirent_key(parent, name));
+    Ok(())
+}
+
+/// Drops one link to an inode; the inode and its chunk references go when
+/// the last link does (directories always go).
+fn drop_link(txn: &mut Txn<'_>, ctx: &Ctx, ino: u64) -> OpResult<()> {
+    let mut inode = load(txn, ino)?;
+    if inode.is_dir() || inode.nlink <= 1 {
+        change_refs(txn, &inode.chunks, -1)?;
+        txn.remove(&inode_key(ino));
+        let count = txn.get_u64(KEY_INODE_COUNT)?;
+        txn.put_u64(KEY_INODE_COUNT, count.saturating_sub(1));
+    } else {
+        inode.nlink -= 1;
+        inode.ctime_ns = ctx.now_ns;
+        save(txn, ino, &inode);
+    }
+    Ok(())
+}
+
+/// Adds `delta` to the reference count of every chunk in `chunks`.
+fn change_refs(txn: &mut Txn<'_>, chunks: &[ChunkEntry], delta: i64) -> OpResult<()> {
+    for hash in chunks.iter().filter_map(|c| c.hash.as_ref()) {
+        let key = chunk_key(hash);
+        let n = txn.get_u64(&key)?;
+        let n = if delta >= 0 { n + delta as u64 } else { n.saturating_sub(delta.unsigned_abs()) };
+        txn.put_u64(&key, n);
+    }
+    Ok(())
+}

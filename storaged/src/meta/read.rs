@@ -1,0 +1,116 @@
+//! Read queries against the applied state. The caller has already made the
+//! read linearizable (read index) before calling these.
+
+use quizfs_proto as pb;
+
+use super::schema::{dir_prefix, dirent_key, inode_key, DirEntryRec, Inode, KEY_INODE_COUNT};
+use crate::raft::decode;
+
+/// Errors of a read: the store failed or a record is corrupt.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// sled failed.
+    #[error("state machine read: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record does not decode.
+    #[error("corrupt state machine record: {0}")]
+    Corrupt(#[from] bincode::Error),
+}
+
+/// Most entries one readdir reply carries.
+pub const MAX_READDIR: u32 = 4096;
+
+/// Read access to the state machine tree.
+#[derive(Debug, Clone)]
+pub struct MetaReader {
+    tree: sled::Tree,
+}
+
+impl MetaReader {
+    /// Reads from the state machine tree.
+    pub fn new(tree: sled::Tree) -> Self {
+        Self { tree }
+    }
+
+    /// Loads an inode.
+    pub fn inode(&self, ino: u64) -> Result<Option<Inode>, ReadError> {
+        match self.tree.get(inode_key(ino))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Looks a name up in a directory: (errno, attr).
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Result<pb::Attr, i32>, ReadError> {
+        if let Err(e) = super::validate::name(name) {
+            return Ok(Err(e));
+        }
+        let Some(dir) = self.inode(parent)? else { return Ok(Err(libc::ENOENT)) };
+        if !dir.is_dir() {
+            return Ok(Err(libc::ENOTDIR));
+        }
+        let Some(v) = self.tree.get(dirent_key(parent, name))? else { return Ok(Err(libc::ENOENT)) };
+        let e: DirEntryRec = decode(&v)?;
+        Ok(self.inode(e.ino)?.map(|i| i.attr(e.ino)).ok_or(libc::ENOENT))
+    }
+
+    /// Lists a directory after `after`, at most `limit` entries; the bool
+    /// says whether more follow.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<Result<(Vec<pb::DirEntry>, bool), i32>, ReadError> {
+        let Some(dir) = self.inode(ino)? else { return Ok(Err(libc::ENOENT)) };
+        if !dir.is_dir() {
+            return Ok(Err(libc::ENOTDIR));
+        }
+        let prefix = dir_prefix(ino);
+        let limit = limit.clamp(1, MAX_READDIR) as usize;
+        let start = dirent_key(ino, after);
+        let mut out = Vec::new();
+        let mut more = false;
+        for item in self.tree.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let name = &k[prefix.len()..];
+            if name == after {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            let e: DirEntryRec = decode(&v)?;
+            out.push(pb::DirEntry { name: name.to_vec(), ino: e.ino, mode: e.kind });
+        }
+        Ok(Ok((out, more)))
+    }
+
+    /// Number of inodes in the volume.
+    pub fn inode_count(&self) -> Result<u64, ReadError> {
+        Ok(self
+            .tree
+            .get(KEY_INODE_COUNT)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Iterates the hashes of every referenced chunk.
+    pub fn referenced_chunks(&self) -> impl Iterator<Item = Result<[u8; 32], ReadError>> {
+        self.tree.scan_prefix([super::schema::PREFIX_CHUNK]).map(|item| {
+            let (k, _) = item?;
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&k[1..33]);
+            Ok(h)
+        })
+    }
+
+    /// Whether any file references the chunk.
+    pub fn is_referenced(&self, hash: &[u8; 32]) -> Result<bool, ReadError> {
+        Ok(self.tree.contains_key(super::schema::chunk_key(hash))?)
+    }
+}

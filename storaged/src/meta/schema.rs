@@ -1,0 +1,179 @@
+//! Key layout of the state machine tree and the records stored in it.
+//!
+//! One sled tree holds the whole state machine, so that every command's
+//! writes, `last_applied` and the session table go into one atomic batch.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `A` | applied state: last applied log id and membership |
+//! | `N` + name | counters: next inode, next client id, next node id, inode count |
+//! | `i` + ino (8, BE) | [`Inode`] |
+//! | `d` + parent (8, BE) + name | [`DirEntryRec`] |
+//! | `c` + hash (32) | chunk reference count (8, BE) |
+//! | `s` + client (8, BE) | [`sessions::Session`](super::sessions::Session) |
+
+use std::collections::BTreeMap;
+
+use quizfs_proto as pb;
+use serde::{Deserialize, Serialize};
+
+/// Key of the applied state.
+pub const KEY_APPLIED: &[u8] = b"A";
+/// Key of the next inode number.
+pub const KEY_NEXT_INO: &[u8] = b"Nino";
+/// Key of the next client id.
+pub const KEY_NEXT_CLIENT: &[u8] = b"Nclient";
+/// Key of the next node id.
+pub const KEY_NEXT_NODE: &[u8] = b"Nnode";
+/// Key of the number of inodes.
+pub const KEY_INODE_COUNT: &[u8] = b"Ninodes";
+/// Prefix of inode records.
+pub const PREFIX_INODE: u8 = b'i';
+/// Prefix of directory entries.
+pub const PREFIX_DIRENT: u8 = b'd';
+/// Prefix of chunk reference counts.
+pub const PREFIX_CHUNK: u8 = b'c';
+/// Prefix of client sessions.
+pub const PREFIX_SESSION: u8 = b's';
+
+/// First node id handed out to nodes that join after the bootstrap (the
+/// bootstrap members are 1..=N in `--peers` order).
+pub const FIRST_JOINED_NODE_ID: u64 = 101;
+
+/// File type bits of a mode.
+pub const S_IFMT: u32 = libc::S_IFMT;
+/// Directory type.
+pub const S_IFDIR: u32 = libc::S_IFDIR;
+/// Regular file type.
+pub const S_IFREG: u32 = libc::S_IFREG;
+/// Symlink type.
+pub const S_IFLNK: u32 = libc::S_IFLNK;
+/// Set-group-id bit.
+pub const S_ISGID: u32 = libc::S_ISGID;
+
+/// One inode: POSIX attributes plus what the inode's type needs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Inode {
+    /// Type and permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (symlinks: target length).
+    pub size: u64,
+    /// Link count (directories: 2 + subdirectories).
+    pub nlink: u32,
+    /// Access time, ns since the epoch.
+    pub atime_ns: i64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// Device number of device nodes.
+    pub rdev: u32,
+    /// Directories: the parent directory (the root is its own parent).
+    pub parent: u64,
+    /// Directories: number of entries, so rmdir needs no scan.
+    pub entries: u64,
+    /// Symlinks: the target.
+    pub target: Vec<u8>,
+    /// Regular files: chunk i covers bytes from i * CHUNK_SIZE.
+    pub chunks: Vec<ChunkEntry>,
+    /// Extended attributes.
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Inode {
+    /// Whether the inode is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & S_IFMT == S_IFDIR
+    }
+
+    /// Whether the inode is a regular file.
+    pub fn is_file(&self) -> bool {
+        self.mode & S_IFMT == S_IFREG
+    }
+
+    /// The attributes as they go on the wire.
+    pub fn attr(&self, ino: u64) -> pb::Attr {
+        pb::Attr {
+            ino,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            nlink: self.nlink,
+            atime_ns: self.atime_ns,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            rdev: self.rdev,
+            generation: 0,
+        }
+    }
+}
+
+/// One chunk of a file: the blob's hash (`None`: a hole) and the bytes used.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkEntry {
+    /// blake3 of the stored blob, or `None` for a hole.
+    pub hash: Option<[u8; 32]>,
+    /// How many bytes of the blob the file uses.
+    pub len: u64,
+}
+
+impl ChunkEntry {
+    /// The entry as it goes on the wire.
+    pub fn to_pb(&self) -> pb::ChunkRef {
+        pb::ChunkRef { hash: self.hash.map(|h| h.to_vec()).unwrap_or_default(), len: self.len }
+    }
+}
+
+/// A directory entry: the child and its type bits.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirEntryRec {
+    /// The child's inode.
+    pub ino: u64,
+    /// The child's file type bits.
+    pub kind: u32,
+}
+
+/// Key of an inode record.
+pub fn inode_key(ino: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PREFIX_INODE;
+    k[1..].copy_from_slice(&ino.to_be_bytes());
+    k
+}
+
+/// Key prefix of all entries of a directory.
+pub fn dir_prefix(parent: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PREFIX_DIRENT;
+    k[1..].copy_from_slice(&parent.to_be_bytes());
+    k
+}
+
+/// Key of one directory entry.
+pub fn dirent_key(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + name.len());
+    k.extend_from_slice(&dir_prefix(parent));
+    k.extend_from_slice(name);
+    k
+}
+
+/// Key of a chunk's reference count.
+pub fn chunk_key(hash: &[u8; 32]) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = PREFIX_CHUNK;
+    k[1..].copy_from_slice(hash);
+    k
+}
+
+/// Key of a client session.
+pub fn session_key(client: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PREFIX_SESSION;
+    k[1..].copy_from_slice(&client.to_be_bytes());
+    k
+}

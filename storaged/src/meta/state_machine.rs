@@ -1,0 +1,280 @@
+//! openraft's `RaftStateMachine` over the sled tree: apply, snapshots.
+//!
+//! Each `apply` call commits all its entries, their replies in the session
+//! table and `last_applied` as one sled batch. The state machine is not
+//! flushed per apply: after a crash sled recovers a prefix of batches and
+//! openraft re-applies the rest from the log, which is never purged past a
+//! snapshot that was first synced to disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, RaftSnapshotBuilder};
+use prost::Message;
+use quizfs_proto as pb;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use super::ops::{self, Ctx};
+use super::schema::KEY_APPLIED;
+use super::sessions::{self, Seen};
+use super::txn::{Fail, StoreError, Txn};
+use crate::raft::{
+    decode, encode, read_err, snapshot, write_err, Cmd, CmdReply, Entry, LogId, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
+};
+
+const CURRENT: &str = "current.snap";
+/// Marker key (in the Raft meta tree) set while a snapshot is being loaded
+/// into the state machine; found at start-up, the load is redone.
+const KEY_INSTALLING: &[u8] = b"sm_installing";
+
+type Applied = (Option<LogId>, StoredMembership);
+
+/// The metadata state machine.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    db: sled::Db,
+    tree: sled::Tree,
+    raft_meta: sled::Tree,
+    dir: PathBuf,
+    recv_counter: Arc<AtomicU64>,
+}
+
+fn errno_reply(errno: i32) -> Vec<u8> {
+    pb::MetaReply { errno, ..Default::default() }.encode_to_vec()
+}
+
+fn store_err(e: StoreError) -> StorageError {
+    write_err(ErrorSubject::StateMachine, &e)
+}
+
+fn io_err(verb_write: bool, e: std::io::Error) -> StorageError {
+    if verb_write { write_err(ErrorSubject::Snapshot(None), &e) } else { read_err(ErrorSubject::Snapshot(None), &e) }
+}
+
+impl StateMachine {
+    /// Opens the state machine tree of `db`, with snapshots kept in `dir`.
+    /// Finishes a snapshot load that a crash interrupted.
+    pub fn open(db: &sled::Db, dir: &Path) -> Result<Self, std::io::Error> {
+        std::fs::create_dir_all(dir)?;
+        let sm = Self {
+            db: db.clone(),
+            tree: db.open_tree("sm").map_err(std::io::Error::other)?,
+            raft_meta: db.open_tree("raft_meta").map_err(std::io::Error::other)?,
+            dir: dir.to_path_buf(),
+            recv_counter: Arc::new(AtomicU64::new(0)),
+        };
+        if sm.raft_meta.contains_key(KEY_INSTALLING).map_err(std::io::Error::other)? {
+            tracing::warn!("finishing a snapshot install interrupted by a crash");
+            sm.load_current()?;
+        } else if sm.current_path().exists() {
+            let snap = snapshot::read_meta(&sm.current_path())?.last_log_id;
+            let applied = sm.applied().map_err(std::io::Error::other)?.0;
+            if snap > applied {
+                tracing::warn!(?snap, ?applied, "state machine is behind its snapshot; reloading it");
+                sm.load_current()?;
+            }
+        }
+        Ok(sm)
+    }
+
+    /// The tree, for readers.
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.dir.join(CURRENT)
+    }
+
+    /// Loads the current snapshot file into the tree, guarded by the marker.
+    fn load_current(&self) -> Result<(), std::io::Error> {
+        let other = std::io::Error::other;
+        self.raft_meta.insert(KEY_INSTALLING, b"1".as_slice()).map_err(other)?;
+        self.db.flush().map_err(other)?;
+        let meta = snapshot::import(&self.current_path(), &self.tree)?;
+        let applied: Applied = (meta.last_log_id, meta.last_membership.clone());
+        self.tree.insert(KEY_APPLIED, encode(&applied)).map_err(other)?;
+        self.raft_meta.remove(KEY_INSTALLING).map_err(other)?;
+        self.db.flush().map_err(other)?;
+        Ok(())
+    }
+
+    fn applied(&self) -> Result<Applied, StorageError> {
+        match self.tree.get(KEY_APPLIED).map_err(|e| read_err(ErrorSubject::StateMachine, &e))? {
+            Some(v) => decode(&v).map_err(|e| read_err(ErrorSubject::StateMachine, &e)),
+            None => Ok((None, StoredMembership::default())),
+        }
+    }
+
+    fn apply_cmd(txn: &mut Txn<'_>, cmd: &Cmd) -> Result<Vec<u8>, StoreError> {
+        let Ok(op) = pb::MetaOp::decode(cmd.op.as_slice()) else {
+            return Ok(errno_reply(libc::EINVAL));
+        };
+        if cmd.client_id != 0 {
+            match sessions::seen(txn, cmd.client_id, cmd.seq)? {
+                Seen::Replied(r) => return Ok(r),
+                Seen::Forgotten => {
+                    tracing::warn!(client = cmd.client_id, seq = cmd.seq, "retry of a forgotten request");
+                    return Ok(errno_reply(libc::EIO));
+                }
+                Seen::New => {}
+            }
+        }
+        txn.begin();
+        let reply = match ops::apply(txn, &Ctx { now_ns: cmd.now_ns }, &op) {
+            Ok(r) => {
+                txn.end();
+                r.encode_to_vec()
+            }
+            Err(Fail::Posix(errno)) => {
+                txn.rollback();
+                errno_reply(errno)
+            }
+            Err(Fail::Store(e)) => return Err(e),
+        };
+        if cmd.client_id != 0 {
+            sessions::record(txn, cmd.client_id, cmd.seq, cmd.acked_below, reply.clone())?;
+        }
+        Ok(reply)
+    }
+}
+
+/// Builds a snapshot from an export made while applying was paused.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    exported: Result<(SnapshotMeta, PathBuf), std::io::Error>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, path) = match std::mem::replace(&mut self.exported, Err(std::io::Error::other("used"))) {
+            Ok(x) => x,
+            Err(e) => return Err(io_err(true, e)),
+        };
+        let file = tokio::fs::File::open(&path).await.map_err(|e| io_err(false, e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, "snapshot built");
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<Applied, StorageError> {
+        self.applied()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CmdReply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let (mut last, mut membership) = self.applied()?;
+        let mut txn = Txn::new(&self.tree);
+        let mut replies = Vec::new();
+        for entry in entries {
+            last = Some(entry.log_id);
+            match &entry.payload {
+                EntryPayload::Blank => replies.push(CmdReply::default()),
+                EntryPayload::Normal(cmd) => {
+                    replies.push(CmdReply(Self::apply_cmd(&mut txn, cmd).map_err(store_err)?));
+                }
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    replies.push(CmdReply::default());
+                }
+            }
+        }
+        let applied: Applied = (last, membership);
+        txn.put(KEY_APPLIED, &applied);
+        self.tree.apply_batch(txn.into_batch()).map_err(|e| write_err(ErrorSubject::StateMachine, &e))?;
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Exported here, where openraft does not apply concurrently, so the
+        // snapshot is one consistent state; the builder only opens the file.
+        let exported = tokio::task::block_in_place(|| -> Result<_, std::io::Error> {
+            let (last, membership) = self.applied().map_err(std::io::Error::other)?;
+            let id = format!(
+                "{}-{}-{}",
+                last.map_or(0, |l| l.leader_id.term),
+                last.map_or(0, |l| l.index),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            );
+            let meta = SnapshotMeta { last_log_id: last, last_membership: membership, snapshot_id: id };
+            let tmp = self.dir.join(format!("build-{}.tmp", meta.snapshot_id));
+            // The tree itself goes to disk first: the log may be purged up to
+            // this snapshot as soon as it exists.
+            self.db.flush().map_err(std::io::Error::other)?;
+            snapshot::export(&self.tree, &meta, &tmp)?;
+            std::fs::rename(&tmp, self.current_path())?;
+            File::open(&self.dir)?.sync_all()?;
+            Ok((meta, self.current_path()))
+        });
+        SnapshotBuilder { exported }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let n = self.recv_counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("recv-{n}.tmp"));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| io_err(true, e))?;
+        // Unlinked at once: the open handle is all openraft needs, and
+        // nothing is left behind if the transfer is abandoned.
+        tokio::fs::remove_file(&path).await.map_err(|e| io_err(true, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        tracing::info!(snapshot = %meta.snapshot_id, "installing snapshot");
+        let tmp = self.dir.join("install.tmp");
+        {
+            let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| io_err(true, e))?;
+            snapshot.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| io_err(false, e))?;
+            tokio::io::copy(&mut snapshot, &mut out).await.map_err(|e| io_err(true, e))?;
+            out.flush().await.map_err(|e| io_err(true, e))?;
+            out.sync_all().await.map_err(|e| io_err(true, e))?;
+        }
+        let current = self.current_path();
+        tokio::task::block_in_place(|| -> Result<(), std::io::Error> {
+            snapshot::verify(&tmp)?;
+            std::fs::rename(&tmp, &current)?;
+            File::open(&self.dir)?.sync_all()?;
+            self.load_current()?;
+            // The received meta is authoritative for what was applied.
+            let applied: Applied = (meta.last_log_id, meta.last_membership.clone());
+            self.tree.insert(KEY_APPLIED, encode(&applied)).map_err(std::io::Error::other)?;
+            self.db.flush().map_err(std::io::Error::other)?;
+            Ok(())
+        })
+        .map_err(|e| io_err(true, e))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let path = self.current_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let meta = snapshot::read_meta(&path).map_err(|e| io_err(false, e))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| io_err(false, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+use std::fs::File;

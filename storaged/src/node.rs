@@ -1,0 +1,426 @@
+//! A storage node: opens its stores, serves gRPC, chooses its Raft identity
+//! (bootstrap or join), runs healing and garbage collection, and stops in
+//! order.
+//!
+//! Identity. A node with no identity waits until it has heard from every
+//! peer. If any peer belongs to an initialized cluster, this node lost its
+//! data: it asks the leader for a fresh node id, persists it, and joins as a
+//! new member that replaces its old self (never under its old id with an
+//! empty log). If no peer is initialized, the bootstrap members are
+//! numbered 1..=N in `--peers` order, and the first peer initializes the
+//! cluster once every peer has chosen its identity.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use openraft::SnapshotPolicy;
+use quizfs_proto::{self as pb, cluster_client::ClusterClient, meta_op::Op};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chunk::heal::Healer;
+use crate::chunk::store::ChunkStore;
+use crate::config::Config;
+use crate::meta::read::MetaReader;
+use crate::meta::state_machine::StateMachine;
+use crate::peers::PeerPool;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::{BasicNode, Cmd, NodeId, Raft};
+use crate::rpc::chunk_service::ChunkService;
+use crate::rpc::cluster_service::ClusterService;
+use crate::rpc::meta_service::MetaService;
+use crate::rpc::raft_service::RaftService;
+
+/// sled's page cache; the metadata is small, and the daemon's memory must
+/// stay bounded.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// How long in-flight requests get to finish at shutdown.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Deadline of a probe or join call to a peer.
+const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between rounds of waiting for peers.
+const PEER_RETRY: Duration = Duration::from_millis(300);
+
+const KEY_NODE_ID: &[u8] = b"node_id";
+const KEY_JOIN_PENDING: &[u8] = b"join_pending";
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// sled failed to open.
+    #[error("cannot open the metadata database in {0}: {1}")]
+    Db(String, sled::Error),
+    /// A store failed to open.
+    #[error("cannot open {0}: {1}")]
+    Io(String, std::io::Error),
+    /// The listen socket failed.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// Raft failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// What the services of a node share.
+pub struct NodeState {
+    /// Checked configuration.
+    pub cfg: Config,
+    /// Raft, once the identity is known.
+    pub raft: OnceLock<Raft>,
+    /// The healer, once Raft runs.
+    pub healer: OnceLock<Arc<Healer>>,
+    /// This node's Raft id, 0 until chosen.
+    pub node_id: AtomicU64,
+    /// Reads of the state machine.
+    pub reader: MetaReader,
+    /// The chunk store.
+    pub store: Arc<ChunkStore>,
+    /// Channels to peers.
+    pub pool: PeerPool,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState").field("me", &self.cfg.me()).field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+/// Total and free bytes of the file system holding `dir`.
+pub fn disk_space(dir: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return (0, 0) };
+    let mut s: libc::statvfs = unsafe_zeroed();
+    #[allow(unsafe_code)]
+    // SAFETY: `c` is a NUL-terminated path and `s` a valid statvfs to fill.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    let frsize = s.f_frsize as u64;
+    (s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize)
+}
+
+fn unsafe_zeroed() -> libc::statvfs {
+    #[allow(unsafe_code)]
+    // SAFETY: statvfs is plain old data; all-zero is a valid value.
+    unsafe {
+        std::mem::zeroed()
+    }
+}
+
+fn raft_config(cfg: &Config) -> Result<openraft::Config, StartError> {
+    let ms = |d: Duration| d.as_millis() as u64;
+    openraft::Config {
+        cluster_name: "quizfs".into(),
+        heartbeat_interval: ms(cfg.heartbeat),
+        election_timeout_min: ms(cfg.election),
+        election_timeout_max: ms(cfg.election) * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+        max_in_snapshot_log_to_keep: cfg.keep_logs,
+        snapshot_max_chunk_size: 1024 * 1024,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+async fn probe(pool: &PeerPool, addr: &str) -> Option<pb::ProbeReply> {
+    let mut c = ClusterClient::new(pool.channel(addr).ok()?);
+    let r = tokio::time::timeout(PEER_CALL_TIMEOUT, c.probe(pb::ProbeRequest {})).await.ok()?;
+    r.ok().map(|r| r.into_inner())
+}
+
+/// Calls Join at `addr`, following leader hints a few times.
+async fn join_call(pool: &PeerPool, start: &str, req: pb::JoinRequest) -> Result<u64, String> {
+    let mut addr = start.to_string();
+    for _ in 0..4 {
+        let channel = pool.channel(&addr).map_err(|e| e.to_string())?;
+        let mut c = ClusterClient::new(channel);
+        match tokio::time::timeout(crate::rpc::cluster_service::JOIN_TIMEOUT, c.join(req.clone())).await {
+            Err(_) => return Err(format!("join at {addr} timed out")),
+            Ok(Ok(r)) => return Ok(r.into_inner().node_id),
+            Ok(Err(s)) => match s.metadata().get(pb::LEADER_HINT_KEY).and_then(|v| v.to_str().ok()) {
+                Some(leader) if leader != addr => addr = leader.to_string(),
+                _ => return Err(format!("join at {addr}: {}", s.message())),
+            },
+        }
+    }
+    Err("join: too many redirects".into())
+}
+
+enum Identity {
+    Existing(NodeId),
+    Fresh(NodeId),
+    Joining(NodeId),
+}
+
+/// Decides this node's Raft id, waiting for peers as the module doc says.
+async fn choose_identity(
+    cfg: &Config,
+    meta: &sled::Tree,
+    log: &LogStore,
+    pool: &PeerPool,
+    cancel: &CancellationToken,
+) -> Result<Option<Identity>, StartError> {
+    let db_err = |e| StartError::Db(cfg.data_dir.display().to_string(), e);
+    if let Some(v) = meta.get(KEY_NODE_ID).map_err(db_err)? {
+        let id = u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default());
+        if meta.get(KEY_JOIN_PENDING).map_err(db_err)?.is_some() {
+            return Ok(Some(Identity::Joining(id)));
+        }
+        return Ok(Some(Identity::Existing(id)));
+    }
+    if !log.is_empty().map_err(db_err)? {
+        return Err(StartError::Raft("the Raft log exists but the node id is missing".into()));
+    }
+    let me = cfg.me().addr();
+    let others: Vec<String> = cfg.peers.iter().map(|p| p.addr()).filter(|a| *a != me).collect();
+    let mut rounds = 0u64;
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let mut answered = 0;
+        let mut initialized = None;
+        for addr in &others {
+            if let Some(p) = probe(pool, addr).await {
+                answered += 1;
+                if p.initialized {
+                    initialized = Some(addr.clone());
+                }
+            }
+        }
+        let decided = if let Some(peer) = initialized {
+            tracing::warn!(peer = %peer, "--- empty data directory in an initialized cluster: joining as a new member");
+            match join_call(pool, &peer, pb::JoinRequest { addr: me.clone(), node_id: 0 }).await {
+                Ok(id) => Some(Identity::Joining(id)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not get a node id yet");
+                    None
+                }
+            }
+        } else if answered == others.len() {
+            Some(Identity::Fresh(cfg.self_index as u64 + 1))
+        } else {
+            None
+        };
+        if let Some(identity) = decided {
+            let (id, joining) = match identity {
+                Identity::Joining(id) => (id, true),
+                Identity::Fresh(id) | Identity::Existing(id) => (id, false),
+            };
+            if joining {
+                meta.insert(KEY_JOIN_PENDING, b"1".as_slice()).map_err(db_err)?;
+            }
+            meta.insert(KEY_NODE_ID, id.to_be_bytes().as_slice()).map_err(db_err)?;
+            meta.flush_async().await.map_err(db_err)?;
+            return Ok(Some(identity));
+        }
+        if rounds % 20 == 0 {
+            tracing::info!(answered, peers = others.len(), "waiting for every peer to answer before choosing an identity");
+        }
+        rounds += 1;
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(PEER_RETRY) => {}
+        }
+    }
+}
+
+/// The first peer initializes the cluster once every peer has an identity
+/// and none is initialized; then it creates the volume's root.
+async fn bootstrap(cfg: Config, raft: Raft, pool: PeerPool, cancel: CancellationToken) {
+    let me = cfg.me().addr();
+    loop {
+        if cancel.is_cancelled() || raft.is_initialized().await.unwrap_or(true) {
+            break;
+        }
+        let mut ready = true;
+        for p in cfg.peers.iter().filter(|p| p.addr() != me) {
+            match probe(&pool, &p.addr()).await {
+                Some(r) if r.initialized => return,
+                Some(r) if r.node_id != 0 => {}
+                _ => ready = false,
+            }
+        }
+        if ready {
+            let members: std::collections::BTreeMap<NodeId, BasicNode> = cfg
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as u64 + 1, BasicNode { addr: p.addr() }))
+                .collect();
+            tracing::info!(?members, "--- initializing the cluster");
+            if let Err(e) = raft.initialize(members).await {
+                tracing::warn!(error = %e, "initialize failed");
+            }
+            break;
+        }
+        tokio::time::sleep(PEER_RETRY).await;
+    }
+    // Create the root directory, so the volume is usable at once.
+    let op = prost::Message::encode_to_vec(&pb::MetaOp { op: Some(Op::InitVolume(pb::InitVolume {})) });
+    while !cancel.is_cancelled() {
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let cmd = Cmd { client_id: 0, seq: 0, acked_below: 0, now_ns, op: op.clone() };
+        match raft.client_write(cmd).await {
+            Ok(_) => {
+                tracing::info!("volume ready");
+                return;
+            }
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_))) => {
+                // Another node leads; it is just as good for creating the
+                // root: the first client command creates it there.
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "volume init retry"),
+        }
+        tokio::time::sleep(PEER_RETRY).await;
+    }
+}
+
+/// Completes a join: waits until the leader has made this node a member.
+async fn finish_join(cfg: Config, id: NodeId, meta: sled::Tree, pool: PeerPool, cancel: CancellationToken) {
+    let me = cfg.me().addr();
+    while !cancel.is_cancelled() {
+        for p in cfg.peers.iter().filter(|p| p.addr() != me) {
+            match join_call(&pool, &p.addr(), pb::JoinRequest { addr: me.clone(), node_id: id }).await {
+                Ok(_) => {
+                    let _ = meta.remove(KEY_JOIN_PENDING);
+                    let _ = meta.flush_async().await;
+                    tracing::info!(node = id, "--- joined the cluster as a new member");
+                    return;
+                }
+                Err(e) => tracing::info!(error = %e, "join not complete yet"),
+            }
+        }
+        tokio::time::sleep(PEER_RETRY).await;
+    }
+}
+
+/// Runs a node until `shutdown` is cancelled, then stops in order: stop
+/// accepting, drain requests, stop background work, stop Raft, flush.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let data = cfg.data_dir.clone();
+    let db = sled::Config::new()
+        .path(data.join("meta"))
+        .cache_capacity(SLED_CACHE_BYTES)
+        .open()
+        .map_err(|e| StartError::Db(data.display().to_string(), e))?;
+    let db_err = |e| StartError::Db(data.display().to_string(), e);
+    let log = LogStore::open(&db).map_err(db_err)?;
+    let node_meta = db.open_tree("node").map_err(db_err)?;
+    let sm = StateMachine::open(&db, &data.join("snapshots")).map_err(|e| StartError::Io("snapshots".into(), e))?;
+    let store = Arc::new(ChunkStore::open(&data).map_err(|e| StartError::Io("chunk store".into(), e))?);
+    let pool = PeerPool::default();
+    let state = Arc::new(NodeState {
+        cfg: cfg.clone(),
+        raft: OnceLock::new(),
+        healer: OnceLock::new(),
+        node_id: AtomicU64::new(0),
+        reader: MetaReader::new(sm.tree().clone()),
+        store: store.clone(),
+        pool: pool.clone(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| StartError::Bind(cfg.listen, e))?;
+    tracing::info!(listen = %cfg.listen, me = %cfg.me().addr(), volume = %cfg.volume, "storaged serving");
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(serve(state.clone(), listener, server_stop.clone()));
+
+    let tasks = TaskTracker::new();
+    let work = CancellationToken::new();
+    let identity = tokio::select! {
+        r = choose_identity(&cfg, &node_meta, &log, &pool, &shutdown) => r?,
+        _ = shutdown.cancelled() => None,
+    };
+    let mut raft = None;
+    if let Some(identity) = identity {
+        let (id, fresh, joining) = match identity {
+            Identity::Existing(id) => (id, false, false),
+            Identity::Fresh(id) => (id, true, false),
+            Identity::Joining(id) => (id, false, true),
+        };
+        state.node_id.store(id, Ordering::Relaxed);
+        let network = Network { self_id: id, pool: pool.clone() };
+        let r = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log.clone(), sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let _ = state.raft.set(r.clone());
+        tracing::info!(node = id, "raft started");
+        if joining {
+            tasks.spawn(finish_join(cfg.clone(), id, node_meta.clone(), pool.clone(), work.clone()));
+        } else if fresh && cfg.self_index == 0 {
+            tasks.spawn(bootstrap(cfg.clone(), r.clone(), pool.clone(), work.clone()));
+        }
+        let healer = Arc::new(Healer::new(
+            store.clone(),
+            state.reader.clone(),
+            pool.clone(),
+            r.clone(),
+            id,
+            cfg.heal_interval,
+        ));
+        let _ = state.healer.set(healer.clone());
+        tasks.spawn(healer.run(work.clone()));
+        tasks.spawn(crate::chunk::gc::run(
+            store.clone(),
+            state.reader.clone(),
+            cfg.gc_interval,
+            cfg.gc_grace,
+            work.clone(),
+        ));
+        raft = Some(r);
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("--- shutting down");
+    server_stop.cancel();
+    if tokio::time::timeout(DRAIN_DEADLINE, server).await.is_err() {
+        tracing::warn!("requests still running after the drain deadline");
+    }
+    work.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, tasks.wait()).await;
+    if let Some(r) = raft {
+        if let Err(e) = r.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+    db.flush_async().await.map_err(db_err)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve(state: Arc<NodeState>, listener: tokio::net::TcpListener, stop: CancellationToken) {
+    use tonic::transport::Server;
+    let max = pb::MAX_MESSAGE_BYTES;
+    let raft = pb::raft_transport_server::RaftTransportServer::new(RaftService { state: state.clone() })
+        .max_decoding_message_size(pb::MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(pb::MAX_RAFT_MESSAGE_BYTES);
+    let cluster = pb::cluster_server::ClusterServer::new(ClusterService { state: state.clone() })
+        .max_decoding_message_size(max);
+    let meta = pb::meta_server::MetaServer::new(MetaService { state: state.clone() }).max_decoding_message_size(max);
+    let chunks = pb::chunks_server::ChunksServer::new(ChunkService { state }).max_decoding_message_size(max);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let res = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .add_service(raft)
+        .add_service(cluster)
+        .add_service(meta)
+        .add_service(chunks)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled())
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "gRPC server failed");
+    }
+}

@@ -1,0 +1,163 @@
+//! The Raft log and vote in sled. Every append and vote is flushed to disk
+//! before openraft is told it is done: sled does not flush by itself.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, RaftLogReader, Vote};
+
+use super::{decode, encode, read_err, write_err, Entry, LogId, NodeId, StorageError, TypeConfig};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"last_purged";
+
+/// Log entries keyed by big-endian index, and the vote, in one sled database.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl LogStore {
+    /// Opens the log trees of `db`.
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self { db: db.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? })
+    }
+
+    fn get_meta<T: for<'a> serde::Deserialize<'a>>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let Some(v) = self.meta.get(key).map_err(|e| read_err(ErrorSubject::Store, &e))? else {
+            return Ok(None);
+        };
+        decode(&v).map(Some).map_err(|e| read_err(ErrorSubject::Store, &e))
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        self.meta.insert(key, encode(value)).map_err(|e| write_err(ErrorSubject::Store, &e))?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_async().await.map_err(|e| write_err(ErrorSubject::Logs, &e))?;
+        Ok(())
+    }
+
+    /// Whether this node has ever stored a vote or a log entry.
+    pub fn is_empty(&self) -> Result<bool, sled::Error> {
+        Ok(self.log.is_empty() && self.meta.get(KEY_VOTE)?.is_none() && self.meta.get(KEY_PURGED)?.is_none())
+    }
+
+    /// Index of the last entry purged from the log, 0 if none.
+    pub fn purged_index(&self) -> u64 {
+        self.get_meta::<Option<LogId>>(KEY_PURGED).ok().flatten().flatten().map_or(0, |l| l.index)
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => Bound::Included(index_key(i)),
+            Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Bound::Included(index_key(i)),
+            Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self.log.range::<[u8; 8], _>((start, end)) {
+            let (_, v) = item.map_err(|e| read_err(ErrorSubject::Logs, &e))?;
+            out.push(decode(&v).map_err(|e| read_err(ErrorSubject::Logs, &e))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?.flatten();
+        let last = match self.log.last().map_err(|e| read_err(ErrorSubject::Logs, &e))? {
+            Some((_, v)) => {
+                let e: Entry = decode(&v).map_err(|e| read_err(ErrorSubject::Logs, &e))?;
+                Some(e.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.put_meta(KEY_VOTE, vote)?;
+        self.flush().await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed: losing it only makes a restarted node re-learn the
+        // commit index from the leader.
+        self.put_meta(KEY_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&index_key(entry.log_id.index), encode(&entry));
+        }
+        self.log.apply_batch(batch).map_err(|e| write_err(ErrorSubject::Logs, &e))?;
+        // The entries must be on disk before the callback acknowledges them.
+        let res = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        callback.log_io_completed(res);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(log_id.index)..) {
+            let (k, _) = item.map_err(|e| read_err(ErrorSubject::Logs, &e))?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(|e| write_err(ErrorSubject::Logs, &e))?;
+        self.flush().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: a crash in between leaves entries
+        // that are merely redundant, never a hole.
+        self.put_meta(KEY_PURGED, &Some(log_id))?;
+        self.flush().await?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(log_id.index)) {
+            let (k, _) = item.map_err(|e| read_err(ErrorSubject::Logs, &e))?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(|e| write_err(ErrorSubject::Logs, &e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! Raft RPCs over tonic. Requests and responses are openraft's own types,
+//! bincode-encoded into `RaftBytes`. Every call takes openraft's hard TTL as
+//! its deadline; a failed connect becomes `Unreachable`, so openraft backs
+//! off instead of hammering a dead node.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use quizfs_proto::{raft_transport_client::RaftTransportClient, RaftBytes, MAX_RAFT_MESSAGE_BYTES};
+
+use super::{decode, encode, BasicNode, NodeId, TypeConfig};
+use crate::peers::PeerPool;
+
+/// Creates connections to Raft peers.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// This node's id, for timeout reports.
+    pub self_id: NodeId,
+    /// Shared channels.
+    pub pool: PeerPool,
+}
+
+/// A connection to one Raft peer.
+#[derive(Debug)]
+pub struct Connection {
+    self_id: NodeId,
+    target: NodeId,
+    addr: String,
+    pool: PeerPool,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection { self_id: self.self_id, target, addr: node.addr.clone(), pool: self.pool.clone() }
+    }
+}
+
+type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl Connection {
+    async fn call<Req, Resp, E>(&self, action: RPCTypes, req: &Req, ttl: Duration) -> Result<Resp, RpcErr<E>>
+    where
+        Req: serde::Serialize,
+        Resp: for<'a> serde::Deserialize<'a>,
+        E: std::error::Error + for<'a> serde::Deserialize<'a>,
+    {
+        let channel = self.pool.channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+        let msg = RaftBytes { data: encode(req) };
+        let fut = async {
+            match action {
+                RPCTypes::AppendEntries => client.append_entries(msg).await,
+                RPCTypes::Vote => client.vote(msg).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(msg).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => {
+                return Err(RPCError::Timeout(Timeout {
+                    action,
+                    id: self.self_id,
+                    target: self.target,
+                    timeout: ttl,
+                }));
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call(RPCTypes::InstallSnapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call(RPCTypes::Vote, &rpc, option.hard_ttl()).await
+    }
+}

@@ -1,0 +1,71 @@
+//! Chunk upload and download, streamed in pieces so memory stays bounded.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use quizfs_proto::{self as pb, chunks_server::Chunks, ChunkHash, PIECE_SIZE};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status;
+use crate::chunk::store::ChunkError;
+use crate::node::NodeState;
+
+/// Serves chunk uploads and downloads.
+#[derive(Debug, Clone)]
+pub struct ChunkService {
+    /// The node.
+    pub state: Arc<NodeState>,
+}
+
+type PieceStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkPiece, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Chunks for ChunkService {
+    #[tracing::instrument(skip_all)]
+    async fn put(&self, req: Request<Streaming<pb::PutPiece>>) -> Result<Response<pb::PutReply>, Status> {
+        let mut stream = req.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Status::invalid_argument("empty chunk upload"));
+        };
+        let hash = ChunkHash::from_slice(&first.hash)
+            .ok_or_else(|| Status::invalid_argument("chunk hash must be 32 bytes"))?;
+        let mut writer = self.state.store.writer(hash).await.map_err(|e| status::chunk_error(&e))?;
+        writer.write(&first.data).await.map_err(|e| status::chunk_error(&e))?;
+        while let Some(piece) = stream.message().await? {
+            writer.write(&piece.data).await.map_err(|e| status::chunk_error(&e))?;
+        }
+        let already_present = writer.finish().await.map_err(|e| {
+            if let ChunkError::Mismatch { .. } = e {
+                tracing::warn!(error = %e, "refused a chunk whose content does not match its hash");
+            }
+            status::chunk_error(&e)
+        })?;
+        Ok(Response::new(pb::PutReply { already_present }))
+    }
+
+    type GetStream = PieceStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn get(&self, req: Request<pb::GetChunkRequest>) -> Result<Response<PieceStream>, Status> {
+        let hash = ChunkHash::from_slice(&req.get_ref().hash)
+            .ok_or_else(|| Status::invalid_argument("chunk hash must be 32 bytes"))?;
+        let data = match self.state.store.get(&hash).await {
+            Ok(d) => d,
+            Err(e) => {
+                if let ChunkError::Corrupt(h) = e {
+                    if let Some(healer) = self.state.healer.get() {
+                        healer.request(h);
+                    }
+                }
+                return Err(status::chunk_error(&e));
+            }
+        };
+        let pieces: Vec<Result<pb::ChunkPiece, Status>> = if data.is_empty() {
+            vec![Ok(pb::ChunkPiece { data: Vec::new() })]
+        } else {
+            data.chunks(PIECE_SIZE).map(|p| Ok(pb::ChunkPiece { data: p.to_vec() })).collect()
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+    }
+}
