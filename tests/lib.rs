@@ -1,1 +1,445 @@
-//! placeholder
+//! The integration-test harness: real `storaged` processes on 127.0.0.21..,
+//! each with its own data directory and log, faults by PID (SIGKILL,
+//! SIGSTOP/SIGCONT, wipe, restart), and waits on conditions with a deadline
+//! that report what they saw. Dropping a [`Cluster`] kills its processes,
+//! also when a test panics, and then prints each node's log tail.
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quizfs::client::{ClientOptions, ClusterClient};
+use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc, ChunkHash};
+
+/// Path of a workspace binary: `$QUIZFS_BIN_DIR/name`, else next to the
+/// test binary's directory (`target/debug/deps/..`).
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("QUIZFS_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    let dir = exe.parent().expect("the test binary is in a directory");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("deps has a parent") } else { dir };
+    dir.join(name)
+}
+
+/// Waits until `probe` returns `Ok`, polling; on timeout panics with the
+/// last state the probe reported.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(state) => last = state,
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last state: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Peak resident memory of a process in KiB (VmHWM).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends a signal to a process we started.
+pub fn signal(pid: u32, sig: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) with a PID of a child this harness started.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// One storage daemon.
+#[derive(Debug)]
+pub struct Node {
+    /// Loopback address, e.g. 127.0.0.21.
+    pub ip: String,
+    /// Data directory.
+    pub dir: PathBuf,
+    /// Log file (appended across restarts).
+    pub log: PathBuf,
+    /// The running process.
+    pub child: Option<Child>,
+}
+
+impl Node {
+    /// PID of the running process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
+    }
+}
+
+/// A cluster of real `storaged` processes.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The nodes, nas1 first.
+    pub nodes: Vec<Node>,
+    /// The port every node listens on (each on its own address).
+    pub port: u16,
+    /// Extra flags given to every node.
+    pub extra: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+fn free_port(ips: &[String]) -> u16 {
+    for _ in 0..200 {
+        let l = TcpListener::bind((ips[0].as_str(), 0)).expect("bind an ephemeral port");
+        let port = l.local_addr().expect("bound socket has an address").port();
+        if ips[1..].iter().all(|ip| TcpListener::bind((ip.as_str(), port)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+impl Cluster {
+    /// Starts `n` nodes on 127.0.0.21.. with `extra` flags and waits until
+    /// they have a leader and every node has applied the bootstrap.
+    pub async fn start(n: usize, extra: &[&str]) -> Self {
+        let tmp = tempfile::Builder::new().prefix("quizfs-it-").tempdir().expect("create a temp dir");
+        let ips: Vec<String> = (0..n).map(|i| format!("127.0.0.{}", 21 + i)).collect();
+        let port = free_port(&ips);
+        let nodes = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Node {
+                ip: ip.clone(),
+                dir: tmp.path().join(format!("nas{}", i + 1)),
+                log: tmp.path().join(format!("nas{}.log", i + 1)),
+                child: None,
+            })
+            .collect();
+        let mut c = Self { nodes, port, extra: extra.iter().map(|s| s.to_string()).collect(), _tmp: tmp };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_healthy(Duration::from_secs(30)).await;
+        c
+    }
+
+    /// `--peers` value.
+    pub fn peers(&self) -> String {
+        self.nodes.iter().map(|n| format!("{}:{}", n.ip, self.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// `host:port` of node `i`.
+    pub fn addr(&self, i: usize) -> String {
+        format!("{}:{}", self.nodes[i].ip, self.port)
+    }
+
+    /// Starts node `i`'s process.
+    pub fn spawn(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let log = OpenOptions::new().create(true).append(true).open(&node.log).expect("open node log");
+        let child = Command::new(bin("storaged"))
+            .arg("--peers")
+            .arg(self.peers())
+            .arg("--listen")
+            .arg(format!("{}:{}", node.ip, self.port))
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .args(&self.extra)
+            .env("RUST_LOG", "info,openraft=warn,sled=warn,h2=warn,tower=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin("storaged").display()));
+        self.nodes[i].child = Some(child);
+    }
+
+    /// SIGKILLs node `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Freezes node `i` (SIGSTOP): its sockets stay open, nothing answers.
+    pub fn freeze(&self, i: usize) {
+        signal(self.nodes[i].pid(), libc::SIGSTOP);
+    }
+
+    /// Thaws node `i` (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        signal(self.nodes[i].pid(), libc::SIGCONT);
+    }
+
+    /// Deletes node `i`'s data directory (the node must be stopped).
+    pub fn wipe(&self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "wipe a stopped node only");
+        std::fs::remove_dir_all(&self.nodes[i].dir).expect("remove data dir");
+    }
+
+    /// A client connected through nas1, with the other nodes as backups.
+    pub async fn client(&self) -> ClusterClient {
+        self.client_with(ClientOptions::default()).await
+    }
+
+    /// A client with the given options.
+    pub async fn client_with(&self, opts: ClientOptions) -> ClusterClient {
+        let servers: Vec<String> = (0..self.nodes.len()).map(|i| self.addr(i)).collect();
+        ClusterClient::connect(&servers, opts).await.expect("client connects")
+    }
+
+    /// Node `i`'s own status, if it answers within a second.
+    pub async fn status(&self, i: usize) -> Option<pb::NodeStatusReply> {
+        let ch = quizfs::client::membership::channel(&self.addr(i)).ok()?;
+        let mut rpc = ClusterRpc::new(ch);
+        let r = tokio::time::timeout(Duration::from_secs(1), rpc.node_status(pb::NodeStatusRequest {})).await;
+        r.ok()?.ok().map(|r| r.into_inner())
+    }
+
+    /// Index of the node that reports itself leader.
+    pub async fn leader(&self) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_some() && self.status(i).await.is_some_and(|s| s.role == "leader") {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Waits until the running nodes have one leader and have all applied
+    /// the same index.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        wait_until(timeout, "a leader and every running node caught up", || async {
+            let mut seen = Vec::new();
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].child.is_some() {
+                    seen.push(self.status(i).await);
+                }
+            }
+            let desc = format!("{:?}", seen.iter().map(|s| s.as_ref().map(|s| (s.role.clone(), s.last_applied))).collect::<Vec<_>>());
+            let all: Vec<_> = seen.into_iter().flatten().collect();
+            let leaders = all.iter().filter(|s| s.role == "leader").count();
+            let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+            let applied: Vec<u64> = all.iter().map(|s| s.last_applied).collect();
+            if all.len() == running && leaders == 1 && applied.iter().all(|a| *a == applied[0] && *a > 1) {
+                Ok(())
+            } else {
+                Err(desc)
+            }
+        })
+        .await
+    }
+
+    /// Path of a chunk file on node `i`.
+    pub fn chunk_path(&self, i: usize, hash: &ChunkHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.nodes[i].dir.join("chunks").join(&hex[0..2]).join(&hex[2..4]).join(hex)
+    }
+
+    /// Whether node `i` holds a chunk file whose content matches its hash.
+    pub fn has_good_chunk(&self, i: usize, hash: &ChunkHash) -> bool {
+        std::fs::read(self.chunk_path(i, hash)).is_ok_and(|d| ChunkHash::of(&d) == *hash)
+    }
+
+    /// Last lines of node `i`'s log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let s = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        let all: Vec<&str> = s.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Data directory of node `i`.
+    pub fn dir(&self, i: usize) -> &Path {
+        &self.nodes[i].dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                // A frozen process must be thawed to die promptly on some
+                // kernels; SIGKILL works on stopped processes on Linux.
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for i in 0..self.nodes.len() {
+                let log = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                for (at, _) in lines.iter().enumerate().filter(|(_, l)| l.contains("panicked")) {
+                    eprintln!("----- panic in nas{} -----\n{}", i + 1, lines[at..(at + 4).min(lines.len())].join("\n"));
+                }
+                eprintln!("----- log tail of nas{} -----\n{}", i + 1, self.log_tail(i, 40));
+            }
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for test content.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The chunk hashes of a file, from its layout.
+pub async fn chunk_hashes(client: &ClusterClient, ino: u64) -> Vec<ChunkHash> {
+    let (_, chunks) = client.layout(ino).await.expect("layout");
+    chunks.iter().filter_map(|c| ChunkHash::from_slice(&c.hash)).collect()
+}
+
+/// An endless-looking stream of pseudo-random bytes of a set length, for
+/// writing large files without holding them in memory.
+#[derive(Debug)]
+pub struct PatternReader {
+    remaining: u64,
+    x: u64,
+    hasher: blake3::Hasher,
+}
+
+impl PatternReader {
+    /// `len` bytes from `seed`.
+    pub fn new(seed: u64, len: u64) -> Self {
+        Self { remaining: len, x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, hasher: blake3::Hasher::new() }
+    }
+
+    /// Hash of everything read so far.
+    pub fn hash(&self) -> blake3::Hash {
+        self.hasher.finalize()
+    }
+}
+
+impl tokio::io::AsyncRead for PatternReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = (buf.remaining() as u64).min(self.remaining) as usize / 8 * 8;
+        let n = if n == 0 { (buf.remaining() as u64).min(self.remaining) as usize } else { n };
+        let mut out = vec![0u8; n];
+        for chunk in out.chunks_mut(8) {
+            let mut x = self.x;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.x = x;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        self.hasher.update(&out);
+        self.remaining -= n as u64;
+        buf.put_slice(&out);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A writer that only hashes what it is given.
+#[derive(Debug, Default)]
+pub struct HashSink {
+    /// The running hash.
+    pub hasher: blake3::Hasher,
+}
+
+impl tokio::io::AsyncWrite for HashSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.hasher.update(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A writer that keeps writing 100 KiB files until stopped, recording each
+/// acknowledged one; any failed call fails the test.
+#[derive(Debug)]
+pub struct Writer {
+    /// (name, inode, seed) of every acknowledged file.
+    pub done: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, u64)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl Writer {
+    /// Starts writing through `client` into directory `dir`.
+    pub fn start(client: ClusterClient, dir: u64, prefix: &str) -> Self {
+        let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (d, s, prefix) = (done.clone(), stop.clone(), prefix.to_string());
+        let task = tokio::spawn(async move {
+            let mut longest = Duration::ZERO;
+            let mut i = 0u64;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("{prefix}{i:05}.jpg");
+                let seed = 1000 + i;
+                let t = Instant::now();
+                let attr = client
+                    .create_file(dir, name.as_bytes(), &pattern(seed, 100 * 1024))
+                    .await
+                    .unwrap_or_else(|e| panic!("acknowledged write {name} failed: {e}"));
+                longest = longest.max(t.elapsed());
+                d.lock().unwrap().push((name, attr.ino, seed));
+                i += 1;
+            }
+            longest
+        });
+        Self { done, stop, task }
+    }
+
+    /// Files acknowledged so far.
+    pub fn count(&self) -> usize {
+        self.done.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more files than now are acknowledged.
+    pub async fn wait_more(&self, n: usize, timeout: Duration) {
+        let target = self.count() + n;
+        wait_until(timeout, &format!("{n} more acknowledged writes"), || async {
+            let c = self.count();
+            if c >= target { Ok(()) } else { Err(format!("{c} of {target}")) }
+        })
+        .await
+    }
+
+    /// Stops and returns the longest single write and every file written.
+    pub async fn stop(self) -> (Duration, Vec<(String, u64, u64)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let longest = self.task.await.expect("the writer task did not panic");
+        let done = self.done.lock().unwrap().clone();
+        (longest, done)
+    }
+}
+
+/// Checks that every file reads back byte for byte.
+pub async fn verify_files(client: &ClusterClient, files: &[(String, u64, u64)]) {
+    for (name, ino, seed) in files {
+        let back = client.read_file(*ino).await.unwrap_or_else(|e| panic!("read {name}: {e}"));
+        assert!(back == pattern(*seed, 100 * 1024), "{name} differs");
+    }
+}

@@ -1,1 +1,123 @@
-fn main(){}
+//! `quizfs`: the command line of the quizfs client.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use quizfs::client::membership::{channel, members_of, with_port};
+use quizfs::client::ClientOptions;
+use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
+
+#[derive(Debug, Parser)]
+#[command(name = "quizfs", version, about = "quizfs client: cluster status (mounting comes with the FUSE client)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show every node: address, up/down, role, term, applied index, chunks,
+    /// bytes and heal backlog. Exits 1 when the cluster has no leader.
+    Status {
+        /// Any storage node, host[:port].
+        host: String,
+        /// How long to wait for each node.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quizfs: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("quizfs: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Status { host, timeout_ms } => status(&host, Duration::from_millis(timeout_ms)).await,
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let opts = ClientOptions { call_timeout: timeout, volume: String::new(), ..ClientOptions::default() };
+    let addr = with_port(host);
+    let members = members_of(&addr, &opts).await.with_context(|| format!("cannot reach {addr}"))?;
+    let asks = members.members.iter().map(|m| {
+        let addr = m.addr.clone();
+        async move {
+            let reply = async {
+                let mut rpc = ClusterRpc::new(channel(&addr).ok()?);
+                tokio::time::timeout(timeout, rpc.node_status(pb::NodeStatusRequest {})).await.ok()?.ok()
+            }
+            .await;
+            (addr, reply.map(|r| r.into_inner()))
+        }
+    });
+    let mut rows = Vec::new();
+    for a in asks {
+        rows.push(a.await);
+    }
+    println!("volume {}  term {}", members.volume, members.term);
+    println!(
+        "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>5}",
+        "NODE", "ADDRESS", "STATE", "ROLE", "TERM", "APPLIED", "CHUNKS", "BYTES", "HEAL"
+    );
+    let mut leaders = 0;
+    for (m, (addr, reply)) in members.members.iter().zip(rows) {
+        match reply {
+            Some(r) => {
+                if r.role == "leader" {
+                    leaders += 1;
+                }
+                println!(
+                    "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>5}",
+                    r.node_id,
+                    addr,
+                    "up",
+                    if m.voter { r.role.clone() } else { format!("{}*", r.role) },
+                    r.term,
+                    r.last_applied,
+                    r.chunks,
+                    human(r.chunk_bytes),
+                    r.heal_backlog
+                );
+            }
+            None => println!("{:<5} {:<22} {:<5}", m.id, addr, "down"),
+        }
+    }
+    if leaders == 0 {
+        eprintln!("quizfs: the cluster has no leader");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -35,6 +35,11 @@ pub const MAX_FILE_SIZE: u64 = 8 << 40;
 /// gRPC metadata key carrying the leader's address on a redirect.
 pub const LEADER_HINT_KEY: &str = "x-quizfs-leader";
 
+/// gRPC metadata key naming the Raft node id a Raft RPC is meant for, so a
+/// node that took over an address under a new id refuses traffic meant for
+/// its predecessor.
+pub const RAFT_TARGET_KEY: &str = "x-quizfs-raft-target";
+
 /// Inode number of the volume's root directory.
 pub const ROOT_INO: u64 = 1;
 

@@ -275,9 +275,11 @@ async fn bootstrap(cfg: Config, raft: Raft, pool: PeerPool, cancel: Cancellation
                 tracing::info!("volume ready");
                 return;
             }
-            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_))) => {
-                // Another node leads; it is just as good for creating the
-                // root: the first client command creates it there.
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)))
+                if f.leader_id.is_some() =>
+            {
+                // Another node leads: the first client command creates the
+                // root there just as well.
                 return;
             }
             Err(e) => tracing::debug!(error = %e, "volume init retry"),

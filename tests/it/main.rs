@@ -1,1 +1,11 @@
-//! placeholder
+//! One integration binary: every module starts real `storaged` processes.
+
+mod t10_replication;
+mod t20_namespace;
+mod t30_exactly_once;
+mod t40_corruption;
+mod t50_bad_input;
+mod t60_leader_kill;
+mod t70_rejoin;
+mod t80_snapshot;
+mod t90_memory;

@@ -57,7 +57,8 @@ impl Connection {
         let mut client = RaftTransportClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
-        let msg = RaftBytes { data: encode(req) };
+        let mut msg = tonic::Request::new(RaftBytes { data: encode(req) });
+        msg.metadata_mut().insert(quizfs_proto::RAFT_TARGET_KEY, self.target.into());
         let fut = async {
             match action {
                 RPCTypes::AppendEntries => client.append_entries(msg).await,

@@ -116,7 +116,16 @@ impl Cluster for ClusterService {
         };
         if let Some(raft) = self.state.raft.get() {
             let m = raft.metrics().borrow().clone();
-            reply.role = role(m.state).into();
+            // openraft keeps a leader that lost its majority in the Leader
+            // state; it is no leader to anyone, so it is reported apart.
+            let quorum_silent = m.millis_since_quorum_ack.is_none_or(|ms| {
+                ms > 2 * self.state.cfg.election.as_millis() as u64
+            });
+            reply.role = if m.state == ServerState::Leader && quorum_silent && m.membership_config.membership().voter_ids().count() > 1 {
+                "isolated".into()
+            } else {
+                role(m.state).into()
+            };
             reply.term = m.current_term;
             reply.last_applied = m.last_applied.map_or(0, |l| l.index);
             reply.last_log = m.last_log_index.unwrap_or(0);

@@ -1,0 +1,116 @@
+//! The one place that owns deadlines, retries, redirects and failover.
+//!
+//! A call goes to the leader when one is known and up, otherwise to any node
+//! that is up. Each attempt has the per-call deadline. UNAVAILABLE with a
+//! leader hint is followed at once; UNAVAILABLE without one, or a timeout,
+//! moves on to another node after a short backoff. Other errors are final.
+//! The whole call gives up after the operation timeout.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quizfs_proto as pb;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::{ClientError, ClusterClient, NodeHandle};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(400);
+
+/// Whether an error is worth retrying on another node.
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded)
+}
+
+impl ClusterClient {
+    /// The node to try next: the leader if known and up, else the next up
+    /// node after `skip`, else any node.
+    fn pick(&self, avoid: Option<&str>) -> Option<Arc<NodeHandle>> {
+        let nodes = self.nodes();
+        if let Some(l) = self.leader() {
+            if avoid != Some(l.as_str()) {
+                if let Some(n) = nodes.iter().find(|n| n.addr == l && n.up.load(Ordering::Relaxed)) {
+                    return Some(n.clone());
+                }
+            }
+        }
+        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) as usize;
+        let len = nodes.len().max(1);
+        let ordered = (0..nodes.len()).map(|i| &nodes[(start + i) % len]);
+        let mut fallback = None;
+        for n in ordered {
+            if avoid == Some(n.addr.as_str()) {
+                fallback.get_or_insert(n);
+                continue;
+            }
+            if n.up.load(Ordering::Relaxed) {
+                return Some(n.clone());
+            }
+            fallback.get_or_insert(n);
+        }
+        fallback.cloned()
+    }
+
+    /// Runs `f` against the leader with failover, as the module doc says.
+    pub async fn leader_call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let opts = &self.inner.opts;
+        let deadline = Instant::now() + opts.op_timeout;
+        let mut backoff = BACKOFF_MIN;
+        let mut last = String::from("no node known");
+        let mut avoid: Option<String> = None;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout { op, timeout: opts.op_timeout, last });
+            }
+            let Some(node) = self.pick(avoid.as_deref()) else {
+                return Err(ClientError::NoServer { servers: String::new(), detail: last });
+            };
+            let attempt = tokio::time::timeout(opts.call_timeout, f(node.channel.clone())).await;
+            let status = match attempt {
+                Ok(Ok(r)) => {
+                    self.set_leader(Some(node.addr.clone()));
+                    return Ok(r.into_inner());
+                }
+                Ok(Err(s)) => s,
+                Err(_) => Status::deadline_exceeded(format!("no answer within {:?}", opts.call_timeout)),
+            };
+            last = format!("{}: {}", node.addr, status.message());
+            if !retryable(&status) {
+                return Err(ClientError::Refused {
+                    op,
+                    node: node.addr.clone(),
+                    code: status.code(),
+                    message: status.message().to_string(),
+                });
+            }
+            let hint = status.metadata().get(pb::LEADER_HINT_KEY).and_then(|v| v.to_str().ok()).map(String::from);
+            match hint {
+                Some(h) if h != node.addr => {
+                    tracing::debug!(op, from = %node.addr, to = %h, "redirected to leader");
+                    self.set_leader(Some(h));
+                    avoid = None;
+                    continue;
+                }
+                _ => {
+                    tracing::debug!(op, node = %node.addr, error = %last, "retrying elsewhere");
+                    if self.leader().as_deref() == Some(node.addr.as_str()) {
+                        self.set_leader(None);
+                    }
+                    if status.code() == Code::DeadlineExceeded {
+                        node.up.store(false, Ordering::Relaxed);
+                    }
+                    avoid = Some(node.addr.clone());
+                }
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}

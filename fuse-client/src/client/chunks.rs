@@ -1,0 +1,146 @@
+//! Chunk transfer. A write sends the chunk to every node at once and returns
+//! when a majority has it durably; the other uploads finish in the
+//! background (a node that misses one gets it from its healer). A read asks
+//! one node at a time, verifies the hash, and moves on to the next node on
+//! any failure, so a corrupt or missing copy is never returned.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quizfs_proto::{self as pb, chunks_client::ChunksClient, ChunkHash, PIECE_SIZE};
+use tonic::transport::Channel;
+
+use super::{ClientError, ClusterClient, NodeHandle};
+
+/// Time allowed per MiB on top of the call timeout for a chunk transfer.
+const PER_MIB: Duration = Duration::from_millis(250);
+
+fn transfer_deadline(base: Duration, len: usize) -> Duration {
+    base + PER_MIB * (len / (1024 * 1024)) as u32
+}
+
+async fn put_to(channel: Channel, hash: ChunkHash, data: Arc<Vec<u8>>, deadline: Duration) -> Result<(), String> {
+    let pieces = data.len().div_ceil(PIECE_SIZE).max(1);
+    let stream = tokio_stream::iter((0..pieces).map(move |i| pb::PutPiece {
+        hash: if i == 0 { hash.0.to_vec() } else { Vec::new() },
+        data: data[i * PIECE_SIZE..((i + 1) * PIECE_SIZE).min(data.len())].to_vec(),
+    }));
+    let mut client = ChunksClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES);
+    match tokio::time::timeout(deadline, client.put(stream)).await {
+        Err(_) => Err("timed out".into()),
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+async fn get_from(channel: Channel, hash: ChunkHash, deadline: Duration) -> Result<Vec<u8>, String> {
+    let mut client = ChunksClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES);
+    let fut = async {
+        let mut stream = client.get(pb::GetChunkRequest { hash: hash.0.to_vec() }).await?.into_inner();
+        let mut data = Vec::new();
+        while let Some(p) = stream.message().await? {
+            if data.len() + p.data.len() > pb::CHUNK_SIZE {
+                return Err(tonic::Status::out_of_range("node sent more than a chunk"));
+            }
+            data.extend_from_slice(&p.data);
+        }
+        Ok(data)
+    };
+    let data = match tokio::time::timeout(deadline, fut).await {
+        Err(_) => return Err("timed out".into()),
+        Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+        Ok(Ok(d)) => d,
+    };
+    if ChunkHash::of(&data) != hash {
+        return Err("content does not match the hash".into());
+    }
+    Ok(data)
+}
+
+impl ClusterClient {
+    /// Stores a chunk on a majority of nodes; returns its hash.
+    pub async fn put_chunk(&self, data: Arc<Vec<u8>>) -> Result<ChunkHash, ClientError> {
+        let hash = ChunkHash::of(&data);
+        let deadline = transfer_deadline(self.inner.opts.call_timeout, data.len());
+        let give_up = tokio::time::Instant::now() + self.inner.opts.op_timeout;
+        let mut detail = Vec::new();
+        loop {
+            let nodes = self.nodes();
+            let needed = nodes.len() / 2 + 1;
+            let (tx, mut rx) = tokio::sync::mpsc::channel(nodes.len().max(1));
+            for node in &nodes {
+                let (tx, channel, addr, data) = (tx.clone(), node.channel.clone(), node.addr.clone(), data.clone());
+                // Spawned, so the uploads beyond the majority go on after
+                // this call has returned.
+                tokio::spawn(async move {
+                    let r = put_to(channel, hash, data, deadline).await;
+                    let _ = tx.send((addr, r)).await;
+                });
+            }
+            drop(tx);
+            let (mut ok, mut failed) = (0, 0);
+            while let Some((addr, r)) = rx.recv().await {
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        failed += 1;
+                        detail.push(format!("{addr}: {e}"));
+                        if e.contains("InvalidArgument") || e.contains("ResourceExhausted") {
+                            return Err(ClientError::ChunkNotDurable { hash, detail: detail.join("; ") });
+                        }
+                    }
+                }
+                if ok >= needed {
+                    return Ok(hash);
+                }
+                if failed > nodes.len() - needed {
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(ClientError::ChunkNotDurable { hash, detail: detail.join("; ") });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reads and verifies a chunk from the first node that has a good copy.
+    pub async fn get_chunk(&self, hash: ChunkHash) -> Result<Vec<u8>, ClientError> {
+        let deadline = transfer_deadline(self.inner.opts.call_timeout, pb::CHUNK_SIZE);
+        let give_up = tokio::time::Instant::now() + self.inner.opts.op_timeout;
+        let mut detail = Vec::new();
+        loop {
+            let mut nodes: Vec<Arc<NodeHandle>> = self.nodes();
+            // Up nodes first, starting at a rotating offset to spread reads.
+            let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) as usize;
+            let n = nodes.len().max(1);
+            nodes.rotate_left(start % n);
+            nodes.sort_by_key(|x| !x.up.load(Ordering::Relaxed));
+            for node in nodes {
+                match get_from(node.channel.clone(), hash, deadline).await {
+                    Ok(d) => return Ok(d),
+                    Err(e) => {
+                        tracing::debug!(hash = ?hash, node = %node.addr, error = %e, "chunk read failed; trying another node");
+                        detail.push(format!("{}: {e}", node.addr));
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(ClientError::ChunkUnavailable { hash, detail: detail.join("; ") });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reads a chunk from one given node, verified (for checks and tests).
+    pub async fn get_chunk_from(&self, addr: &str, hash: ChunkHash) -> Result<Vec<u8>, ClientError> {
+        let channel = match self.node(addr) {
+            Some(n) => n.channel.clone(),
+            None => super::membership::channel(addr)?,
+        };
+        get_from(channel, hash, transfer_deadline(self.inner.opts.call_timeout, pb::CHUNK_SIZE))
+            .await
+            .map_err(|detail| ClientError::ChunkUnavailable { hash, detail: format!("{addr}: {detail}") })
+    }
+}

@@ -1,0 +1,91 @@
+//! Errors of the cluster client. Each variant names what failed.
+
+use std::time::Duration;
+
+use quizfs_proto::ChunkHash;
+
+/// A failed client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster answered with a POSIX error.
+    #[error("{op}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Posix {
+        /// The operation.
+        op: &'static str,
+        /// The errno.
+        errno: i32,
+    },
+    /// None of the given servers answered.
+    #[error("no quizfs server reachable at {servers}: {detail}")]
+    NoServer {
+        /// The servers tried.
+        servers: String,
+        /// What each said.
+        detail: String,
+    },
+    /// The cluster does not serve the volume.
+    #[error("unknown volume {volume:?}: {detail}")]
+    UnknownVolume {
+        /// The volume asked for.
+        volume: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// Retries ran out.
+    #[error("{op} did not complete within {timeout:?}; last error: {last}")]
+    Timeout {
+        /// The operation.
+        op: &'static str,
+        /// The budget.
+        timeout: Duration,
+        /// The last failure seen.
+        last: String,
+    },
+    /// A node refused the request for good (not retryable).
+    #[error("{op} refused by {node}: {code:?}: {message}")]
+    Refused {
+        /// The operation.
+        op: &'static str,
+        /// The node.
+        node: String,
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The node's message.
+        message: String,
+    },
+    /// No node could serve a valid copy of a chunk.
+    #[error("chunk {hash} could not be read from any node: {detail}")]
+    ChunkUnavailable {
+        /// The chunk.
+        hash: ChunkHash,
+        /// What each node said.
+        detail: String,
+    },
+    /// A chunk could not be made durable on a majority.
+    #[error("chunk {hash} could not be stored on a majority of nodes: {detail}")]
+    ChunkNotDurable {
+        /// The chunk.
+        hash: ChunkHash,
+        /// What each node said.
+        detail: String,
+    },
+    /// A server address does not parse.
+    #[error("invalid server address {0:?}")]
+    BadAddress(String),
+    /// Reading the data to write failed.
+    #[error("reading the data to write: {0}")]
+    Source(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The errno an application should see for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Self::Posix { errno, .. } => *errno,
+            Self::Timeout { .. } | Self::NoServer { .. } => libc::ETIMEDOUT,
+            Self::Refused { code: tonic::Code::ResourceExhausted, .. } => libc::ENOSPC,
+            Self::Refused { code: tonic::Code::InvalidArgument, .. } => libc::EINVAL,
+            _ => libc::EIO,
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Whole-file reads and writes on top of chunks and metadata, with bounded
+//! memory: a writer holds at most a few chunks in flight, a reader one.
+
+use std::sync::Arc;
+
+use quizfs_proto::{self as pb, ChunkHash, CHUNK_SIZE};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::{ClientError, ClusterClient};
+
+/// Chunks uploaded at once by one writer.
+pub const WRITE_PARALLELISM: usize = 3;
+
+impl ClusterClient {
+    /// Replaces the content of file `ino` with everything `src` yields.
+    pub async fn write_from<R: AsyncRead + Unpin>(&self, ino: u64, mut src: R) -> Result<pb::Attr, ClientError> {
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        let mut running = tokio::task::JoinSet::new();
+        let mut results: Vec<Option<ChunkHash>> = Vec::new();
+        let mut index = 0usize;
+        loop {
+            let mut buf = vec![0u8; CHUNK_SIZE];
+            let mut filled = 0;
+            while filled < CHUNK_SIZE {
+                let n = src.read(&mut buf[filled..]).await?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            buf.truncate(filled);
+            size += filled as u64;
+            chunks.push(filled as u64);
+            results.push(None);
+            while running.len() >= WRITE_PARALLELISM {
+                collect(&mut running, &mut results).await?;
+            }
+            let client = self.clone();
+            let i = index;
+            running.spawn(async move { (i, client.put_chunk(Arc::new(buf)).await) });
+            index += 1;
+            if filled < CHUNK_SIZE {
+                break;
+            }
+        }
+        while !running.is_empty() {
+            collect(&mut running, &mut results).await?;
+        }
+        let refs = results
+            .into_iter()
+            .zip(chunks)
+            .map(|(h, len)| pb::ChunkRef { hash: h.map(|h| h.0.to_vec()).unwrap_or_default(), len })
+            .collect();
+        self.commit_write(ino, refs, size).await
+    }
+
+    /// Replaces the content of file `ino` with `data`.
+    pub async fn write_bytes(&self, ino: u64, data: &[u8]) -> Result<pb::Attr, ClientError> {
+        self.write_from(ino, data).await
+    }
+
+    /// Creates `parent/name` (failing if it exists) holding `data`.
+    pub async fn create_file(&self, parent: u64, name: &[u8], data: &[u8]) -> Result<pb::Attr, ClientError> {
+        let attr = self.create(parent, name, 0o644, true).await?;
+        self.write_bytes(attr.ino, data).await
+    }
+
+    /// Streams the content of file `ino` to `dst`, one chunk in memory.
+    pub async fn read_to<W: AsyncWrite + Unpin>(&self, ino: u64, mut dst: W) -> Result<u64, ClientError> {
+        let (attr, chunks) = self.layout(ino).await?;
+        let mut written = 0u64;
+        for (i, c) in chunks.iter().enumerate() {
+            let start = i as u64 * CHUNK_SIZE as u64;
+            if start >= attr.size {
+                break;
+            }
+            let span = (attr.size - start).min(CHUNK_SIZE as u64) as usize;
+            let mut piece = self.chunk_bytes(c).await?;
+            piece.resize(span, 0);
+            dst.write_all(&piece).await?;
+            written += span as u64;
+        }
+        // Past the last chunk, the file is a hole.
+        let zeros = vec![0u8; 64 * 1024];
+        while written < attr.size {
+            let n = (attr.size - written).min(zeros.len() as u64) as usize;
+            dst.write_all(&zeros[..n]).await?;
+            written += n as u64;
+        }
+        dst.flush().await?;
+        Ok(written)
+    }
+
+    /// Reads a whole file into memory (for small files).
+    pub async fn read_file(&self, ino: u64) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        self.read_to(ino, &mut out).await?;
+        Ok(out)
+    }
+
+    /// The bytes of one chunk entry that the file uses.
+    async fn chunk_bytes(&self, c: &pb::ChunkRef) -> Result<Vec<u8>, ClientError> {
+        let Some(hash) = ChunkHash::from_slice(&c.hash) else { return Ok(vec![0; c.len as usize]) };
+        let mut data = self.get_chunk(hash).await?;
+        data.truncate(c.len as usize);
+        Ok(data)
+    }
+}
+
+async fn collect(
+    running: &mut tokio::task::JoinSet<(usize, Result<ChunkHash, ClientError>)>,
+    results: &mut [Option<ChunkHash>],
+) -> Result<(), ClientError> {
+    match running.join_next().await {
+        Some(Ok((i, Ok(h)))) => {
+            results[i] = Some(h);
+            Ok(())
+        }
+        Some(Ok((_, Err(e)))) => Err(e),
+        Some(Err(e)) => Err(ClientError::Source(std::io::Error::other(e))),
+        None => Ok(()),
+    }
+}

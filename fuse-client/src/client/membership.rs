@@ -1,0 +1,103 @@
+//! The nodes a client knows: learnt from any server it is given, refreshed
+//! by the heartbeat task.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{ClientError, ClientOptions, ClusterClient};
+
+/// How long a TCP connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One storage node as the client sees it.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// Raft node id.
+    pub id: AtomicU64,
+    /// `host:port`.
+    pub addr: String,
+    /// The gRPC channel (reconnects by itself).
+    pub channel: Channel,
+    /// Whether the last heartbeat was answered in time.
+    pub up: AtomicBool,
+}
+
+/// Normalises `host[:port]` to `host:port`.
+pub fn with_port(server: &str) -> String {
+    if server.contains(':') { server.to_string() } else { format!("{server}:{}", pb::DEFAULT_PORT) }
+}
+
+/// A channel to `addr` that connects on first use.
+pub fn channel(addr: &str) -> Result<Channel, ClientError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| ClientError::BadAddress(addr.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Asks `addr` for the members of the cluster.
+pub async fn members_of(addr: &str, opts: &ClientOptions) -> Result<pb::MembersReply, ClientError> {
+    let mut rpc = ClusterRpc::new(channel(addr)?);
+    let req = pb::MembersRequest { volume: opts.volume.clone() };
+    match tokio::time::timeout(opts.call_timeout, rpc.members(req)).await {
+        Err(_) => Err(ClientError::NoServer { servers: addr.into(), detail: "timed out".into() }),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
+            Err(ClientError::UnknownVolume { volume: opts.volume.clone(), detail: s.message().into() })
+        }
+        Ok(Err(s)) => Err(ClientError::NoServer { servers: addr.into(), detail: s.message().into() }),
+    }
+}
+
+/// Tries each server in turn until one lists the members.
+pub async fn discover(servers: &[String], opts: &ClientOptions) -> Result<pb::MembersReply, ClientError> {
+    let mut detail = Vec::new();
+    for s in servers {
+        match members_of(&with_port(s), opts).await {
+            Ok(m) if !m.members.is_empty() => return Ok(m),
+            Ok(_) => detail.push(format!("{s}: cluster not initialized yet")),
+            Err(e @ ClientError::UnknownVolume { .. }) => return Err(e),
+            Err(e) => detail.push(format!("{s}: {e}")),
+        }
+    }
+    Err(ClientError::NoServer { servers: servers.join(","), detail: detail.join("; ") })
+}
+
+impl ClusterClient {
+    /// Adds nodes the client did not know and records the leader.
+    pub(crate) fn update_members(&self, m: &pb::MembersReply) -> Result<(), ClientError> {
+        let mut nodes = self.inner.nodes.write().unwrap_or_else(|p| p.into_inner());
+        for member in &m.members {
+            match nodes.iter().find(|n| n.addr == member.addr) {
+                Some(n) => n.id.store(member.id, Ordering::Relaxed),
+                None => nodes.push(Arc::new(NodeHandle {
+                    id: AtomicU64::new(member.id),
+                    addr: member.addr.clone(),
+                    channel: channel(&member.addr)?,
+                    up: AtomicBool::new(true),
+                })),
+            }
+        }
+        // Nodes removed from the cluster (replaced members) are dropped.
+        nodes.retain(|n| m.members.iter().any(|x| x.addr == n.addr));
+        let leader = m.members.iter().find(|x| x.id == m.leader_id).map(|x| x.addr.clone());
+        drop(nodes);
+        if leader.is_some() {
+            self.set_leader(leader);
+        }
+        Ok(())
+    }
+
+    /// The handle of the node at `addr`, if known.
+    pub fn node(&self, addr: &str) -> Option<Arc<NodeHandle>> {
+        self.nodes().into_iter().find(|n| n.addr == addr)
+    }
+}

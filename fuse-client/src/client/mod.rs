@@ -1,0 +1,118 @@
+//! The cluster client.
+//!
+//! - [`error`]: what a call can fail with.
+//! - [`membership`]: the known nodes, learnt from any one of them.
+//! - [`health`]: heartbeats that mark nodes up or down.
+//! - [`call`]: the one place that owns deadlines, retries, redirects and
+//!   failover.
+//! - [`meta`]: typed metadata operations.
+//! - [`chunks`]: chunk upload to a majority and verified download.
+//! - [`io`]: whole-file reads and writes built on the two.
+
+pub mod call;
+pub mod chunks;
+pub mod error;
+pub mod health;
+pub mod io;
+pub mod membership;
+pub mod meta;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+pub use error::ClientError;
+pub use membership::NodeHandle;
+use quizfs_proto as pb;
+
+/// Tunables of a client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Volume to use.
+    pub volume: String,
+    /// A node that has not answered a heartbeat for this long is down.
+    pub ping_timeout: Duration,
+    /// Deadline of one RPC to one node.
+    pub call_timeout: Duration,
+    /// Longest an operation keeps retrying before it fails.
+    pub op_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            volume: "nas".into(),
+            ping_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(6),
+            op_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A connection to a quizfs cluster; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ClusterClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    opts: ClientOptions,
+    nodes: RwLock<Vec<Arc<NodeHandle>>>,
+    leader: Mutex<Option<String>>,
+    client_id: AtomicU64,
+    next_seq: AtomicU64,
+    in_flight: Mutex<BTreeSet<u64>>,
+    next_reader: AtomicU64,
+}
+
+impl ClusterClient {
+    /// Connects through the first of `servers` (`host[:port]`) that
+    /// answers, learns every member, registers a session and starts
+    /// heartbeats.
+    pub async fn connect(servers: &[String], opts: ClientOptions) -> Result<Self, ClientError> {
+        let members = membership::discover(servers, &opts).await?;
+        let inner = Arc::new(Inner {
+            opts,
+            nodes: RwLock::new(Vec::new()),
+            leader: Mutex::new(None),
+            client_id: AtomicU64::new(0),
+            next_seq: AtomicU64::new(1),
+            in_flight: Mutex::new(BTreeSet::new()),
+            next_reader: AtomicU64::new(0),
+        });
+        let client = Self { inner };
+        client.update_members(&members)?;
+        let reply = client
+            .apply_raw("register", pb::meta_op::Op::RegisterClient(pb::RegisterClient {}), false)
+            .await?;
+        client.inner.client_id.store(reply.value, Ordering::Relaxed);
+        tokio::spawn(health::run(Arc::downgrade(&client.inner)));
+        Ok(client)
+    }
+
+    /// The options the client runs with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
+    /// This client's session id.
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id.load(Ordering::Relaxed)
+    }
+
+    /// The known nodes.
+    pub fn nodes(&self) -> Vec<Arc<NodeHandle>> {
+        self.inner.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Address of the node believed to lead, if any.
+    pub fn leader(&self) -> Option<String> {
+        self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_leader(&self, addr: Option<String>) {
+        *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+}
