@@ -4,6 +4,9 @@
 //! that report what they saw. Dropping a [`Cluster`] kills its processes,
 //! also when a test panics, and then prints each node's log tail.
 
+// Test code: a poisoned lock or a failed call is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quizfs::client::{ClientOptions, ClusterClient};
-use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc, ChunkHash};
+use quizfs_proto::{self as pb, ChunkHash, cluster_client::ClusterClient as ClusterRpc};
 
 /// Path of a workspace binary: `$QUIZFS_BIN_DIR/name`, else next to the
 /// test binary's directory (`target/debug/deps/..`).
@@ -21,7 +24,11 @@ pub fn bin(name: &str) -> PathBuf {
     }
     let exe = std::env::current_exe().expect("the test binary knows its own path");
     let dir = exe.parent().expect("the test binary is in a directory");
-    let dir = if dir.ends_with("deps") { dir.parent().expect("deps has a parent") } else { dir };
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent")
+    } else {
+        dir
+    };
     dir.join(name)
 }
 
@@ -100,7 +107,10 @@ fn free_port(ips: &[String]) -> u16 {
     for _ in 0..200 {
         let l = TcpListener::bind((ips[0].as_str(), 0)).expect("bind an ephemeral port");
         let port = l.local_addr().expect("bound socket has an address").port();
-        if ips[1..].iter().all(|ip| TcpListener::bind((ip.as_str(), port)).is_ok()) {
+        if ips[1..]
+            .iter()
+            .all(|ip| TcpListener::bind((ip.as_str(), port)).is_ok())
+        {
             return port;
         }
     }
@@ -111,7 +121,10 @@ impl Cluster {
     /// Starts `n` nodes on 127.0.0.21.. with `extra` flags and waits until
     /// they have a leader and every node has applied the bootstrap.
     pub async fn start(n: usize, extra: &[&str]) -> Self {
-        let tmp = tempfile::Builder::new().prefix("quizfs-it-").tempdir().expect("create a temp dir");
+        let tmp = tempfile::Builder::new()
+            .prefix("quizfs-it-")
+            .tempdir()
+            .expect("create a temp dir");
         let ips: Vec<String> = (0..n).map(|i| format!("127.0.0.{}", 21 + i)).collect();
         let port = free_port(&ips);
         let nodes = ips
@@ -124,7 +137,12 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut c = Self { nodes, port, extra: extra.iter().map(|s| s.to_string()).collect(), _tmp: tmp };
+        let mut c = Self {
+            nodes,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _tmp: tmp,
+        };
         for i in 0..n {
             c.spawn(i);
         }
@@ -134,7 +152,11 @@ impl Cluster {
 
     /// `--peers` value.
     pub fn peers(&self) -> String {
-        self.nodes.iter().map(|n| format!("{}:{}", n.ip, self.port)).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(|n| format!("{}:{}", n.ip, self.port))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `host:port` of node `i`.
@@ -145,7 +167,11 @@ impl Cluster {
     /// Starts node `i`'s process.
     pub fn spawn(&mut self, i: usize) {
         let node = &self.nodes[i];
-        let log = OpenOptions::new().create(true).append(true).open(&node.log).expect("open node log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open node log");
         let child = Command::new(bin("storaged"))
             .arg("--peers")
             .arg(self.peers())
@@ -154,7 +180,10 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.dir)
             .args(&self.extra)
-            .env("RUST_LOG", "info,openraft=warn,sled=warn,h2=warn,tower=warn")
+            .env(
+                "RUST_LOG",
+                "info,openraft=warn,sled=warn,h2=warn,tower=warn",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -195,21 +224,29 @@ impl Cluster {
     /// A client with the given options.
     pub async fn client_with(&self, opts: ClientOptions) -> ClusterClient {
         let servers: Vec<String> = (0..self.nodes.len()).map(|i| self.addr(i)).collect();
-        ClusterClient::connect(&servers, opts).await.expect("client connects")
+        ClusterClient::connect(&servers, opts)
+            .await
+            .expect("client connects")
     }
 
     /// Node `i`'s own status, if it answers within a second.
     pub async fn status(&self, i: usize) -> Option<pb::NodeStatusReply> {
         let ch = quizfs::client::membership::channel(&self.addr(i)).ok()?;
         let mut rpc = ClusterRpc::new(ch);
-        let r = tokio::time::timeout(Duration::from_secs(1), rpc.node_status(pb::NodeStatusRequest {})).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            rpc.node_status(pb::NodeStatusRequest {}),
+        )
+        .await;
         r.ok()?.ok().map(|r| r.into_inner())
     }
 
     /// Index of the node that reports itself leader.
     pub async fn leader(&self) -> Option<usize> {
         for i in 0..self.nodes.len() {
-            if self.nodes[i].child.is_some() && self.status(i).await.is_some_and(|s| s.role == "leader") {
+            if self.nodes[i].child.is_some()
+                && self.status(i).await.is_some_and(|s| s.role == "leader")
+            {
                 return Some(i);
             }
         }
@@ -219,31 +256,48 @@ impl Cluster {
     /// Waits until the running nodes have one leader and have all applied
     /// the same index.
     pub async fn wait_healthy(&self, timeout: Duration) {
-        wait_until(timeout, "a leader and every running node caught up", || async {
-            let mut seen = Vec::new();
-            for i in 0..self.nodes.len() {
-                if self.nodes[i].child.is_some() {
-                    seen.push(self.status(i).await);
+        wait_until(
+            timeout,
+            "a leader and every running node caught up",
+            || async {
+                let mut seen = Vec::new();
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].child.is_some() {
+                        seen.push(self.status(i).await);
+                    }
                 }
-            }
-            let desc = format!("{:?}", seen.iter().map(|s| s.as_ref().map(|s| (s.role.clone(), s.last_applied))).collect::<Vec<_>>());
-            let all: Vec<_> = seen.into_iter().flatten().collect();
-            let leaders = all.iter().filter(|s| s.role == "leader").count();
-            let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
-            let applied: Vec<u64> = all.iter().map(|s| s.last_applied).collect();
-            if all.len() == running && leaders == 1 && applied.iter().all(|a| *a == applied[0] && *a > 1) {
-                Ok(())
-            } else {
-                Err(desc)
-            }
-        })
+                let desc = format!(
+                    "{:?}",
+                    seen.iter()
+                        .map(|s| s.as_ref().map(|s| (s.role.clone(), s.last_applied)))
+                        .collect::<Vec<_>>()
+                );
+                let all: Vec<_> = seen.into_iter().flatten().collect();
+                let leaders = all.iter().filter(|s| s.role == "leader").count();
+                let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+                let applied: Vec<u64> = all.iter().map(|s| s.last_applied).collect();
+                if all.len() == running
+                    && leaders == 1
+                    && applied.iter().all(|a| *a == applied[0] && *a > 1)
+                {
+                    Ok(())
+                } else {
+                    Err(desc)
+                }
+            },
+        )
         .await
     }
 
     /// Path of a chunk file on node `i`.
     pub fn chunk_path(&self, i: usize, hash: &ChunkHash) -> PathBuf {
         let hex = hash.to_hex();
-        self.nodes[i].dir.join("chunks").join(&hex[0..2]).join(&hex[2..4]).join(hex)
+        self.nodes[i]
+            .dir
+            .join("chunks")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(hex)
     }
 
     /// Whether node `i` holds a chunk file whose content matches its hash.
@@ -278,10 +332,22 @@ impl Drop for Cluster {
             for i in 0..self.nodes.len() {
                 let log = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
-                for (at, _) in lines.iter().enumerate().filter(|(_, l)| l.contains("panicked")) {
-                    eprintln!("----- panic in nas{} -----\n{}", i + 1, lines[at..(at + 4).min(lines.len())].join("\n"));
+                for (at, _) in lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.contains("panicked"))
+                {
+                    eprintln!(
+                        "----- panic in nas{} -----\n{}",
+                        i + 1,
+                        lines[at..(at + 4).min(lines.len())].join("\n")
+                    );
                 }
-                eprintln!("----- log tail of nas{} -----\n{}", i + 1, self.log_tail(i, 40));
+                eprintln!(
+                    "----- log tail of nas{} -----\n{}",
+                    i + 1,
+                    self.log_tail(i, 40)
+                );
             }
         }
     }
@@ -304,7 +370,10 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// The chunk hashes of a file, from its layout.
 pub async fn chunk_hashes(client: &ClusterClient, ino: u64) -> Vec<ChunkHash> {
     let (_, chunks) = client.layout(ino).await.expect("layout");
-    chunks.iter().filter_map(|c| ChunkHash::from_slice(&c.hash)).collect()
+    chunks
+        .iter()
+        .filter_map(|c| ChunkHash::from_slice(&c.hash))
+        .collect()
 }
 
 /// An endless-looking stream of pseudo-random bytes of a set length, for
@@ -319,7 +388,11 @@ pub struct PatternReader {
 impl PatternReader {
     /// `len` bytes from `seed`.
     pub fn new(seed: u64, len: u64) -> Self {
-        Self { remaining: len, x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, hasher: blake3::Hasher::new() }
+        Self {
+            remaining: len,
+            x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            hasher: blake3::Hasher::new(),
+        }
     }
 
     /// Hash of everything read so far.
@@ -335,7 +408,11 @@ impl tokio::io::AsyncRead for PatternReader {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let n = (buf.remaining() as u64).min(self.remaining) as usize / 8 * 8;
-        let n = if n == 0 { (buf.remaining() as u64).min(self.remaining) as usize } else { n };
+        let n = if n == 0 {
+            (buf.remaining() as u64).min(self.remaining) as usize
+        } else {
+            n
+        };
         let mut out = vec![0u8; n];
         for chunk in out.chunks_mut(8) {
             let mut x = self.x;
@@ -368,10 +445,16 @@ impl tokio::io::AsyncWrite for HashSink {
         self.hasher.update(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -420,10 +503,18 @@ impl Writer {
     /// Waits until `n` more files than now are acknowledged.
     pub async fn wait_more(&self, n: usize, timeout: Duration) {
         let target = self.count() + n;
-        wait_until(timeout, &format!("{n} more acknowledged writes"), || async {
-            let c = self.count();
-            if c >= target { Ok(()) } else { Err(format!("{c} of {target}")) }
-        })
+        wait_until(
+            timeout,
+            &format!("{n} more acknowledged writes"),
+            || async {
+                let c = self.count();
+                if c >= target {
+                    Ok(())
+                } else {
+                    Err(format!("{c} of {target}"))
+                }
+            },
+        )
         .await
     }
 
@@ -439,7 +530,10 @@ impl Writer {
 /// Checks that every file reads back byte for byte.
 pub async fn verify_files(client: &ClusterClient, files: &[(String, u64, u64)]) {
     for (name, ino, seed) in files {
-        let back = client.read_file(*ino).await.unwrap_or_else(|e| panic!("read {name}: {e}"));
+        let back = client
+            .read_file(*ino)
+            .await
+            .unwrap_or_else(|e| panic!("read {name}: {e}"));
         assert!(back == pattern(*seed, 100 * 1024), "{name} differs");
     }
 }

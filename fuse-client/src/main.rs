@@ -5,12 +5,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quizfs::client::membership::{channel, members_of, with_port};
 use quizfs::client::ClientOptions;
+use quizfs::client::membership::{channel, members_of, with_port};
 use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
 
 #[derive(Debug, Parser)]
-#[command(name = "quizfs", version, about = "quizfs client: cluster status (mounting comes with the FUSE client)")]
+#[command(
+    name = "quizfs",
+    version,
+    about = "quizfs client: cluster status (mounting comes with the FUSE client)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -35,7 +39,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("quizfs: error: {e}");
@@ -65,19 +72,32 @@ fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let opts = ClientOptions { call_timeout: timeout, volume: String::new(), ..ClientOptions::default() };
+    let opts = ClientOptions {
+        call_timeout: timeout,
+        volume: String::new(),
+        ..ClientOptions::default()
+    };
     let addr = with_port(host);
-    let members = members_of(&addr, &opts).await.with_context(|| format!("cannot reach {addr}"))?;
+    let members = members_of(&addr, &opts)
+        .await
+        .with_context(|| format!("cannot reach {addr}"))?;
     let asks = members.members.iter().map(|m| {
         let addr = m.addr.clone();
         async move {
             let reply = async {
                 let mut rpc = ClusterRpc::new(channel(&addr).ok()?);
-                tokio::time::timeout(timeout, rpc.node_status(pb::NodeStatusRequest {})).await.ok()?.ok()
+                tokio::time::timeout(timeout, rpc.node_status(pb::NodeStatusRequest {}))
+                    .await
+                    .ok()?
+                    .ok()
             }
             .await;
             (addr, reply.map(|r| r.into_inner()))
@@ -104,7 +124,11 @@ async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
                     r.node_id,
                     addr,
                     "up",
-                    if m.voter { r.role.clone() } else { format!("{}*", r.role) },
+                    if m.voter {
+                        r.role.clone()
+                    } else {
+                        format!("{}*", r.role)
+                    },
                     r.term,
                     r.last_applied,
                     r.chunks,

@@ -9,7 +9,11 @@ use quizfs_proto::DEFAULT_PORT;
 
 /// `storaged` flags.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "storaged", version, about = "quizfs storage daemon: Raft metadata and replicated chunks")]
+#[command(
+    name = "storaged",
+    version,
+    about = "quizfs storage daemon: Raft metadata and replicated chunks"
+)]
 pub struct Args {
     /// Every storage node of the cluster, comma-separated, as host[:port]
     /// (default port 7420). Give every node the same list.
@@ -92,13 +96,19 @@ impl Peer {
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         let s = s.trim();
         let (host, port) = match s.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| ConfigError::BadPeer(s.to_string()))?),
+            Some((h, p)) => (
+                h,
+                p.parse().map_err(|_| ConfigError::BadPeer(s.to_string()))?,
+            ),
             None => (s, DEFAULT_PORT),
         };
         if host.is_empty() || host.contains(['/', ' ', ',']) || port == 0 {
             return Err(ConfigError::BadPeer(s.to_string()));
         }
-        Ok(Self { host: host.to_string(), port })
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
     }
 
     /// `host:port`, the address other nodes and clients dial.
@@ -156,20 +166,31 @@ impl Config {
             return Err(ConfigError::BadValue("--peers lists no node"));
         }
         let list = args.peers.join(",");
-        let listen_peer = match &args.listen {
-            Some(l) => Some(Peer::parse(l).map_err(|_| ConfigError::BadListen(l.clone(), "expected host[:port]".into()))?),
-            None => None,
-        };
+        let listen_peer =
+            match &args.listen {
+                Some(l) => Some(Peer::parse(l).map_err(|_| {
+                    ConfigError::BadListen(l.clone(), "expected host[:port]".into())
+                })?),
+                None => None,
+            };
         let find = |host: &str, port: Option<u16>| {
-            peers.iter().position(|p| p.host == host && port.is_none_or(|port| p.port == port))
+            peers
+                .iter()
+                .position(|p| p.host == host && port.is_none_or(|port| p.port == port))
         };
         let self_index = if let Some(name) = &args.name {
             let n = Peer::parse(name)?;
             let port = name.contains(':').then_some(n.port);
-            find(&n.host, port).ok_or_else(|| ConfigError::NotInPeers(name.clone(), list.clone()))?
+            find(&n.host, port)
+                .ok_or_else(|| ConfigError::NotInPeers(name.clone(), list.clone()))?
         } else if let Some(l) = &listen_peer {
-            let port = args.listen.as_deref().is_some_and(|s| s.contains(':')).then_some(l.port);
-            find(&l.host, port).ok_or_else(|| ConfigError::NotInPeers(l.host.clone(), list.clone()))?
+            let port = args
+                .listen
+                .as_deref()
+                .is_some_and(|s| s.contains(':'))
+                .then_some(l.port);
+            find(&l.host, port)
+                .ok_or_else(|| ConfigError::NotInPeers(l.host.clone(), list.clone()))?
         } else {
             let host = hostname();
             let short = host.split('.').next().unwrap_or_default().to_string();
@@ -179,7 +200,15 @@ impl Config {
         };
         let me = &peers[self_index];
         let listen_str = match &listen_peer {
-            Some(l) => format!("{}:{}", l.host, if args.listen.as_deref().is_some_and(|s| s.contains(':')) { l.port } else { me.port }),
+            Some(l) => format!(
+                "{}:{}",
+                l.host,
+                if args.listen.as_deref().is_some_and(|s| s.contains(':')) {
+                    l.port
+                } else {
+                    me.port
+                }
+            ),
             None => format!("0.0.0.0:{}", me.port),
         };
         let listen = listen_str
@@ -189,7 +218,9 @@ impl Config {
             .ok_or_else(|| ConfigError::BadListen(listen_str.clone(), "no address".into()))?;
         check_data_dir(&args.data_dir)?;
         if args.heartbeat_ms == 0 || args.election_ms <= args.heartbeat_ms {
-            return Err(ConfigError::BadValue("--election-ms must be larger than --heartbeat-ms > 0"));
+            return Err(ConfigError::BadValue(
+                "--election-ms must be larger than --heartbeat-ms > 0",
+            ));
         }
         if args.snapshot_logs == 0 {
             return Err(ConfigError::BadValue("--snapshot-logs must be at least 1"));
@@ -212,7 +243,9 @@ impl Config {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn check_data_dir(dir: &std::path::Path) -> Result<(), ConfigError> {

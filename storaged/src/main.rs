@@ -13,11 +13,17 @@ fn main() -> ExitCode {
     let filter = match filter {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("storaged: error: invalid --log-level {:?}: {e}", args.log_level);
+            eprintln!(
+                "storaged: error: invalid --log-level {:?}: {e}",
+                args.log_level
+            );
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     // A panic in any task leaves the node in an unknown state: stop at once
     // and let the service manager restart it from disk.
     let default_hook = std::panic::take_hook();
@@ -32,7 +38,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("storaged: error: cannot start the runtime: {e}");
@@ -64,8 +73,11 @@ fn log_filter(level: &str) -> String {
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

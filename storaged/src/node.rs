@@ -85,14 +85,19 @@ pub struct NodeState {
 
 impl std::fmt::Debug for NodeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeState").field("me", &self.cfg.me()).field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("NodeState")
+            .field("me", &self.cfg.me())
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
 /// Total and free bytes of the file system holding `dir`.
 pub fn disk_space(dir: &Path) -> (u64, u64) {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return (0, 0) };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return (0, 0);
+    };
     let mut s: libc::statvfs = unsafe_zeroed();
     #[allow(unsafe_code)]
     // SAFETY: `c` is a NUL-terminated path and `s` a valid statvfs to fill.
@@ -100,8 +105,8 @@ pub fn disk_space(dir: &Path) -> (u64, u64) {
     if rc != 0 {
         return (0, 0);
     }
-    let frsize = s.f_frsize as u64;
-    (s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize)
+    // Both fields are u64 on Linux.
+    (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize)
 }
 
 fn unsafe_zeroed() -> libc::statvfs {
@@ -131,7 +136,9 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, StartError> {
 
 async fn probe(pool: &PeerPool, addr: &str) -> Option<pb::ProbeReply> {
     let mut c = ClusterClient::new(pool.channel(addr).ok()?);
-    let r = tokio::time::timeout(PEER_CALL_TIMEOUT, c.probe(pb::ProbeRequest {})).await.ok()?;
+    let r = tokio::time::timeout(PEER_CALL_TIMEOUT, c.probe(pb::ProbeRequest {}))
+        .await
+        .ok()?;
     r.ok().map(|r| r.into_inner())
 }
 
@@ -141,10 +148,19 @@ async fn join_call(pool: &PeerPool, start: &str, req: pb::JoinRequest) -> Result
     for _ in 0..4 {
         let channel = pool.channel(&addr).map_err(|e| e.to_string())?;
         let mut c = ClusterClient::new(channel);
-        match tokio::time::timeout(crate::rpc::cluster_service::JOIN_TIMEOUT, c.join(req.clone())).await {
+        match tokio::time::timeout(
+            crate::rpc::cluster_service::JOIN_TIMEOUT,
+            c.join(req.clone()),
+        )
+        .await
+        {
             Err(_) => return Err(format!("join at {addr} timed out")),
             Ok(Ok(r)) => return Ok(r.into_inner().node_id),
-            Ok(Err(s)) => match s.metadata().get(pb::LEADER_HINT_KEY).and_then(|v| v.to_str().ok()) {
+            Ok(Err(s)) => match s
+                .metadata()
+                .get(pb::LEADER_HINT_KEY)
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(leader) if leader != addr => addr = leader.to_string(),
                 _ => return Err(format!("join at {addr}: {}", s.message())),
             },
@@ -176,10 +192,17 @@ async fn choose_identity(
         return Ok(Some(Identity::Existing(id)));
     }
     if !log.is_empty().map_err(db_err)? {
-        return Err(StartError::Raft("the Raft log exists but the node id is missing".into()));
+        return Err(StartError::Raft(
+            "the Raft log exists but the node id is missing".into(),
+        ));
     }
     let me = cfg.me().addr();
-    let others: Vec<String> = cfg.peers.iter().map(|p| p.addr()).filter(|a| *a != me).collect();
+    let others: Vec<String> = cfg
+        .peers
+        .iter()
+        .map(|p| p.addr())
+        .filter(|a| *a != me)
+        .collect();
     let mut rounds = 0u64;
     loop {
         if cancel.is_cancelled() {
@@ -197,7 +220,16 @@ async fn choose_identity(
         }
         let decided = if let Some(peer) = initialized {
             tracing::warn!(peer = %peer, "--- empty data directory in an initialized cluster: joining as a new member");
-            match join_call(pool, &peer, pb::JoinRequest { addr: me.clone(), node_id: 0 }).await {
+            match join_call(
+                pool,
+                &peer,
+                pb::JoinRequest {
+                    addr: me.clone(),
+                    node_id: 0,
+                },
+            )
+            .await
+            {
                 Ok(id) => Some(Identity::Joining(id)),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not get a node id yet");
@@ -215,14 +247,20 @@ async fn choose_identity(
                 Identity::Fresh(id) | Identity::Existing(id) => (id, false),
             };
             if joining {
-                meta.insert(KEY_JOIN_PENDING, b"1".as_slice()).map_err(db_err)?;
+                meta.insert(KEY_JOIN_PENDING, b"1".as_slice())
+                    .map_err(db_err)?;
             }
-            meta.insert(KEY_NODE_ID, id.to_be_bytes().as_slice()).map_err(db_err)?;
+            meta.insert(KEY_NODE_ID, id.to_be_bytes().as_slice())
+                .map_err(db_err)?;
             meta.flush_async().await.map_err(db_err)?;
             return Ok(Some(identity));
         }
-        if rounds % 20 == 0 {
-            tracing::info!(answered, peers = others.len(), "waiting for every peer to answer before choosing an identity");
+        if rounds.is_multiple_of(20) {
+            tracing::info!(
+                answered,
+                peers = others.len(),
+                "waiting for every peer to answer before choosing an identity"
+            );
         }
         rounds += 1;
         tokio::select! {
@@ -264,20 +302,28 @@ async fn bootstrap(cfg: Config, raft: Raft, pool: PeerPool, cancel: Cancellation
         tokio::time::sleep(PEER_RETRY).await;
     }
     // Create the root directory, so the volume is usable at once.
-    let op = prost::Message::encode_to_vec(&pb::MetaOp { op: Some(Op::InitVolume(pb::InitVolume {})) });
+    let op = prost::Message::encode_to_vec(&pb::MetaOp {
+        op: Some(Op::InitVolume(pb::InitVolume {})),
+    });
     while !cancel.is_cancelled() {
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        let cmd = Cmd { client_id: 0, seq: 0, acked_below: 0, now_ns, op: op.clone() };
+        let cmd = Cmd {
+            client_id: 0,
+            seq: 0,
+            acked_below: 0,
+            now_ns,
+            op: op.clone(),
+        };
         match raft.client_write(cmd).await {
             Ok(_) => {
                 tracing::info!("volume ready");
                 return;
             }
-            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)))
-                if f.leader_id.is_some() =>
-            {
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            )) if f.leader_id.is_some() => {
                 // Another node leads: the first client command creates the
                 // root there just as well.
                 return;
@@ -289,11 +335,26 @@ async fn bootstrap(cfg: Config, raft: Raft, pool: PeerPool, cancel: Cancellation
 }
 
 /// Completes a join: waits until the leader has made this node a member.
-async fn finish_join(cfg: Config, id: NodeId, meta: sled::Tree, pool: PeerPool, cancel: CancellationToken) {
+async fn finish_join(
+    cfg: Config,
+    id: NodeId,
+    meta: sled::Tree,
+    pool: PeerPool,
+    cancel: CancellationToken,
+) {
     let me = cfg.me().addr();
     while !cancel.is_cancelled() {
         for p in cfg.peers.iter().filter(|p| p.addr() != me) {
-            match join_call(&pool, &p.addr(), pb::JoinRequest { addr: me.clone(), node_id: id }).await {
+            match join_call(
+                &pool,
+                &p.addr(),
+                pb::JoinRequest {
+                    addr: me.clone(),
+                    node_id: id,
+                },
+            )
+            .await
+            {
                 Ok(_) => {
                     let _ = meta.remove(KEY_JOIN_PENDING);
                     let _ = meta.flush_async().await;
@@ -319,8 +380,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     let db_err = |e| StartError::Db(data.display().to_string(), e);
     let log = LogStore::open(&db).map_err(db_err)?;
     let node_meta = db.open_tree("node").map_err(db_err)?;
-    let sm = StateMachine::open(&db, &data.join("snapshots")).map_err(|e| StartError::Io("snapshots".into(), e))?;
-    let store = Arc::new(ChunkStore::open(&data).map_err(|e| StartError::Io("chunk store".into(), e))?);
+    let sm = StateMachine::open(&db, &data.join("snapshots"))
+        .map_err(|e| StartError::Io("snapshots".into(), e))?;
+    let store =
+        Arc::new(ChunkStore::open(&data).map_err(|e| StartError::Io("chunk store".into(), e))?);
     let pool = PeerPool::default();
     let state = Arc::new(NodeState {
         cfg: cfg.clone(),
@@ -332,7 +395,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         pool: pool.clone(),
     });
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| StartError::Bind(cfg.listen, e))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| StartError::Bind(cfg.listen, e))?;
     tracing::info!(listen = %cfg.listen, me = %cfg.me().addr(), volume = %cfg.volume, "storaged serving");
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(serve(state.clone(), listener, server_stop.clone()));
@@ -351,16 +416,30 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             Identity::Joining(id) => (id, false, true),
         };
         state.node_id.store(id, Ordering::Relaxed);
-        let network = Network { self_id: id, pool: pool.clone() };
+        let network = Network {
+            self_id: id,
+            pool: pool.clone(),
+        };
         let r = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let _ = state.raft.set(r.clone());
         tracing::info!(node = id, "raft started");
         if joining {
-            tasks.spawn(finish_join(cfg.clone(), id, node_meta.clone(), pool.clone(), work.clone()));
+            tasks.spawn(finish_join(
+                cfg.clone(),
+                id,
+                node_meta.clone(),
+                pool.clone(),
+                work.clone(),
+            ));
         } else if fresh && cfg.self_index == 0 {
-            tasks.spawn(bootstrap(cfg.clone(), r.clone(), pool.clone(), work.clone()));
+            tasks.spawn(bootstrap(
+                cfg.clone(),
+                r.clone(),
+                pool.clone(),
+                work.clone(),
+            ));
         }
         let healer = Arc::new(Healer::new(
             store.clone(),
@@ -404,13 +483,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
 async fn serve(state: Arc<NodeState>, listener: tokio::net::TcpListener, stop: CancellationToken) {
     use tonic::transport::Server;
     let max = pb::MAX_MESSAGE_BYTES;
-    let raft = pb::raft_transport_server::RaftTransportServer::new(RaftService { state: state.clone() })
-        .max_decoding_message_size(pb::MAX_RAFT_MESSAGE_BYTES)
-        .max_encoding_message_size(pb::MAX_RAFT_MESSAGE_BYTES);
-    let cluster = pb::cluster_server::ClusterServer::new(ClusterService { state: state.clone() })
-        .max_decoding_message_size(max);
-    let meta = pb::meta_server::MetaServer::new(MetaService { state: state.clone() }).max_decoding_message_size(max);
-    let chunks = pb::chunks_server::ChunksServer::new(ChunkService { state }).max_decoding_message_size(max);
+    let raft = pb::raft_transport_server::RaftTransportServer::new(RaftService {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(pb::MAX_RAFT_MESSAGE_BYTES)
+    .max_encoding_message_size(pb::MAX_RAFT_MESSAGE_BYTES);
+    let cluster = pb::cluster_server::ClusterServer::new(ClusterService {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(max);
+    let meta = pb::meta_server::MetaServer::new(MetaService {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(max);
+    let chunks =
+        pb::chunks_server::ChunksServer::new(ChunkService { state }).max_decoding_message_size(max);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let res = Server::builder()
         .tcp_nodelay(true)

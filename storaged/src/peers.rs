@@ -36,7 +36,10 @@ impl PeerPool {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|source| BadAddr { addr: addr.to_string(), source })?
+            .map_err(|source| BadAddr {
+                addr: addr.to_string(),
+                source,
+            })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))

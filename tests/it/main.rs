@@ -1,5 +1,8 @@
 //! One integration binary: every module starts real `storaged` processes.
 
+// Test code: an unexpected error is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod t10_replication;
 mod t20_namespace;
 mod t30_exactly_once;
@@ -8,4 +11,5 @@ mod t50_bad_input;
 mod t60_leader_kill;
 mod t70_rejoin;
 mod t80_snapshot;
+mod t85_gc;
 mod t90_memory;

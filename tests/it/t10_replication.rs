@@ -5,19 +5,30 @@ use std::process::Command;
 use std::time::Duration;
 
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{bin, chunk_hashes, pattern, wait_until, Cluster};
+use quizfs_tests::{Cluster, bin, chunk_hashes, pattern, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_written_via_nas1_reads_back_from_every_node() {
     let cluster = Cluster::start(3, &[]).await;
     let client = cluster.client().await;
     // One small file, one of several chunks with a short tail, one empty.
-    let files = [(b"small.jpg".as_slice(), pattern(1, 100 * 1024)), (b"big.bin", pattern(2, 9 * 1024 * 1024 + 123)), (b"empty", Vec::new())];
+    let files = [
+        (b"small.jpg".as_slice(), pattern(1, 100 * 1024)),
+        (b"big.bin", pattern(2, 9 * 1024 * 1024 + 123)),
+        (b"empty", Vec::new()),
+    ];
     for (name, data) in &files {
-        let attr = client.create_file(ROOT_INO, name, data).await.expect("write");
+        let attr = client
+            .create_file(ROOT_INO, name, data)
+            .await
+            .expect("write");
         assert_eq!(attr.size, data.len() as u64);
         let back = client.read_file(attr.ino).await.expect("read");
-        assert!(back == *data, "content of {} differs", String::from_utf8_lossy(name));
+        assert!(
+            back == *data,
+            "content of {} differs",
+            String::from_utf8_lossy(name)
+        );
         for hash in chunk_hashes(&client, attr.ino).await {
             let mut whole = Vec::new();
             for i in 0..3 {
@@ -28,7 +39,10 @@ async fn file_written_via_nas1_reads_back_from_every_node() {
                     Ok(d) => d,
                     Err(_) => {
                         wait_until(Duration::from_secs(20), "chunk on every node", || async {
-                            client.get_chunk_from(&cluster.addr(i), hash).await.map_err(|e| e.to_string())
+                            client
+                                .get_chunk_from(&cluster.addr(i), hash)
+                                .await
+                                .map_err(|e| e.to_string())
                         })
                         .await
                     }
@@ -37,7 +51,11 @@ async fn file_written_via_nas1_reads_back_from_every_node() {
             }
             assert!(whole[0] == whole[1] && whole[1] == whole[2]);
             for i in 0..3 {
-                assert!(cluster.has_good_chunk(i, &hash), "chunk {hash:?} missing on nas{}", i + 1);
+                assert!(
+                    cluster.has_good_chunk(i, &hash),
+                    "chunk {hash:?} missing on nas{}",
+                    i + 1
+                );
             }
         }
     }
@@ -46,12 +64,27 @@ async fn file_written_via_nas1_reads_back_from_every_node() {
     assert_eq!(names, vec![b"big.bin".as_slice(), b"empty", b"small.jpg"]);
 
     // `quizfs status` shows three nodes up and one leader, with chunks.
-    let out = Command::new(bin("quizfs")).args(["status", &cluster.addr(1)]).output().expect("run quizfs status");
+    let out = Command::new(bin("quizfs"))
+        .args(["status", &cluster.addr(1)])
+        .output()
+        .expect("run quizfs status");
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
-    assert!(out.status.success(), "status failed: {text} {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(text.lines().filter(|l| l.contains(" up ")).count(), 3, "{text}");
-    assert_eq!(text.lines().filter(|l| l.contains("leader")).count(), 1, "{text}");
+    assert!(
+        out.status.success(),
+        "status failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" up ")).count(),
+        3,
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains("leader")).count(),
+        1,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,14 +94,23 @@ async fn status_exits_nonzero_without_a_leader() {
     cluster.kill(2);
     let addr = cluster.addr(0);
     // Once nas1 has noticed it lost its majority, it stops leading.
-    wait_until(Duration::from_secs(20), "status to report no leader", || async {
-        let out = Command::new(bin("quizfs")).args(["status", &addr]).output().map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.code() == Some(1) && text.lines().filter(|l| l.contains(" down")).count() == 2 {
-            Ok(())
-        } else {
-            Err(format!("exit {:?}: {text}", out.status.code()))
-        }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "status to report no leader",
+        || async {
+            let out = Command::new(bin("quizfs"))
+                .args(["status", &addr])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if out.status.code() == Some(1)
+                && text.lines().filter(|l| l.contains(" down")).count() == 2
+            {
+                Ok(())
+            } else {
+                Err(format!("exit {:?}: {text}", out.status.code()))
+            }
+        },
+    )
     .await;
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{chunk_hashes, pattern, wait_until, Cluster};
+use quizfs_tests::{Cluster, chunk_hashes, pattern, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_chunk_is_never_served_and_is_healed() {
@@ -16,7 +16,11 @@ async fn corrupt_chunk_is_never_served_and_is_healed() {
     let victim = 1;
     let path = cluster.chunk_path(victim, &hash);
     wait_until(Duration::from_secs(20), "the chunk on nas2", || async {
-        if cluster.has_good_chunk(victim, &hash) { Ok(()) } else { Err("absent".into()) }
+        if cluster.has_good_chunk(victim, &hash) {
+            Ok(())
+        } else {
+            Err("absent".into())
+        }
     })
     .await;
     // Flip bytes in the middle of the stored chunk.
@@ -32,11 +36,21 @@ async fn corrupt_chunk_is_never_served_and_is_healed() {
     for _ in 0..6 {
         assert!(c.read_file(attr.ino).await.unwrap() == data);
     }
-    let quarantined = std::fs::read_dir(cluster.dir(victim).join("quarantine")).unwrap().count();
+    let quarantined = std::fs::read_dir(cluster.dir(victim).join("quarantine"))
+        .unwrap()
+        .count();
     assert_eq!(quarantined, 1);
-    wait_until(Duration::from_secs(20), "the healer to restore the chunk on nas2", || async {
-        if cluster.has_good_chunk(victim, &hash) { Ok(()) } else { Err("still missing or corrupt".into()) }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the healer to restore the chunk on nas2",
+        || async {
+            if cluster.has_good_chunk(victim, &hash) {
+                Ok(())
+            } else {
+                Err("still missing or corrupt".into())
+            }
+        },
+    )
     .await;
     assert!(c.get_chunk_from(&cluster.addr(victim), hash).await.unwrap() == data);
 }

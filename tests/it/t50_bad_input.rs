@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quizfs::client::ClientError;
-use quizfs_proto::{self as pb, chunks_client::ChunksClient, ChunkHash, ROOT_INO};
-use quizfs_tests::{bin, Cluster};
+use quizfs_proto::{self as pb, ChunkHash, ROOT_INO, chunks_client::ChunksClient};
+use quizfs_tests::{Cluster, bin};
 
 fn errno<T: std::fmt::Debug>(r: Result<T, ClientError>) -> i32 {
     match r {
@@ -31,24 +31,67 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         (b"", libc::EINVAL),
         (long.as_slice(), libc::ENAMETOOLONG),
     ] {
-        assert_eq!(errno(c.create(ROOT_INO, name, 0o644, true).await), want, "create {name:?}");
-        assert_eq!(errno(c.mkdir(ROOT_INO, name, 0o755).await), want, "mkdir {name:?}");
-        assert_eq!(errno(c.symlink(ROOT_INO, name, b"t").await), want, "symlink {name:?}");
-        assert_eq!(errno(c.rename(ROOT_INO, b"keep.jpg", ROOT_INO, name, 0).await), want, "rename {name:?}");
+        assert_eq!(
+            errno(c.create(ROOT_INO, name, 0o644, true).await),
+            want,
+            "create {name:?}"
+        );
+        assert_eq!(
+            errno(c.mkdir(ROOT_INO, name, 0o755).await),
+            want,
+            "mkdir {name:?}"
+        );
+        assert_eq!(
+            errno(c.symlink(ROOT_INO, name, b"t").await),
+            want,
+            "symlink {name:?}"
+        );
+        assert_eq!(
+            errno(c.rename(ROOT_INO, b"keep.jpg", ROOT_INO, name, 0).await),
+            want,
+            "rename {name:?}"
+        );
     }
     // 255 bytes is fine.
-    c.create(ROOT_INO, &vec![b'b'; 255], 0o644, true).await.unwrap();
+    c.create(ROOT_INO, &vec![b'b'; 255], 0o644, true)
+        .await
+        .unwrap();
     c.unlink(ROOT_INO, &vec![b'b'; 255]).await.unwrap();
     // Unknown inodes.
     assert_eq!(errno(c.getattr(424_242).await), libc::ENOENT);
-    assert_eq!(errno(c.setattr(pb::SetAttr { ino: 424_242, mode: Some(0o600), ..Default::default() }).await), libc::ENOENT);
-    assert_eq!(errno(c.commit_write(424_242, vec![], 0).await), libc::ENOENT);
+    assert_eq!(
+        errno(
+            c.setattr(pb::SetAttr {
+                ino: 424_242,
+                mode: Some(0o600),
+                ..Default::default()
+            })
+            .await
+        ),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(c.commit_write(424_242, vec![], 0).await),
+        libc::ENOENT
+    );
     // A chunk list that does not fit the size, and a malformed hash.
     let keep = c.lookup(ROOT_INO, b"keep.jpg").await.unwrap();
-    let bad = vec![pb::ChunkRef { hash: vec![1; 7], len: 10 }];
+    let bad = vec![pb::ChunkRef {
+        hash: vec![1; 7],
+        len: 10,
+    }];
     assert_eq!(errno(c.commit_write(keep.ino, bad, 10).await), libc::EINVAL);
-    let too_many = vec![pb::ChunkRef { hash: vec![1; 32], len: 10 }; 3];
-    assert_eq!(errno(c.commit_write(keep.ino, too_many, 10).await), libc::EINVAL);
+    let too_many = vec![
+        pb::ChunkRef {
+            hash: vec![1; 32],
+            len: 10
+        };
+        3
+    ];
+    assert_eq!(
+        errno(c.commit_write(keep.ino, too_many, 10).await),
+        libc::EINVAL
+    );
     assert_eq!(c.read_file(keep.ino).await.unwrap(), b"kept");
     assert_eq!(c.readdir_all(ROOT_INO).await.unwrap(), before);
 
@@ -56,25 +99,47 @@ async fn hostile_requests_are_refused_and_change_nothing() {
     let ch = quizfs::client::membership::channel(&cluster.addr(0)).unwrap();
     let mut chunks = ChunksClient::new(ch);
     let claimed = ChunkHash::of(b"the real content");
-    let lie = tokio_stream::iter(vec![pb::PutPiece { hash: claimed.0.to_vec(), data: b"something else".to_vec() }]);
+    let lie = tokio_stream::iter(vec![pb::PutPiece {
+        hash: claimed.0.to_vec(),
+        data: b"something else".to_vec(),
+    }]);
     let err = chunks.put(lie).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("hashes to"), "{}", err.message());
     assert!(!cluster.chunk_path(0, &claimed).exists());
     // A message over the size limit is refused.
-    let huge = tokio_stream::iter(vec![pb::PutPiece { hash: claimed.0.to_vec(), data: vec![0; 2 * pb::MAX_MESSAGE_BYTES] }]);
+    let huge = tokio_stream::iter(vec![pb::PutPiece {
+        hash: claimed.0.to_vec(),
+        data: vec![0; 2 * pb::MAX_MESSAGE_BYTES],
+    }]);
     let err = chunks.put(huge).await.unwrap_err();
-    assert!(matches!(err.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal), "{err:?}");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal
+        ),
+        "{err:?}"
+    );
     assert!(!cluster.chunk_path(0, &claimed).exists());
     // Asking for a chunk nobody has.
-    let err = c.get_chunk_from(&cluster.addr(0), ChunkHash::of(b"nowhere")).await.unwrap_err();
+    let err = c
+        .get_chunk_from(&cluster.addr(0), ChunkHash::of(b"nowhere"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not stored"), "{err}");
 }
 
 fn run_storaged(args: &[&str]) -> (Option<i32>, String, Duration) {
     let start = Instant::now();
-    let out = Command::new(bin("storaged")).args(args).output().expect("run storaged");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_string(), start.elapsed())
+    let out = Command::new(bin("storaged"))
+        .args(args)
+        .output()
+        .expect("run storaged");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        start.elapsed(),
+    )
 }
 
 #[test]
@@ -82,7 +147,14 @@ fn storaged_refuses_bad_flags_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     let dir = dir.to_str().unwrap();
-    let (code, err, took) = run_storaged(&["--peers", "127.0.0.21,127.0.0.22", "--listen", "127.0.0.29", "--data-dir", dir]);
+    let (code, err, took) = run_storaged(&[
+        "--peers",
+        "127.0.0.21,127.0.0.22",
+        "--listen",
+        "127.0.0.29",
+        "--data-dir",
+        dir,
+    ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("is not in --peers"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -95,7 +167,14 @@ fn storaged_refuses_bad_flags_in_one_line() {
     assert!(err.contains("invalid peer"), "{err}");
     let file = tmp.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", "--listen", "127.0.0.21", "--data-dir", file.to_str().unwrap()]);
+    let (code, err, _) = run_storaged(&[
+        "--peers",
+        "127.0.0.21",
+        "--listen",
+        "127.0.0.21",
+        "--data-dir",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("not writable"), "{err}");
     let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", "--bogus"]);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{chunk_hashes, verify_files, wait_until, Cluster, Writer};
+use quizfs_tests::{Cluster, Writer, chunk_hashes, verify_files, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_loses_no_acknowledged_write() {
@@ -30,10 +30,21 @@ async fn leader_kill_loses_no_acknowledged_write() {
     for (_, ino, _) in &files {
         hashes.extend(chunk_hashes(&client, *ino).await);
     }
-    wait_until(Duration::from_secs(60), "the restarted node to hold every chunk", || async {
-        let missing = hashes.iter().filter(|h| !cluster.has_good_chunk(leader, h)).count();
-        let backlog = cluster.status(leader).await.map(|s| s.heal_backlog);
-        if missing == 0 && backlog == Some(0) { Ok(()) } else { Err(format!("{missing} missing, backlog {backlog:?}")) }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted node to hold every chunk",
+        || async {
+            let missing = hashes
+                .iter()
+                .filter(|h| !cluster.has_good_chunk(leader, h))
+                .count();
+            let backlog = cluster.status(leader).await.map(|s| s.heal_backlog);
+            if missing == 0 && backlog == Some(0) {
+                Ok(())
+            } else {
+                Err(format!("{missing} missing, backlog {backlog:?}"))
+            }
+        },
+    )
     .await;
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{chunk_hashes, verify_files, wait_until, Cluster, Writer};
+use quizfs_tests::{Cluster, Writer, chunk_hashes, verify_files, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_follower_rejoins_as_new_member_and_heals() {
@@ -27,16 +27,20 @@ async fn wiped_follower_rejoins_as_new_member_and_heals() {
     cluster.wipe(victim);
     cluster.spawn(victim);
     let addr = cluster.addr(victim);
-    let new_id = wait_until(Duration::from_secs(60), "the wiped node to be a voter under a new id", || async {
-        let m = quizfs::client::membership::members_of(&cluster.addr(leader), client.options())
-            .await
-            .map_err(|e| e.to_string())?;
-        let me: Vec<_> = m.members.iter().filter(|x| x.addr == addr).collect();
-        match me.as_slice() {
-            [one] if one.voter && one.id != old_id && m.members.len() == 3 => Ok(one.id),
-            _ => Err(format!("{:?}", m.members)),
-        }
-    })
+    let new_id = wait_until(
+        Duration::from_secs(60),
+        "the wiped node to be a voter under a new id",
+        || async {
+            let m = quizfs::client::membership::members_of(&cluster.addr(leader), client.options())
+                .await
+                .map_err(|e| e.to_string())?;
+            let me: Vec<_> = m.members.iter().filter(|x| x.addr == addr).collect();
+            match me.as_slice() {
+                [one] if one.voter && one.id != old_id && m.members.len() == 3 => Ok(one.id),
+                _ => Err(format!("{:?}", m.members)),
+            }
+        },
+    )
     .await;
     println!("nas{} rejoined as node {new_id} (was {old_id})", victim + 1);
     cluster.wait_healthy(Duration::from_secs(30)).await;
@@ -44,10 +48,21 @@ async fn wiped_follower_rejoins_as_new_member_and_heals() {
     for (_, ino, _) in &files {
         hashes.extend(chunk_hashes(&client, *ino).await);
     }
-    wait_until(Duration::from_secs(60), "the rejoined node to hold every chunk", || async {
-        let missing = hashes.iter().filter(|h| !cluster.has_good_chunk(victim, h)).count();
-        if missing == 0 { Ok(()) } else { Err(format!("{missing} of {} missing", hashes.len())) }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the rejoined node to hold every chunk",
+        || async {
+            let missing = hashes
+                .iter()
+                .filter(|h| !cluster.has_good_chunk(victim, h))
+                .count();
+            if missing == 0 {
+                Ok(())
+            } else {
+                Err(format!("{missing} of {} missing", hashes.len()))
+            }
+        },
+    )
     .await;
     // It restarts under its new identity without joining again.
     cluster.kill(victim);

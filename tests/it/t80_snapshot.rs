@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{pattern, wait_until, Cluster};
+use quizfs_tests::{Cluster, pattern, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_node_catches_up_through_snapshot() {
@@ -16,15 +16,29 @@ async fn lagging_node_catches_up_through_snapshot() {
     println!("--- kill nas{} at index {behind}", victim + 1);
     cluster.kill(victim);
     for i in 0..60u64 {
-        client.create_file(ROOT_INO, format!("s{i:03}").as_bytes(), &pattern(i, 2000)).await.unwrap();
+        client
+            .create_file(ROOT_INO, format!("s{i:03}").as_bytes(), &pattern(i, 2000))
+            .await
+            .unwrap();
     }
-    let st = wait_until(Duration::from_secs(30), "the leader to snapshot and purge", || async {
-        let l = cluster.leader().await.ok_or("no leader")?;
-        let s = cluster.status(l).await.ok_or("no status")?;
-        if s.snapshot_index > behind && s.purged_index > behind { Ok(s) } else { Err(format!("{s:?}")) }
-    })
+    let st = wait_until(
+        Duration::from_secs(30),
+        "the leader to snapshot and purge",
+        || async {
+            let l = cluster.leader().await.ok_or("no leader")?;
+            let s = cluster.status(l).await.ok_or("no status")?;
+            if s.snapshot_index > behind && s.purged_index > behind {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        },
+    )
     .await;
-    println!("leader snapshot at {} purged to {}", st.snapshot_index, st.purged_index);
+    println!(
+        "leader snapshot at {} purged to {}",
+        st.snapshot_index, st.purged_index
+    );
     println!("--- restart nas{}", victim + 1);
     cluster.spawn(victim);
     cluster.wait_healthy(Duration::from_secs(60)).await;

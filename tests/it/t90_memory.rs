@@ -2,7 +2,7 @@
 //! daemon and of the client stays under 256 MiB.
 
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{pattern, peak_rss_kib, HashSink, PatternReader, Cluster};
+use quizfs_tests::{Cluster, HashSink, PatternReader, pattern, peak_rss_kib};
 
 const LIMIT_KIB: u64 = 256 * 1024;
 
@@ -16,7 +16,13 @@ async fn memory_stays_bounded_with_large_and_many_files() {
         let c = client.clone();
         tasks.spawn(async move {
             for i in (w..1000).step_by(8) {
-                c.create_file(dir.ino, format!("img{i:04}.jpg").as_bytes(), &pattern(i, 4096)).await.unwrap();
+                c.create_file(
+                    dir.ino,
+                    format!("img{i:04}.jpg").as_bytes(),
+                    &pattern(i, 4096),
+                )
+                .await
+                .unwrap();
             }
         });
     }
@@ -24,7 +30,10 @@ async fn memory_stays_bounded_with_large_and_many_files() {
         r.unwrap();
     }
     let size = 200u64 * 1024 * 1024;
-    let big = client.create(ROOT_INO, b"big.iso", 0o644, true).await.unwrap();
+    let big = client
+        .create(ROOT_INO, b"big.iso", 0o644, true)
+        .await
+        .unwrap();
     let mut src = PatternReader::new(99, size);
     let started = std::time::Instant::now();
     let attr = client.write_from(big.ino, &mut src).await.unwrap();
@@ -34,12 +43,20 @@ async fn memory_stays_bounded_with_large_and_many_files() {
     let mut sink = HashSink::default();
     let read = client.read_to(big.ino, &mut sink).await.unwrap();
     assert_eq!(read, size);
-    assert_eq!(sink.hasher.finalize(), src.hash(), "200 MiB file reads back identical");
+    assert_eq!(
+        sink.hasher.finalize(),
+        src.hash(),
+        "200 MiB file reads back identical"
+    );
     assert_eq!(client.readdir_all(dir.ino).await.unwrap().len(), 1000);
     for (i, n) in cluster.nodes.iter().enumerate() {
         let kib = peak_rss_kib(n.pid());
         println!("peak_rss_nas{}_mib: {}", i + 1, kib / 1024);
-        assert!(kib > 0 && kib < LIMIT_KIB, "nas{} peaked at {kib} KiB", i + 1);
+        assert!(
+            kib > 0 && kib < LIMIT_KIB,
+            "nas{} peaked at {kib} KiB",
+            i + 1
+        );
     }
     let me = peak_rss_kib(std::process::id());
     println!("peak_rss_client_mib: {}", me / 1024);

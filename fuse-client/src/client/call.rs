@@ -7,8 +7,8 @@
 //! The whole call gives up after the operation timeout.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use quizfs_proto as pb;
@@ -22,7 +22,10 @@ const BACKOFF_MAX: Duration = Duration::from_millis(400);
 
 /// Whether an error is worth retrying on another node.
 fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded)
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded
+    )
 }
 
 impl ClusterClient {
@@ -32,7 +35,10 @@ impl ClusterClient {
         let nodes = self.nodes();
         if let Some(l) = self.leader() {
             if avoid != Some(l.as_str()) {
-                if let Some(n) = nodes.iter().find(|n| n.addr == l && n.up.load(Ordering::Relaxed)) {
+                if let Some(n) = nodes
+                    .iter()
+                    .find(|n| n.addr == l && n.up.load(Ordering::Relaxed))
+                {
                     return Some(n.clone());
                 }
             }
@@ -67,10 +73,17 @@ impl ClusterClient {
         let mut avoid: Option<String> = None;
         loop {
             if Instant::now() >= deadline {
-                return Err(ClientError::Timeout { op, timeout: opts.op_timeout, last });
+                return Err(ClientError::Timeout {
+                    op,
+                    timeout: opts.op_timeout,
+                    last,
+                });
             }
             let Some(node) = self.pick(avoid.as_deref()) else {
-                return Err(ClientError::NoServer { servers: String::new(), detail: last });
+                return Err(ClientError::NoServer {
+                    servers: String::new(),
+                    detail: last,
+                });
             };
             let attempt = tokio::time::timeout(opts.call_timeout, f(node.channel.clone())).await;
             let status = match attempt {
@@ -79,7 +92,9 @@ impl ClusterClient {
                     return Ok(r.into_inner());
                 }
                 Ok(Err(s)) => s,
-                Err(_) => Status::deadline_exceeded(format!("no answer within {:?}", opts.call_timeout)),
+                Err(_) => {
+                    Status::deadline_exceeded(format!("no answer within {:?}", opts.call_timeout))
+                }
             };
             last = format!("{}: {}", node.addr, status.message());
             if !retryable(&status) {
@@ -90,7 +105,11 @@ impl ClusterClient {
                     message: status.message().to_string(),
                 });
             }
-            let hint = status.metadata().get(pb::LEADER_HINT_KEY).and_then(|v| v.to_str().ok()).map(String::from);
+            let hint = status
+                .metadata()
+                .get(pb::LEADER_HINT_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
             match hint {
                 Some(h) if h != node.addr => {
                     tracing::debug!(op, from = %node.addr, to = %h, "redirected to leader");
@@ -109,7 +128,8 @@ impl ClusterClient {
                     avoid = Some(node.addr.clone());
                 }
             }
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }

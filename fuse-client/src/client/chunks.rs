@@ -4,11 +4,11 @@
 //! one node at a time, verifies the hash, and moves on to the next node on
 //! any failure, so a corrupt or missing copy is never returned.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use quizfs_proto::{self as pb, chunks_client::ChunksClient, ChunkHash, PIECE_SIZE};
+use quizfs_proto::{self as pb, ChunkHash, PIECE_SIZE, chunks_client::ChunksClient};
 use tonic::transport::Channel;
 
 use super::{ClientError, ClusterClient, NodeHandle};
@@ -20,7 +20,12 @@ fn transfer_deadline(base: Duration, len: usize) -> Duration {
     base + PER_MIB * (len / (1024 * 1024)) as u32
 }
 
-async fn put_to(channel: Channel, hash: ChunkHash, data: Arc<Vec<u8>>, deadline: Duration) -> Result<(), String> {
+async fn put_to(
+    channel: Channel,
+    hash: ChunkHash,
+    data: Arc<Vec<u8>>,
+    deadline: Duration,
+) -> Result<(), String> {
     let pieces = data.len().div_ceil(PIECE_SIZE).max(1);
     let stream = tokio_stream::iter((0..pieces).map(move |i| pb::PutPiece {
         hash: if i == 0 { hash.0.to_vec() } else { Vec::new() },
@@ -34,10 +39,19 @@ async fn put_to(channel: Channel, hash: ChunkHash, data: Arc<Vec<u8>>, deadline:
     }
 }
 
-async fn get_from(channel: Channel, hash: ChunkHash, deadline: Duration) -> Result<Vec<u8>, String> {
+async fn get_from(
+    channel: Channel,
+    hash: ChunkHash,
+    deadline: Duration,
+) -> Result<Vec<u8>, String> {
     let mut client = ChunksClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES);
     let fut = async {
-        let mut stream = client.get(pb::GetChunkRequest { hash: hash.0.to_vec() }).await?.into_inner();
+        let mut stream = client
+            .get(pb::GetChunkRequest {
+                hash: hash.0.to_vec(),
+            })
+            .await?
+            .into_inner();
         let mut data = Vec::new();
         while let Some(p) = stream.message().await? {
             if data.len() + p.data.len() > pb::CHUNK_SIZE {
@@ -70,7 +84,12 @@ impl ClusterClient {
             let needed = nodes.len() / 2 + 1;
             let (tx, mut rx) = tokio::sync::mpsc::channel(nodes.len().max(1));
             for node in &nodes {
-                let (tx, channel, addr, data) = (tx.clone(), node.channel.clone(), node.addr.clone(), data.clone());
+                let (tx, channel, addr, data) = (
+                    tx.clone(),
+                    node.channel.clone(),
+                    node.addr.clone(),
+                    data.clone(),
+                );
                 // Spawned, so the uploads beyond the majority go on after
                 // this call has returned.
                 tokio::spawn(async move {
@@ -87,7 +106,10 @@ impl ClusterClient {
                         failed += 1;
                         detail.push(format!("{addr}: {e}"));
                         if e.contains("InvalidArgument") || e.contains("ResourceExhausted") {
-                            return Err(ClientError::ChunkNotDurable { hash, detail: detail.join("; ") });
+                            return Err(ClientError::ChunkNotDurable {
+                                hash,
+                                detail: detail.join("; "),
+                            });
                         }
                     }
                 }
@@ -99,7 +121,10 @@ impl ClusterClient {
                 }
             }
             if tokio::time::Instant::now() >= give_up {
-                return Err(ClientError::ChunkNotDurable { hash, detail: detail.join("; ") });
+                return Err(ClientError::ChunkNotDurable {
+                    hash,
+                    detail: detail.join("; "),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -127,20 +152,34 @@ impl ClusterClient {
                 }
             }
             if tokio::time::Instant::now() >= give_up {
-                return Err(ClientError::ChunkUnavailable { hash, detail: detail.join("; ") });
+                return Err(ClientError::ChunkUnavailable {
+                    hash,
+                    detail: detail.join("; "),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Reads a chunk from one given node, verified (for checks and tests).
-    pub async fn get_chunk_from(&self, addr: &str, hash: ChunkHash) -> Result<Vec<u8>, ClientError> {
+    pub async fn get_chunk_from(
+        &self,
+        addr: &str,
+        hash: ChunkHash,
+    ) -> Result<Vec<u8>, ClientError> {
         let channel = match self.node(addr) {
             Some(n) => n.channel.clone(),
             None => super::membership::channel(addr)?,
         };
-        get_from(channel, hash, transfer_deadline(self.inner.opts.call_timeout, pb::CHUNK_SIZE))
-            .await
-            .map_err(|detail| ClientError::ChunkUnavailable { hash, detail: format!("{addr}: {detail}") })
+        get_from(
+            channel,
+            hash,
+            transfer_deadline(self.inner.opts.call_timeout, pb::CHUNK_SIZE),
+        )
+        .await
+        .map_err(|detail| ClientError::ChunkUnavailable {
+            hash,
+            detail: format!("{addr}: {detail}"),
+        })
     }
 }

@@ -83,8 +83,14 @@ impl ClientError {
         match self {
             Self::Posix { errno, .. } => *errno,
             Self::Timeout { .. } | Self::NoServer { .. } => libc::ETIMEDOUT,
-            Self::Refused { code: tonic::Code::ResourceExhausted, .. } => libc::ENOSPC,
-            Self::Refused { code: tonic::Code::InvalidArgument, .. } => libc::EINVAL,
+            Self::Refused {
+                code: tonic::Code::ResourceExhausted,
+                ..
+            } => libc::ENOSPC,
+            Self::Refused {
+                code: tonic::Code::InvalidArgument,
+                ..
+            } => libc::EINVAL,
             _ => libc::EIO,
         }
     }

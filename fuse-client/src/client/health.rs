@@ -2,8 +2,8 @@
 //! that does not answer within the ping timeout is marked down, so calls
 //! stop choosing it, and marked up again as soon as it answers.
 
-use std::sync::atomic::Ordering;
 use std::sync::Weak;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
@@ -17,7 +17,9 @@ const MEMBERS_REFRESH: Duration = Duration::from_secs(2);
 pub(super) async fn run(inner: Weak<Inner>) {
     let mut last_refresh = Instant::now();
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let client = ClusterClient { inner: strong };
         let timeout = client.inner.opts.ping_timeout;
         let interval = (timeout / 4).max(Duration::from_millis(50));
@@ -29,7 +31,11 @@ pub(super) async fn run(inner: Weak<Inner>) {
                     Ok(Ok(r)) => {
                         let r = r.into_inner();
                         if r.leader_id != 0 {
-                            if let Some(l) = client.nodes().iter().find(|n| n.id.load(Ordering::Relaxed) == r.leader_id) {
+                            if let Some(l) = client
+                                .nodes()
+                                .iter()
+                                .find(|n| n.id.load(Ordering::Relaxed) == r.leader_id)
+                            {
                                 client.set_leader(Some(l.addr.clone()));
                             }
                         }
@@ -47,7 +53,11 @@ pub(super) async fn run(inner: Weak<Inner>) {
         let _ = futures_all(pings).await;
         if last_refresh.elapsed() >= MEMBERS_REFRESH {
             last_refresh = Instant::now();
-            if let Some(node) = client.nodes().into_iter().find(|n| n.up.load(Ordering::Relaxed)) {
+            if let Some(node) = client
+                .nodes()
+                .into_iter()
+                .find(|n| n.up.load(Ordering::Relaxed))
+            {
                 if let Ok(m) = super::membership::members_of(&node.addr, &client.inner.opts).await {
                     let _ = client.update_members(&m);
                 }
@@ -58,7 +68,9 @@ pub(super) async fn run(inner: Weak<Inner>) {
     }
 }
 
-async fn futures_all<F: std::future::Future<Output = ()> + Send + 'static>(futs: impl Iterator<Item = F>) {
+async fn futures_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) {
     let mut set = tokio::task::JoinSet::new();
     for f in futs {
         set.spawn(f);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use quizfs_proto::{self as pb, ChunkHash, CHUNK_SIZE};
+use quizfs_proto::{self as pb, CHUNK_SIZE, ChunkHash};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{ClientError, ClusterClient};
@@ -13,7 +13,11 @@ pub const WRITE_PARALLELISM: usize = 3;
 
 impl ClusterClient {
     /// Replaces the content of file `ino` with everything `src` yields.
-    pub async fn write_from<R: AsyncRead + Unpin>(&self, ino: u64, mut src: R) -> Result<pb::Attr, ClientError> {
+    pub async fn write_from<R: AsyncRead + Unpin>(
+        &self,
+        ino: u64,
+        mut src: R,
+    ) -> Result<pb::Attr, ClientError> {
         let mut chunks = Vec::new();
         let mut size = 0u64;
         let mut running = tokio::task::JoinSet::new();
@@ -53,7 +57,10 @@ impl ClusterClient {
         let refs = results
             .into_iter()
             .zip(chunks)
-            .map(|(h, len)| pb::ChunkRef { hash: h.map(|h| h.0.to_vec()).unwrap_or_default(), len })
+            .map(|(h, len)| pb::ChunkRef {
+                hash: h.map(|h| h.0.to_vec()).unwrap_or_default(),
+                len,
+            })
             .collect();
         self.commit_write(ino, refs, size).await
     }
@@ -64,13 +71,22 @@ impl ClusterClient {
     }
 
     /// Creates `parent/name` (failing if it exists) holding `data`.
-    pub async fn create_file(&self, parent: u64, name: &[u8], data: &[u8]) -> Result<pb::Attr, ClientError> {
+    pub async fn create_file(
+        &self,
+        parent: u64,
+        name: &[u8],
+        data: &[u8],
+    ) -> Result<pb::Attr, ClientError> {
         let attr = self.create(parent, name, 0o644, true).await?;
         self.write_bytes(attr.ino, data).await
     }
 
     /// Streams the content of file `ino` to `dst`, one chunk in memory.
-    pub async fn read_to<W: AsyncWrite + Unpin>(&self, ino: u64, mut dst: W) -> Result<u64, ClientError> {
+    pub async fn read_to<W: AsyncWrite + Unpin>(
+        &self,
+        ino: u64,
+        mut dst: W,
+    ) -> Result<u64, ClientError> {
         let (attr, chunks) = self.layout(ino).await?;
         let mut written = 0u64;
         for (i, c) in chunks.iter().enumerate() {
@@ -104,7 +120,9 @@ impl ClusterClient {
 
     /// The bytes of one chunk entry that the file uses.
     async fn chunk_bytes(&self, c: &pb::ChunkRef) -> Result<Vec<u8>, ClientError> {
-        let Some(hash) = ChunkHash::from_slice(&c.hash) else { return Ok(vec![0; c.len as usize]) };
+        let Some(hash) = ChunkHash::from_slice(&c.hash) else {
+            return Ok(vec![0; c.len as usize]);
+        };
         let mut data = self.get_chunk(hash).await?;
         data.truncate(c.len as usize);
         Ok(data)

@@ -1,8 +1,8 @@
 //! The nodes a client knows: learnt from any server it is given, refreshed
 //! by the heartbeat task.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
@@ -28,7 +28,11 @@ pub struct NodeHandle {
 
 /// Normalises `host[:port]` to `host:port`.
 pub fn with_port(server: &str) -> String {
-    if server.contains(':') { server.to_string() } else { format!("{server}:{}", pb::DEFAULT_PORT) }
+    if server.contains(':') {
+        server.to_string()
+    } else {
+        format!("{server}:{}", pb::DEFAULT_PORT)
+    }
 }
 
 /// A channel to `addr` that connects on first use.
@@ -46,19 +50,31 @@ pub fn channel(addr: &str) -> Result<Channel, ClientError> {
 /// Asks `addr` for the members of the cluster.
 pub async fn members_of(addr: &str, opts: &ClientOptions) -> Result<pb::MembersReply, ClientError> {
     let mut rpc = ClusterRpc::new(channel(addr)?);
-    let req = pb::MembersRequest { volume: opts.volume.clone() };
+    let req = pb::MembersRequest {
+        volume: opts.volume.clone(),
+    };
     match tokio::time::timeout(opts.call_timeout, rpc.members(req)).await {
-        Err(_) => Err(ClientError::NoServer { servers: addr.into(), detail: "timed out".into() }),
+        Err(_) => Err(ClientError::NoServer {
+            servers: addr.into(),
+            detail: "timed out".into(),
+        }),
         Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
-            Err(ClientError::UnknownVolume { volume: opts.volume.clone(), detail: s.message().into() })
-        }
-        Ok(Err(s)) => Err(ClientError::NoServer { servers: addr.into(), detail: s.message().into() }),
+        Ok(Err(s)) if s.code() == tonic::Code::NotFound => Err(ClientError::UnknownVolume {
+            volume: opts.volume.clone(),
+            detail: s.message().into(),
+        }),
+        Ok(Err(s)) => Err(ClientError::NoServer {
+            servers: addr.into(),
+            detail: s.message().into(),
+        }),
     }
 }
 
 /// Tries each server in turn until one lists the members.
-pub async fn discover(servers: &[String], opts: &ClientOptions) -> Result<pb::MembersReply, ClientError> {
+pub async fn discover(
+    servers: &[String],
+    opts: &ClientOptions,
+) -> Result<pb::MembersReply, ClientError> {
     let mut detail = Vec::new();
     for s in servers {
         match members_of(&with_port(s), opts).await {
@@ -68,7 +84,10 @@ pub async fn discover(servers: &[String], opts: &ClientOptions) -> Result<pb::Me
             Err(e) => detail.push(format!("{s}: {e}")),
         }
     }
-    Err(ClientError::NoServer { servers: servers.join(","), detail: detail.join("; ") })
+    Err(ClientError::NoServer {
+        servers: servers.join(","),
+        detail: detail.join("; "),
+    })
 }
 
 impl ClusterClient {
@@ -88,7 +107,11 @@ impl ClusterClient {
         }
         // Nodes removed from the cluster (replaced members) are dropped.
         nodes.retain(|n| m.members.iter().any(|x| x.addr == n.addr));
-        let leader = m.members.iter().find(|x| x.id == m.leader_id).map(|x| x.addr.clone());
+        let leader = m
+            .members
+            .iter()
+            .find(|x| x.id == m.leader_id)
+            .map(|x| x.addr.clone());
         drop(nodes);
         if leader.is_some() {
             self.set_leader(leader);

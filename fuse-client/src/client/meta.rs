@@ -13,30 +13,67 @@ pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
 
 fn check(op: &'static str, errno: i32) -> Result<(), ClientError> {
-    if errno == 0 { Ok(()) } else { Err(ClientError::Posix { op, errno }) }
+    if errno == 0 {
+        Ok(())
+    } else {
+        Err(ClientError::Posix { op, errno })
+    }
 }
 
 fn attr_of(op: &'static str, r: pb::MetaReply) -> Result<pb::Attr, ClientError> {
     check(op, r.errno)?;
-    r.attr.ok_or(ClientError::Posix { op, errno: libc::EIO })
+    r.attr.ok_or(ClientError::Posix {
+        op,
+        errno: libc::EIO,
+    })
 }
 
 impl ClusterClient {
     /// Sends one metadata write with a fresh sequence number; `session`
     /// false sends it outside any session (registration).
-    pub(crate) async fn apply_raw(&self, op_name: &'static str, op: Op, session: bool) -> Result<pb::MetaReply, ClientError> {
+    pub(crate) async fn apply_raw(
+        &self,
+        op_name: &'static str,
+        op: Op,
+        session: bool,
+    ) -> Result<pb::MetaReply, ClientError> {
         let (client_id, seq) = if session {
             let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-            self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(seq);
+            self.inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(seq);
             (self.client_id(), seq)
         } else {
             (0, 0)
         };
-        let acked_below = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).first().copied().unwrap_or(seq);
-        let req = pb::MetaRequest { client_id, seq, acked_below, op: Some(pb::MetaOp { op: Some(op) }) };
-        let res = self.leader_call(op_name, |ch| { let r = req.clone(); async move { MetaClient::new(ch).apply(r).await } }).await;
+        let acked_below = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .copied()
+            .unwrap_or(seq);
+        let req = pb::MetaRequest {
+            client_id,
+            seq,
+            acked_below,
+            op: Some(pb::MetaOp { op: Some(op) }),
+        };
+        let res = self
+            .leader_call(op_name, |ch| {
+                let r = req.clone();
+                async move { MetaClient::new(ch).apply(r).await }
+            })
+            .await;
         if session {
-            self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+            self.inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seq);
         }
         res
     }
@@ -44,8 +81,17 @@ impl ClusterClient {
     /// Sends a metadata write exactly as given, with an explicit sequence
     /// number: for tests of exactly-once retries.
     pub async fn apply_with_seq(&self, seq: u64, op: Op) -> Result<pb::MetaReply, ClientError> {
-        let req = pb::MetaRequest { client_id: self.client_id(), seq, acked_below: 0, op: Some(pb::MetaOp { op: Some(op) }) };
-        self.leader_call("apply", |ch| { let r = req.clone(); async move { MetaClient::new(ch).apply(r).await } }).await
+        let req = pb::MetaRequest {
+            client_id: self.client_id(),
+            seq,
+            acked_below: 0,
+            op: Some(pb::MetaOp { op: Some(op) }),
+        };
+        self.leader_call("apply", |ch| {
+            let r = req.clone();
+            async move { MetaClient::new(ch).apply(r).await }
+        })
+        .await
     }
 
     /// Sends a metadata write.
@@ -54,44 +100,104 @@ impl ClusterClient {
     }
 
     /// Creates a file (or with another type in `mode`, a node).
-    pub async fn create(&self, parent: u64, name: &[u8], mode: u32, exclusive: bool) -> Result<pb::Attr, ClientError> {
-        let op = Op::Create(pb::Create { parent, name: name.to_vec(), mode, exclusive, ..Default::default() });
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        exclusive: bool,
+    ) -> Result<pb::Attr, ClientError> {
+        let op = Op::Create(pb::Create {
+            parent,
+            name: name.to_vec(),
+            mode,
+            exclusive,
+            ..Default::default()
+        });
         attr_of("create", self.apply("create", op).await?)
     }
 
     /// Creates a directory.
-    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32) -> Result<pb::Attr, ClientError> {
-        let op = Op::Mkdir(pb::Mkdir { parent, name: name.to_vec(), mode, ..Default::default() });
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+    ) -> Result<pb::Attr, ClientError> {
+        let op = Op::Mkdir(pb::Mkdir {
+            parent,
+            name: name.to_vec(),
+            mode,
+            ..Default::default()
+        });
         attr_of("mkdir", self.apply("mkdir", op).await?)
     }
 
     /// Removes a file.
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), ClientError> {
-        let op = Op::Unlink(pb::Unlink { parent, name: name.to_vec() });
+        let op = Op::Unlink(pb::Unlink {
+            parent,
+            name: name.to_vec(),
+        });
         check("unlink", self.apply("unlink", op).await?.errno)
     }
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), ClientError> {
-        let op = Op::Rmdir(pb::Rmdir { parent, name: name.to_vec() });
+        let op = Op::Rmdir(pb::Rmdir {
+            parent,
+            name: name.to_vec(),
+        });
         check("rmdir", self.apply("rmdir", op).await?.errno)
     }
 
     /// Renames, with `flags` RENAME_NOREPLACE or RENAME_EXCHANGE.
-    pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> Result<(), ClientError> {
-        let op = Op::Rename(pb::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags });
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<(), ClientError> {
+        let op = Op::Rename(pb::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+        });
         check("rename", self.apply("rename", op).await?.errno)
     }
 
     /// Adds a hard link.
-    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<pb::Attr, ClientError> {
-        let op = Op::Link(pb::Link { ino, new_parent, new_name: new_name.to_vec() });
+    pub async fn link(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> Result<pb::Attr, ClientError> {
+        let op = Op::Link(pb::Link {
+            ino,
+            new_parent,
+            new_name: new_name.to_vec(),
+        });
         attr_of("link", self.apply("link", op).await?)
     }
 
     /// Creates a symlink.
-    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<pb::Attr, ClientError> {
-        let op = Op::Symlink(pb::Symlink { parent, name: name.to_vec(), target: target.to_vec(), ..Default::default() });
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<pb::Attr, ClientError> {
+        let op = Op::Symlink(pb::Symlink {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            ..Default::default()
+        });
         attr_of("symlink", self.apply("symlink", op).await?)
     }
 
@@ -101,49 +207,117 @@ impl ClusterClient {
     }
 
     /// Commits a new chunk list and size for a file.
-    pub async fn commit_write(&self, ino: u64, chunks: Vec<pb::ChunkRef>, size: u64) -> Result<pb::Attr, ClientError> {
-        let op = Op::CommitWrite(pb::CommitWrite { ino, chunks, size, mtime_ns: None });
+    pub async fn commit_write(
+        &self,
+        ino: u64,
+        chunks: Vec<pb::ChunkRef>,
+        size: u64,
+    ) -> Result<pb::Attr, ClientError> {
+        let op = Op::CommitWrite(pb::CommitWrite {
+            ino,
+            chunks,
+            size,
+            mtime_ns: None,
+        });
         attr_of("write", self.apply("write", op).await?)
     }
 
     /// Sets an extended attribute.
-    pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> Result<(), ClientError> {
-        let op = Op::SetXattr(pb::SetXattr { ino, name: name.to_vec(), value: value.to_vec(), flags });
+    pub async fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> Result<(), ClientError> {
+        let op = Op::SetXattr(pb::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+        });
         check("setxattr", self.apply("setxattr", op).await?.errno)
     }
 
     /// Removes an extended attribute.
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), ClientError> {
-        let op = Op::RemoveXattr(pb::RemoveXattr { ino, name: name.to_vec() });
+        let op = Op::RemoveXattr(pb::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        });
         check("removexattr", self.apply("removexattr", op).await?.errno)
     }
 
     /// Looks a name up.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<pb::Attr, ClientError> {
-        let req = pb::LookupRequest { parent, name: name.to_vec() };
-        let r = self.leader_call("lookup", |ch| { let r = req.clone(); async move { MetaClient::new(ch).lookup(r).await } }).await?;
+        let req = pb::LookupRequest {
+            parent,
+            name: name.to_vec(),
+        };
+        let r = self
+            .leader_call("lookup", |ch| {
+                let r = req.clone();
+                async move { MetaClient::new(ch).lookup(r).await }
+            })
+            .await?;
         check("lookup", r.errno)?;
-        r.attr.ok_or(ClientError::Posix { op: "lookup", errno: libc::EIO })
+        r.attr.ok_or(ClientError::Posix {
+            op: "lookup",
+            errno: libc::EIO,
+        })
     }
 
     /// Reads attributes.
     pub async fn getattr(&self, ino: u64) -> Result<pb::Attr, ClientError> {
-        let r = self.leader_call("getattr", |ch| { let r = pb::InodeRequest { ino }; async move { MetaClient::new(ch).get_attr(r).await } }).await?;
+        let r = self
+            .leader_call("getattr", |ch| {
+                let r = pb::InodeRequest { ino };
+                async move { MetaClient::new(ch).get_attr(r).await }
+            })
+            .await?;
         check("getattr", r.errno)?;
-        r.attr.ok_or(ClientError::Posix { op: "getattr", errno: libc::EIO })
+        r.attr.ok_or(ClientError::Posix {
+            op: "getattr",
+            errno: libc::EIO,
+        })
     }
 
     /// Reads attributes and the chunk list.
     pub async fn layout(&self, ino: u64) -> Result<(pb::Attr, Vec<pb::ChunkRef>), ClientError> {
-        let r = self.leader_call("layout", |ch| { let r = pb::InodeRequest { ino }; async move { MetaClient::new(ch).get_layout(r).await } }).await?;
+        let r = self
+            .leader_call("layout", |ch| {
+                let r = pb::InodeRequest { ino };
+                async move { MetaClient::new(ch).get_layout(r).await }
+            })
+            .await?;
         check("layout", r.errno)?;
-        Ok((r.attr.ok_or(ClientError::Posix { op: "layout", errno: libc::EIO })?, r.chunks))
+        Ok((
+            r.attr.ok_or(ClientError::Posix {
+                op: "layout",
+                errno: libc::EIO,
+            })?,
+            r.chunks,
+        ))
     }
 
     /// Lists a directory from after `after`.
-    pub async fn readdir(&self, ino: u64, after: &[u8], limit: u32) -> Result<(Vec<pb::DirEntry>, bool), ClientError> {
-        let req = pb::ReadDirRequest { ino, after: after.to_vec(), limit };
-        let r = self.leader_call("readdir", |ch| { let r = req.clone(); async move { MetaClient::new(ch).read_dir(r).await } }).await?;
+    pub async fn readdir(
+        &self,
+        ino: u64,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<(Vec<pb::DirEntry>, bool), ClientError> {
+        let req = pb::ReadDirRequest {
+            ino,
+            after: after.to_vec(),
+            limit,
+        };
+        let r = self
+            .leader_call("readdir", |ch| {
+                let r = req.clone();
+                async move { MetaClient::new(ch).read_dir(r).await }
+            })
+            .await?;
         check("readdir", r.errno)?;
         Ok((r.entries, r.more))
     }
@@ -163,28 +337,50 @@ impl ClusterClient {
 
     /// Reads a symlink.
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, ClientError> {
-        let r = self.leader_call("readlink", |ch| { let r = pb::InodeRequest { ino }; async move { MetaClient::new(ch).read_link(r).await } }).await?;
+        let r = self
+            .leader_call("readlink", |ch| {
+                let r = pb::InodeRequest { ino };
+                async move { MetaClient::new(ch).read_link(r).await }
+            })
+            .await?;
         check("readlink", r.errno)?;
         Ok(r.target)
     }
 
     /// Reads an extended attribute.
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, ClientError> {
-        let req = pb::GetXattrRequest { ino, name: name.to_vec() };
-        let r = self.leader_call("getxattr", |ch| { let r = req.clone(); async move { MetaClient::new(ch).get_xattr(r).await } }).await?;
+        let req = pb::GetXattrRequest {
+            ino,
+            name: name.to_vec(),
+        };
+        let r = self
+            .leader_call("getxattr", |ch| {
+                let r = req.clone();
+                async move { MetaClient::new(ch).get_xattr(r).await }
+            })
+            .await?;
         check("getxattr", r.errno)?;
         Ok(r.value)
     }
 
     /// Lists extended attribute names.
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, ClientError> {
-        let r = self.leader_call("listxattr", |ch| { let r = pb::InodeRequest { ino }; async move { MetaClient::new(ch).list_xattr(r).await } }).await?;
+        let r = self
+            .leader_call("listxattr", |ch| {
+                let r = pb::InodeRequest { ino };
+                async move { MetaClient::new(ch).list_xattr(r).await }
+            })
+            .await?;
         check("listxattr", r.errno)?;
         Ok(r.names)
     }
 
     /// Space and file count of the volume.
     pub async fn statfs(&self) -> Result<pb::StatFsReply, ClientError> {
-        self.leader_call("statfs", |ch| { let r = pb::StatFsRequest {}; async move { MetaClient::new(ch).stat_fs(r).await } }).await
+        self.leader_call("statfs", |ch| {
+            let r = pb::StatFsRequest {};
+            async move { MetaClient::new(ch).stat_fs(r).await }
+        })
+        .await
     }
 }

@@ -85,7 +85,11 @@ impl ClusterClient {
         let client = Self { inner };
         client.update_members(&members)?;
         let reply = client
-            .apply_raw("register", pb::meta_op::Op::RegisterClient(pb::RegisterClient {}), false)
+            .apply_raw(
+                "register",
+                pb::meta_op::Op::RegisterClient(pb::RegisterClient {}),
+                false,
+            )
             .await?;
         client.inner.client_id.store(reply.value, Ordering::Relaxed);
         tokio::spawn(health::run(Arc::downgrade(&client.inner)));
@@ -104,12 +108,20 @@ impl ClusterClient {
 
     /// The known nodes.
     pub fn nodes(&self) -> Vec<Arc<NodeHandle>> {
-        self.inner.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Address of the node believed to lead, if any.
     pub fn leader(&self) -> Option<String> {
-        self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_leader(&self, addr: Option<String>) {

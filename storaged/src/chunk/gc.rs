@@ -11,7 +11,13 @@ use super::store::ChunkStore;
 use crate::meta::read::MetaReader;
 
 /// Runs a collection every `interval` until cancelled.
-pub async fn run(store: Arc<ChunkStore>, reader: MetaReader, interval: Duration, grace: Duration, cancel: CancellationToken) {
+pub async fn run(
+    store: Arc<ChunkStore>,
+    reader: MetaReader,
+    interval: Duration,
+    grace: Duration,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,

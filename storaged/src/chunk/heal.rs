@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quizfs_proto::{chunks_client::ChunksClient, ChunkHash, GetChunkRequest, CHUNK_SIZE};
+use quizfs_proto::{CHUNK_SIZE, ChunkHash, GetChunkRequest, chunks_client::ChunksClient};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,10 @@ pub struct Healer {
 
 impl std::fmt::Debug for Healer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Healer").field("self_id", &self.self_id).field("backlog", &self.backlog()).finish_non_exhaustive()
+        f.debug_struct("Healer")
+            .field("self_id", &self.self_id)
+            .field("backlog", &self.backlog())
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,7 +84,10 @@ impl Healer {
 
     /// Asks for a chunk to be fetched again now (it was found corrupt).
     pub fn request(&self, hash: ChunkHash) {
-        self.urgent.lock().unwrap_or_else(|p| p.into_inner()).insert(hash);
+        self.urgent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash);
         self.wake.notify_one();
     }
 
@@ -101,14 +107,22 @@ impl Healer {
 
     fn peers(&self) -> Vec<String> {
         let m = self.raft.metrics().borrow().membership_config.clone();
-        m.nodes().filter(|(id, _)| **id != self.self_id).map(|(_, n)| n.addr.clone()).collect()
+        m.nodes()
+            .filter(|(id, _)| **id != self.self_id)
+            .map(|(_, n)| n.addr.clone())
+            .collect()
     }
 
     async fn fetch_from(&self, addr: &str, hash: ChunkHash) -> Result<Vec<u8>, String> {
         let channel = self.pool.channel(addr).map_err(|e| e.to_string())?;
         let mut client = ChunksClient::new(channel);
         let fut = async {
-            let mut stream = client.get(GetChunkRequest { hash: hash.0.to_vec() }).await?.into_inner();
+            let mut stream = client
+                .get(GetChunkRequest {
+                    hash: hash.0.to_vec(),
+                })
+                .await?
+                .into_inner();
             let mut data = Vec::new();
             while let Some(piece) = stream.message().await? {
                 data.extend_from_slice(&piece.data);
@@ -142,7 +156,9 @@ impl Healer {
                         return false;
                     }
                 },
-                Err(e) => tracing::debug!(hash = ?hash, peer = %addr, error = %e, "heal fetch failed"),
+                Err(e) => {
+                    tracing::debug!(hash = ?hash, peer = %addr, error = %e, "heal fetch failed")
+                }
             }
         }
         false
@@ -158,11 +174,16 @@ impl Healer {
                 _ = self.wake.notified() => {}
             }
             let me = self.clone();
-            let Ok(missing) = tokio::task::spawn_blocking(move || me.missing()).await else { continue };
+            let Ok(missing) = tokio::task::spawn_blocking(move || me.missing()).await else {
+                continue;
+            };
             let urgent: HashSet<ChunkHash> =
                 std::mem::take(&mut *self.urgent.lock().unwrap_or_else(|p| p.into_inner()));
-            let due: Vec<ChunkHash> =
-                missing.iter().filter(|h| seen_before.contains(h) || urgent.contains(h)).copied().collect();
+            let due: Vec<ChunkHash> = missing
+                .iter()
+                .filter(|h| seen_before.contains(h) || urgent.contains(h))
+                .copied()
+                .collect();
             self.backlog.store(missing.len() as u64, Ordering::Relaxed);
             if !due.is_empty() {
                 tracing::info!(due = due.len(), backlog = missing.len(), "healing");

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
-use quizfs_proto::{ChunkHash, CHUNK_SIZE};
+use quizfs_proto::{CHUNK_SIZE, ChunkHash};
 use tokio::io::AsyncWriteExt;
 
 /// Errors of the chunk store, each naming its chunk.
@@ -120,7 +120,10 @@ impl ChunkStore {
 
     /// Whether the chunk is present.
     pub fn contains(&self, hash: &ChunkHash) -> bool {
-        self.present.read().unwrap_or_else(|p| p.into_inner()).contains_key(hash)
+        self.present
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(hash)
     }
 
     /// Number of chunks and bytes stored.
@@ -131,11 +134,20 @@ impl ChunkStore {
 
     /// Every present chunk.
     pub fn list(&self) -> Vec<ChunkHash> {
-        self.present.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+        self.present
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     fn forget(&self, hash: &ChunkHash) {
-        let removed = self.present.write().unwrap_or_else(|p| p.into_inner()).remove(hash);
+        let removed = self
+            .present
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(hash);
         if let Some(len) = removed {
             self.bytes.fetch_sub(len, Ordering::Relaxed);
         }
@@ -145,7 +157,9 @@ impl ChunkStore {
     pub async fn writer(&self, hash: ChunkHash) -> Result<ChunkWriter<'_>, ChunkError> {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{}.{n}", hash.to_hex()));
-        let file = tokio::fs::File::create(&path).await.map_err(|e| ChunkError::io(hash, e))?;
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| ChunkError::io(hash, e))?;
         Ok(ChunkWriter {
             store: self,
             hash,
@@ -185,8 +199,12 @@ impl ChunkStore {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let to = self.quarantine.join(format!("{}.{n}", hash.to_hex()));
         match tokio::fs::rename(self.path(hash), &to).await {
-            Ok(()) => tracing::error!(hash = %hash, to = %to.display(), "corrupt chunk quarantined"),
-            Err(e) => tracing::error!(hash = %hash, error = %e, "corrupt chunk could not be quarantined"),
+            Ok(()) => {
+                tracing::error!(hash = %hash, to = %to.display(), "corrupt chunk quarantined")
+            }
+            Err(e) => {
+                tracing::error!(hash = %hash, error = %e, "corrupt chunk could not be quarantined")
+            }
         }
         self.forget(hash);
     }
@@ -201,7 +219,10 @@ impl ChunkStore {
     ) -> io::Result<bool> {
         let _g = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.path(hash);
-        let age = std::fs::metadata(&path)?.modified()?.elapsed().unwrap_or_default();
+        let age = std::fs::metadata(&path)?
+            .modified()?
+            .elapsed()
+            .unwrap_or_default();
         if age < grace || !still_garbage() {
             return Ok(false);
         }
@@ -243,7 +264,9 @@ impl ChunkWriter<'_> {
         }
         self.hasher.update(data);
         if let Some(f) = self.file.as_mut() {
-            f.write_all(data).await.map_err(|e| ChunkError::io(self.hash, e))?;
+            f.write_all(data)
+                .await
+                .map_err(|e| ChunkError::io(self.hash, e))?;
         }
         Ok(())
     }
@@ -254,9 +277,14 @@ impl ChunkWriter<'_> {
         let hash = self.hash;
         let actual = ChunkHash(*self.hasher.finalize().as_bytes());
         if actual != hash {
-            return Err(ChunkError::Mismatch { claimed: hash, actual });
+            return Err(ChunkError::Mismatch {
+                claimed: hash,
+                actual,
+            });
         }
-        let Some(mut file) = self.file.take() else { return Err(ChunkError::NotFound(hash)) };
+        let Some(mut file) = self.file.take() else {
+            return Err(ChunkError::NotFound(hash));
+        };
         let dest = self.store.path(&hash);
         if self.store.contains(&hash) {
             // Restart the garbage-collection grace period: a write that
@@ -272,7 +300,9 @@ impl ChunkWriter<'_> {
         file.sync_all().await.map_err(|e| ChunkError::io(hash, e))?;
         drop(file);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| ChunkError::io(hash, e))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| ChunkError::io(hash, e))?;
         let tmp = self.guard.0.take().unwrap_or_default();
         if let Err(e) = tokio::fs::rename(&tmp, &dest).await {
             self.guard.0 = Some(tmp);

@@ -3,7 +3,7 @@
 
 use quizfs_proto as pb;
 
-use super::schema::{dir_prefix, dirent_key, inode_key, DirEntryRec, Inode, KEY_INODE_COUNT};
+use super::schema::{DirEntryRec, Inode, KEY_INODE_COUNT, dir_prefix, dirent_key, inode_key};
 use crate::raft::decode;
 
 /// Errors of a read: the store failed or a record is corrupt.
@@ -45,13 +45,20 @@ impl MetaReader {
         if let Err(e) = super::validate::name(name) {
             return Ok(Err(e));
         }
-        let Some(dir) = self.inode(parent)? else { return Ok(Err(libc::ENOENT)) };
+        let Some(dir) = self.inode(parent)? else {
+            return Ok(Err(libc::ENOENT));
+        };
         if !dir.is_dir() {
             return Ok(Err(libc::ENOTDIR));
         }
-        let Some(v) = self.tree.get(dirent_key(parent, name))? else { return Ok(Err(libc::ENOENT)) };
+        let Some(v) = self.tree.get(dirent_key(parent, name))? else {
+            return Ok(Err(libc::ENOENT));
+        };
         let e: DirEntryRec = decode(&v)?;
-        Ok(self.inode(e.ino)?.map(|i| i.attr(e.ino)).ok_or(libc::ENOENT))
+        Ok(self
+            .inode(e.ino)?
+            .map(|i| i.attr(e.ino))
+            .ok_or(libc::ENOENT))
     }
 
     /// Lists a directory after `after`, at most `limit` entries; the bool
@@ -62,7 +69,9 @@ impl MetaReader {
         after: &[u8],
         limit: u32,
     ) -> Result<Result<(Vec<pb::DirEntry>, bool), i32>, ReadError> {
-        let Some(dir) = self.inode(ino)? else { return Ok(Err(libc::ENOENT)) };
+        let Some(dir) = self.inode(ino)? else {
+            return Ok(Err(libc::ENOENT));
+        };
         if !dir.is_dir() {
             return Ok(Err(libc::ENOTDIR));
         }
@@ -85,7 +94,11 @@ impl MetaReader {
                 break;
             }
             let e: DirEntryRec = decode(&v)?;
-            out.push(pb::DirEntry { name: name.to_vec(), ino: e.ino, mode: e.kind });
+            out.push(pb::DirEntry {
+                name: name.to_vec(),
+                ino: e.ino,
+                mode: e.kind,
+            });
         }
         Ok(Ok((out, more)))
     }
@@ -101,12 +114,14 @@ impl MetaReader {
 
     /// Iterates the hashes of every referenced chunk.
     pub fn referenced_chunks(&self) -> impl Iterator<Item = Result<[u8; 32], ReadError>> {
-        self.tree.scan_prefix([super::schema::PREFIX_CHUNK]).map(|item| {
-            let (k, _) = item?;
-            let mut h = [0u8; 32];
-            h.copy_from_slice(&k[1..33]);
-            Ok(h)
-        })
+        self.tree
+            .scan_prefix([super::schema::PREFIX_CHUNK])
+            .map(|item| {
+                let (k, _) = item?;
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&k[1..33]);
+                Ok(h)
+            })
     }
 
     /// Whether any file references the chunk.

@@ -125,7 +125,10 @@ pub struct ChunkEntry {
 impl ChunkEntry {
     /// The entry as it goes on the wire.
     pub fn to_pb(&self) -> pb::ChunkRef {
-        pb::ChunkRef { hash: self.hash.map(|h| h.to_vec()).unwrap_or_default(), len: self.len }
+        pb::ChunkRef {
+            hash: self.hash.map(|h| h.to_vec()).unwrap_or_default(),
+            len: self.len,
+        }
     }
 }
 

@@ -34,15 +34,27 @@ pub enum Seen {
 
 /// Looks a request up.
 pub fn seen(txn: &Txn<'_>, client: u64, seq: u64) -> Result<Seen, StoreError> {
-    let Some(s) = txn.get::<Session>(&session_key(client))? else { return Ok(Seen::New) };
+    let Some(s) = txn.get::<Session>(&session_key(client))? else {
+        return Ok(Seen::New);
+    };
     if let Some(r) = s.replies.get(&seq) {
         return Ok(Seen::Replied(r.clone()));
     }
-    Ok(if seq < s.floor { Seen::Forgotten } else { Seen::New })
+    Ok(if seq < s.floor {
+        Seen::Forgotten
+    } else {
+        Seen::New
+    })
 }
 
 /// Records a reply and forgets what the client has acknowledged.
-pub fn record(txn: &mut Txn<'_>, client: u64, seq: u64, acked_below: u64, reply: Vec<u8>) -> Result<(), StoreError> {
+pub fn record(
+    txn: &mut Txn<'_>,
+    client: u64,
+    seq: u64,
+    acked_below: u64,
+    reply: Vec<u8>,
+) -> Result<(), StoreError> {
     let key = session_key(client);
     let mut s: Session = txn.get(&key)?.unwrap_or_default();
     if acked_below > s.floor {

@@ -7,8 +7,8 @@
 //! snapshot that was first synced to disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, RaftSnapshotBuilder};
@@ -21,8 +21,8 @@ use super::schema::KEY_APPLIED;
 use super::sessions::{self, Seen};
 use super::txn::{Fail, StoreError, Txn};
 use crate::raft::{
-    decode, encode, read_err, snapshot, write_err, Cmd, CmdReply, Entry, LogId, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig,
+    Cmd, CmdReply, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, decode,
+    encode, read_err, snapshot, write_err,
 };
 
 const CURRENT: &str = "current.snap";
@@ -43,7 +43,11 @@ pub struct StateMachine {
 }
 
 fn errno_reply(errno: i32) -> Vec<u8> {
-    pb::MetaReply { errno, ..Default::default() }.encode_to_vec()
+    pb::MetaReply {
+        errno,
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 fn store_err(e: StoreError) -> StorageError {
@@ -51,7 +55,11 @@ fn store_err(e: StoreError) -> StorageError {
 }
 
 fn io_err(verb_write: bool, e: std::io::Error) -> StorageError {
-    if verb_write { write_err(ErrorSubject::Snapshot(None), &e) } else { read_err(ErrorSubject::Snapshot(None), &e) }
+    if verb_write {
+        write_err(ErrorSubject::Snapshot(None), &e)
+    } else {
+        read_err(ErrorSubject::Snapshot(None), &e)
+    }
 }
 
 impl StateMachine {
@@ -66,14 +74,22 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             recv_counter: Arc::new(AtomicU64::new(0)),
         };
-        if sm.raft_meta.contains_key(KEY_INSTALLING).map_err(std::io::Error::other)? {
+        if sm
+            .raft_meta
+            .contains_key(KEY_INSTALLING)
+            .map_err(std::io::Error::other)?
+        {
             tracing::warn!("finishing a snapshot install interrupted by a crash");
             sm.load_current()?;
         } else if sm.current_path().exists() {
             let snap = snapshot::read_meta(&sm.current_path())?.last_log_id;
             let applied = sm.applied().map_err(std::io::Error::other)?.0;
             if snap > applied {
-                tracing::warn!(?snap, ?applied, "state machine is behind its snapshot; reloading it");
+                tracing::warn!(
+                    ?snap,
+                    ?applied,
+                    "state machine is behind its snapshot; reloading it"
+                );
                 sm.load_current()?;
             }
         }
@@ -92,18 +108,26 @@ impl StateMachine {
     /// Loads the current snapshot file into the tree, guarded by the marker.
     fn load_current(&self) -> Result<(), std::io::Error> {
         let other = std::io::Error::other;
-        self.raft_meta.insert(KEY_INSTALLING, b"1".as_slice()).map_err(other)?;
+        self.raft_meta
+            .insert(KEY_INSTALLING, b"1".as_slice())
+            .map_err(other)?;
         self.db.flush().map_err(other)?;
         let meta = snapshot::import(&self.current_path(), &self.tree)?;
         let applied: Applied = (meta.last_log_id, meta.last_membership.clone());
-        self.tree.insert(KEY_APPLIED, encode(&applied)).map_err(other)?;
+        self.tree
+            .insert(KEY_APPLIED, encode(&applied))
+            .map_err(other)?;
         self.raft_meta.remove(KEY_INSTALLING).map_err(other)?;
         self.db.flush().map_err(other)?;
         Ok(())
     }
 
     fn applied(&self) -> Result<Applied, StorageError> {
-        match self.tree.get(KEY_APPLIED).map_err(|e| read_err(ErrorSubject::StateMachine, &e))? {
+        match self
+            .tree
+            .get(KEY_APPLIED)
+            .map_err(|e| read_err(ErrorSubject::StateMachine, &e))?
+        {
             Some(v) => decode(&v).map_err(|e| read_err(ErrorSubject::StateMachine, &e)),
             None => Ok((None, StoredMembership::default())),
         }
@@ -117,7 +141,11 @@ impl StateMachine {
             match sessions::seen(txn, cmd.client_id, cmd.seq)? {
                 Seen::Replied(r) => return Ok(r),
                 Seen::Forgotten => {
-                    tracing::warn!(client = cmd.client_id, seq = cmd.seq, "retry of a forgotten request");
+                    tracing::warn!(
+                        client = cmd.client_id,
+                        seq = cmd.seq,
+                        "retry of a forgotten request"
+                    );
                     return Ok(errno_reply(libc::EIO));
                 }
                 Seen::New => {}
@@ -150,13 +178,19 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, path) = match std::mem::replace(&mut self.exported, Err(std::io::Error::other("used"))) {
-            Ok(x) => x,
-            Err(e) => return Err(io_err(true, e)),
-        };
-        let file = tokio::fs::File::open(&path).await.map_err(|e| io_err(false, e))?;
+        let (meta, path) =
+            match std::mem::replace(&mut self.exported, Err(std::io::Error::other("used"))) {
+                Ok(x) => x,
+                Err(e) => return Err(io_err(true, e)),
+            };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_err(false, e))?;
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
@@ -190,7 +224,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let applied: Applied = (last, membership);
         txn.put(KEY_APPLIED, &applied);
-        self.tree.apply_batch(txn.into_batch()).map_err(|e| write_err(ErrorSubject::StateMachine, &e))?;
+        self.tree
+            .apply_batch(txn.into_batch())
+            .map_err(|e| write_err(ErrorSubject::StateMachine, &e))?;
         Ok(replies)
     }
 
@@ -207,7 +243,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos())
             );
-            let meta = SnapshotMeta { last_log_id: last, last_membership: membership, snapshot_id: id };
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: membership,
+                snapshot_id: id,
+            };
             let tmp = self.dir.join(format!("build-{}.tmp", meta.snapshot_id));
             // The tree itself goes to disk first: the log may be purged up to
             // this snapshot as soon as it exists.
@@ -233,7 +273,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| io_err(true, e))?;
         // Unlinked at once: the open handle is all openraft needs, and
         // nothing is left behind if the transfer is abandoned.
-        tokio::fs::remove_file(&path).await.map_err(|e| io_err(true, e))?;
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(|e| io_err(true, e))?;
         Ok(Box::new(file))
     }
 
@@ -245,9 +287,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(snapshot = %meta.snapshot_id, "installing snapshot");
         let tmp = self.dir.join("install.tmp");
         {
-            let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| io_err(true, e))?;
-            snapshot.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| io_err(false, e))?;
-            tokio::io::copy(&mut snapshot, &mut out).await.map_err(|e| io_err(true, e))?;
+            let mut out = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| io_err(true, e))?;
+            snapshot
+                .seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(|e| io_err(false, e))?;
+            tokio::io::copy(&mut snapshot, &mut out)
+                .await
+                .map_err(|e| io_err(true, e))?;
             out.flush().await.map_err(|e| io_err(true, e))?;
             out.sync_all().await.map_err(|e| io_err(true, e))?;
         }
@@ -259,7 +308,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.load_current()?;
             // The received meta is authoritative for what was applied.
             let applied: Applied = (meta.last_log_id, meta.last_membership.clone());
-            self.tree.insert(KEY_APPLIED, encode(&applied)).map_err(std::io::Error::other)?;
+            self.tree
+                .insert(KEY_APPLIED, encode(&applied))
+                .map_err(std::io::Error::other)?;
             self.db.flush().map_err(std::io::Error::other)?;
             Ok(())
         })
@@ -272,8 +323,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         }
         let meta = snapshot::read_meta(&path).map_err(|e| io_err(false, e))?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| io_err(false, e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_err(false, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
     }
 }
 

@@ -42,19 +42,27 @@ pub enum Fail {
 /// Result of a namespace operation.
 pub type OpResult<T> = Result<T, Fail>;
 
+/// A key and its overlay state before the current command touched it
+/// (`None`: the overlay did not hold the key).
+type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
+
 /// Pending writes over a sled tree, with per-command undo.
 #[derive(Debug)]
 pub struct Txn<'a> {
     tree: &'a sled::Tree,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Previous overlay state of each key the current command touched.
-    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    undo: Vec<Undo>,
 }
 
 impl<'a> Txn<'a> {
     /// Starts an empty overlay over `tree`.
     pub fn new(tree: &'a sled::Tree) -> Self {
-        Self { tree, writes: BTreeMap::new(), undo: Vec::new() }
+        Self {
+            tree,
+            writes: BTreeMap::new(),
+            undo: Vec::new(),
+        }
     }
 
     /// Starts a command: later writes can be rolled back until [`Txn::end`].
@@ -89,9 +97,10 @@ impl<'a> Txn<'a> {
     pub fn get<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         match self.get_raw(key)? {
             None => Ok(None),
-            Some(v) => decode(&v)
-                .map(Some)
-                .map_err(|source| StoreError::Corrupt { key: key.to_vec(), source }),
+            Some(v) => decode(&v).map(Some).map_err(|source| StoreError::Corrupt {
+                key: key.to_vec(),
+                source,
+            }),
         }
     }
 
@@ -119,7 +128,10 @@ impl<'a> Txn<'a> {
 
     /// Reads a big-endian u64 counter (0 when absent).
     pub fn get_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
-        Ok(self.get_raw(key)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes))
+        Ok(self
+            .get_raw(key)?
+            .and_then(|v| v.try_into().ok())
+            .map_or(0, u64::from_be_bytes))
     }
 
     /// Writes a big-endian u64 counter; 0 removes the key.

@@ -19,7 +19,8 @@ pub fn name(name: &[u8]) -> Result<(), i32> {
     if name.len() > pb::MAX_NAME_BYTES {
         return Err(libc::ENAMETOOLONG);
     }
-    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0) {
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0)
+    {
         return Err(libc::EINVAL);
     }
     Ok(())
@@ -46,7 +47,9 @@ pub fn chunks(chunks: &[pb::ChunkRef], size: u64) -> Result<(), i32> {
 /// Checks every field of an operation. Ids of inodes are checked when the
 /// operation is applied (ENOENT), since only the state machine knows them.
 pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
-    let Some(op) = &op.op else { return Err(libc::EINVAL) };
+    let Some(op) = &op.op else {
+        return Err(libc::EINVAL);
+    };
     match op {
         Op::Create(c) => name(&c.name),
         Op::Mkdir(c) => name(&c.name),

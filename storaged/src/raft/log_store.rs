@@ -7,7 +7,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, RaftLogReader, Vote};
 
-use super::{decode, encode, read_err, write_err, Entry, LogId, NodeId, StorageError, TypeConfig};
+use super::{Entry, LogId, NodeId, StorageError, TypeConfig, decode, encode, read_err, write_err};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -24,34 +24,58 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log trees of `db`.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self { db: db.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? })
+        Ok(Self {
+            db: db.clone(),
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+        })
     }
 
-    fn get_meta<T: for<'a> serde::Deserialize<'a>>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let Some(v) = self.meta.get(key).map_err(|e| read_err(ErrorSubject::Store, &e))? else {
+    fn get_meta<T: for<'a> serde::Deserialize<'a>>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let Some(v) = self
+            .meta
+            .get(key)
+            .map_err(|e| read_err(ErrorSubject::Store, &e))?
+        else {
             return Ok(None);
         };
-        decode(&v).map(Some).map_err(|e| read_err(ErrorSubject::Store, &e))
+        decode(&v)
+            .map(Some)
+            .map_err(|e| read_err(ErrorSubject::Store, &e))
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
-        self.meta.insert(key, encode(value)).map_err(|e| write_err(ErrorSubject::Store, &e))?;
+        self.meta
+            .insert(key, encode(value))
+            .map_err(|e| write_err(ErrorSubject::Store, &e))?;
         Ok(())
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush_async().await.map_err(|e| write_err(ErrorSubject::Logs, &e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| write_err(ErrorSubject::Logs, &e))?;
         Ok(())
     }
 
     /// Whether this node has ever stored a vote or a log entry.
     pub fn is_empty(&self) -> Result<bool, sled::Error> {
-        Ok(self.log.is_empty() && self.meta.get(KEY_VOTE)?.is_none() && self.meta.get(KEY_PURGED)?.is_none())
+        Ok(self.log.is_empty()
+            && self.meta.get(KEY_VOTE)?.is_none()
+            && self.meta.get(KEY_PURGED)?.is_none())
     }
 
     /// Index of the last entry purged from the log, 0 if none.
     pub fn purged_index(&self) -> u64 {
-        self.get_meta::<Option<LogId>>(KEY_PURGED).ok().flatten().flatten().map_or(0, |l| l.index)
+        self.get_meta::<Option<LogId>>(KEY_PURGED)
+            .ok()
+            .flatten()
+            .flatten()
+            .map_or(0, |l| l.index)
     }
 }
 
@@ -88,14 +112,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?.flatten();
-        let last = match self.log.last().map_err(|e| read_err(ErrorSubject::Logs, &e))? {
+        let last = match self
+            .log
+            .last()
+            .map_err(|e| read_err(ErrorSubject::Logs, &e))?
+        {
             Some((_, v)) => {
                 let e: Entry = decode(&v).map_err(|e| read_err(ErrorSubject::Logs, &e))?;
                 Some(e.log_id)
             }
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -121,7 +152,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -130,9 +165,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.insert(&index_key(entry.log_id.index), encode(&entry));
         }
-        self.log.apply_batch(batch).map_err(|e| write_err(ErrorSubject::Logs, &e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| write_err(ErrorSubject::Logs, &e))?;
         // The entries must be on disk before the callback acknowledges them.
-        let res = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        let res = self
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other);
         callback.log_io_completed(res);
         Ok(())
     }
@@ -143,7 +185,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (k, _) = item.map_err(|e| read_err(ErrorSubject::Logs, &e))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| write_err(ErrorSubject::Logs, &e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| write_err(ErrorSubject::Logs, &e))?;
         self.flush().await
     }
 
@@ -157,7 +201,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (k, _) = item.map_err(|e| read_err(ErrorSubject::Logs, &e))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| write_err(ErrorSubject::Logs, &e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| write_err(ErrorSubject::Logs, &e))?;
         Ok(())
     }
 }

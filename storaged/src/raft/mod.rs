@@ -65,11 +65,27 @@ pub fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, bincode::Er
 }
 
 /// Wraps an error as a storage read error, for openraft.
-pub fn read_err(subject: openraft::ErrorSubject<NodeId>, e: &(impl std::error::Error + 'static)) -> StorageError {
-    openraft::StorageIOError::new(subject, openraft::ErrorVerb::Read, openraft::AnyError::new(e)).into()
+pub fn read_err(
+    subject: openraft::ErrorSubject<NodeId>,
+    e: &(impl std::error::Error + 'static),
+) -> StorageError {
+    openraft::StorageIOError::new(
+        subject,
+        openraft::ErrorVerb::Read,
+        openraft::AnyError::new(e),
+    )
+    .into()
 }
 
 /// Wraps an error as a storage write error, for openraft.
-pub fn write_err(subject: openraft::ErrorSubject<NodeId>, e: &(impl std::error::Error + 'static)) -> StorageError {
-    openraft::StorageIOError::new(subject, openraft::ErrorVerb::Write, openraft::AnyError::new(e)).into()
+pub fn write_err(
+    subject: openraft::ErrorSubject<NodeId>,
+    e: &(impl std::error::Error + 'static),
+) -> StorageError {
+    openraft::StorageIOError::new(
+        subject,
+        openraft::ErrorVerb::Write,
+        openraft::AnyError::new(e),
+    )
+    .into()
 }

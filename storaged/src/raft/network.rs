@@ -13,9 +13,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use quizfs_proto::{raft_transport_client::RaftTransportClient, RaftBytes, MAX_RAFT_MESSAGE_BYTES};
+use quizfs_proto::{MAX_RAFT_MESSAGE_BYTES, RaftBytes, raft_transport_client::RaftTransportClient};
 
-use super::{decode, encode, BasicNode, NodeId, TypeConfig};
+use super::{BasicNode, NodeId, TypeConfig, decode, encode};
 use crate::peers::PeerPool;
 
 /// Creates connections to Raft peers.
@@ -40,25 +40,39 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
-        Connection { self_id: self.self_id, target, addr: node.addr.clone(), pool: self.pool.clone() }
+        Connection {
+            self_id: self.self_id,
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+        }
     }
 }
 
 type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 impl Connection {
-    async fn call<Req, Resp, E>(&self, action: RPCTypes, req: &Req, ttl: Duration) -> Result<Resp, RpcErr<E>>
+    async fn call<Req, Resp, E>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RpcErr<E>>
     where
         Req: serde::Serialize,
         Resp: for<'a> serde::Deserialize<'a>,
         E: std::error::Error + for<'a> serde::Deserialize<'a>,
     {
-        let channel = self.pool.channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let channel = self
+            .pool
+            .channel(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = RaftTransportClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
         let mut msg = tonic::Request::new(RaftBytes { data: encode(req) });
-        msg.metadata_mut().insert(quizfs_proto::RAFT_TARGET_KEY, self.target.into());
+        msg.metadata_mut()
+            .insert(quizfs_proto::RAFT_TARGET_KEY, self.target.into());
         let fut = async {
             match action {
                 RPCTypes::AppendEntries => client.append_entries(msg).await,
@@ -93,7 +107,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl()).await
+        self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -101,7 +116,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.call(RPCTypes::InstallSnapshot, &rpc, option.hard_ttl()).await
+        self.call(RPCTypes::InstallSnapshot, &rpc, option.hard_ttl())
+            .await
     }
 
     async fn vote(

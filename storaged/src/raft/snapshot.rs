@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use super::{decode, encode, SnapshotMeta};
+use super::{SnapshotMeta, decode, encode};
 
 const MAGIC: &[u8; 8] = b"QZSNAP01";
 const END: u32 = u32::MAX;
@@ -74,7 +74,10 @@ fn read_block(r: &mut impl Read, len: u32) -> io::Result<Vec<u8>> {
 /// Writes every record of `tree` to a new file at `path`, synced to disk.
 pub fn export(tree: &sled::Tree, meta: &SnapshotMeta, path: &Path) -> io::Result<()> {
     let file = File::create(path)?;
-    let mut w = HashingWriter { inner: BufWriter::new(file), hasher: blake3::Hasher::new() };
+    let mut w = HashingWriter {
+        inner: BufWriter::new(file),
+        hasher: blake3::Hasher::new(),
+    };
     w.write_all(MAGIC)?;
     write_block(&mut w, &encode(meta))?;
     for item in tree.iter() {
@@ -104,15 +107,22 @@ pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
 
 /// Walks a snapshot file, checking its structure and hash; `sink` gets each
 /// record.
-fn walk(path: &Path, mut sink: impl FnMut(Vec<u8>, Vec<u8>) -> io::Result<()>) -> io::Result<SnapshotMeta> {
-    let mut r = HashingReader { inner: BufReader::new(File::open(path)?), hasher: blake3::Hasher::new() };
+fn walk(
+    path: &Path,
+    mut sink: impl FnMut(Vec<u8>, Vec<u8>) -> io::Result<()>,
+) -> io::Result<SnapshotMeta> {
+    let mut r = HashingReader {
+        inner: BufReader::new(File::open(path)?),
+        hasher: blake3::Hasher::new(),
+    };
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
     if &magic != MAGIC {
         return Err(invalid("not a quizfs snapshot"));
     }
     let len = read_len(&mut r)?;
-    let meta = decode(&read_block(&mut r, len)?).map_err(|e| invalid(format!("snapshot meta: {e}")))?;
+    let meta =
+        decode(&read_block(&mut r, len)?).map_err(|e| invalid(format!("snapshot meta: {e}")))?;
     loop {
         let klen = read_len(&mut r)?;
         if klen == END {
@@ -147,7 +157,8 @@ pub fn import(path: &Path, tree: &sled::Tree) -> io::Result<SnapshotMeta> {
         batch.insert(k, v);
         n += 1;
         if n % IMPORT_BATCH == 0 {
-            tree.apply_batch(std::mem::take(&mut batch)).map_err(io::Error::other)?;
+            tree.apply_batch(std::mem::take(&mut batch))
+                .map_err(io::Error::other)?;
         }
         Ok(())
     })?;

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use quizfs_proto::{self as pb, chunks_server::Chunks, ChunkHash, PIECE_SIZE};
+use quizfs_proto::{self as pb, ChunkHash, PIECE_SIZE, chunks_server::Chunks};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,17 +23,31 @@ type PieceStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkPiece, Status>> + S
 #[tonic::async_trait]
 impl Chunks for ChunkService {
     #[tracing::instrument(skip_all)]
-    async fn put(&self, req: Request<Streaming<pb::PutPiece>>) -> Result<Response<pb::PutReply>, Status> {
+    async fn put(
+        &self,
+        req: Request<Streaming<pb::PutPiece>>,
+    ) -> Result<Response<pb::PutReply>, Status> {
         let mut stream = req.into_inner();
         let Some(first) = stream.message().await? else {
             return Err(Status::invalid_argument("empty chunk upload"));
         };
         let hash = ChunkHash::from_slice(&first.hash)
             .ok_or_else(|| Status::invalid_argument("chunk hash must be 32 bytes"))?;
-        let mut writer = self.state.store.writer(hash).await.map_err(|e| status::chunk_error(&e))?;
-        writer.write(&first.data).await.map_err(|e| status::chunk_error(&e))?;
+        let mut writer = self
+            .state
+            .store
+            .writer(hash)
+            .await
+            .map_err(|e| status::chunk_error(&e))?;
+        writer
+            .write(&first.data)
+            .await
+            .map_err(|e| status::chunk_error(&e))?;
         while let Some(piece) = stream.message().await? {
-            writer.write(&piece.data).await.map_err(|e| status::chunk_error(&e))?;
+            writer
+                .write(&piece.data)
+                .await
+                .map_err(|e| status::chunk_error(&e))?;
         }
         let already_present = writer.finish().await.map_err(|e| {
             if let ChunkError::Mismatch { .. } = e {
@@ -47,7 +61,10 @@ impl Chunks for ChunkService {
     type GetStream = PieceStream;
 
     #[tracing::instrument(skip_all)]
-    async fn get(&self, req: Request<pb::GetChunkRequest>) -> Result<Response<PieceStream>, Status> {
+    async fn get(
+        &self,
+        req: Request<pb::GetChunkRequest>,
+    ) -> Result<Response<PieceStream>, Status> {
         let hash = ChunkHash::from_slice(&req.get_ref().hash)
             .ok_or_else(|| Status::invalid_argument("chunk hash must be 32 bytes"))?;
         let data = match self.state.store.get(&hash).await {
@@ -64,7 +81,9 @@ impl Chunks for ChunkService {
         let pieces: Vec<Result<pb::ChunkPiece, Status>> = if data.is_empty() {
             vec![Ok(pb::ChunkPiece { data: Vec::new() })]
         } else {
-            data.chunks(PIECE_SIZE).map(|p| Ok(pb::ChunkPiece { data: p.to_vec() })).collect()
+            data.chunks(PIECE_SIZE)
+                .map(|p| Ok(pb::ChunkPiece { data: p.to_vec() }))
+                .collect()
         };
         Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
     }

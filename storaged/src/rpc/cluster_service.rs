@@ -1,8 +1,8 @@
 //! Membership, bootstrap probes, heartbeats, status and joining.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -45,14 +45,22 @@ impl ClusterService {
         if m.state == ServerState::Leader {
             return Ok(raft);
         }
-        let leader_node = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
-        Err(status::redirect(&openraft::error::ForwardToLeader { leader_id: m.current_leader, leader_node }))
+        let leader_node = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        Err(status::redirect(&openraft::error::ForwardToLeader {
+            leader_id: m.current_leader,
+            leader_node,
+        }))
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn probe(&self, _req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeReply>, Status> {
+    async fn probe(
+        &self,
+        _req: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeReply>, Status> {
         let initialized = match self.state.raft.get() {
             Some(r) => r.is_initialized().await.unwrap_or(false),
             None => false,
@@ -65,7 +73,10 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn members(&self, req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersReply>, Status> {
+    async fn members(
+        &self,
+        req: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersReply>, Status> {
         let volume = &req.get_ref().volume;
         if !volume.is_empty() && *volume != self.state.cfg.volume {
             return Err(Status::not_found(format!(
@@ -78,7 +89,11 @@ impl Cluster for ClusterService {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
             .nodes()
-            .map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+            .map(|(id, n)| pb::Member {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
             .collect();
         Ok(Response::new(pb::MembersReply {
             volume: self.state.cfg.volume.clone(),
@@ -88,7 +103,10 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn ping(&self, _req: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {
+    async fn ping(
+        &self,
+        _req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingReply>, Status> {
         let (leader_id, term) = match self.state.raft.get() {
             Some(r) => {
                 let m = r.metrics();
@@ -97,10 +115,17 @@ impl Cluster for ClusterService {
             }
             None => (0, 0),
         };
-        Ok(Response::new(pb::PingReply { node_id: self.state.node_id.load(Ordering::Relaxed), leader_id, term }))
+        Ok(Response::new(pb::PingReply {
+            node_id: self.state.node_id.load(Ordering::Relaxed),
+            leader_id,
+            term,
+        }))
     }
 
-    async fn node_status(&self, _req: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatusReply>, Status> {
+    async fn node_status(
+        &self,
+        _req: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusReply>, Status> {
         let (chunks, chunk_bytes) = self.state.store.stats();
         let (disk_total, disk_free) = crate::node::disk_space(&self.state.cfg.data_dir);
         let mut reply = pb::NodeStatusReply {
@@ -118,10 +143,13 @@ impl Cluster for ClusterService {
             let m = raft.metrics().borrow().clone();
             // openraft keeps a leader that lost its majority in the Leader
             // state; it is no leader to anyone, so it is reported apart.
-            let quorum_silent = m.millis_since_quorum_ack.is_none_or(|ms| {
-                ms > 2 * self.state.cfg.election.as_millis() as u64
-            });
-            reply.role = if m.state == ServerState::Leader && quorum_silent && m.membership_config.membership().voter_ids().count() > 1 {
+            let quorum_silent = m
+                .millis_since_quorum_ack
+                .is_none_or(|ms| ms > 2 * self.state.cfg.election.as_millis() as u64);
+            reply.role = if m.state == ServerState::Leader
+                && quorum_silent
+                && m.membership_config.membership().voter_ids().count() > 1
+            {
                 "isolated".into()
             } else {
                 role(m.state).into()
@@ -140,7 +168,9 @@ impl Cluster for ClusterService {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
         let req = req.into_inner();
         if req.addr.is_empty() {
-            return Err(Status::invalid_argument("join needs the joining node's address"));
+            return Err(Status::invalid_argument(
+                "join needs the joining node's address",
+            ));
         }
         let raft = self.ensure_leader()?;
         if req.node_id == 0 {
@@ -149,20 +179,33 @@ impl Cluster for ClusterService {
                 seq: 0,
                 acked_below: 0,
                 now_ns: 0,
-                op: prost::Message::encode_to_vec(&pb::MetaOp { op: Some(Op::AllocNodeId(pb::AllocNodeId {})) }),
+                op: prost::Message::encode_to_vec(&pb::MetaOp {
+                    op: Some(Op::AllocNodeId(pb::AllocNodeId {})),
+                }),
             };
             let resp = raft.client_write(cmd).await.map_err(status::write_error)?;
             let reply: pb::MetaReply = prost::Message::decode(resp.data.0.as_slice())
                 .map_err(|e| Status::internal(format!("undecodable reply: {e}")))?;
             tracing::info!(node = reply.value, "allocated a node id for a joining node");
-            return Ok(Response::new(pb::JoinReply { node_id: reply.value }));
+            return Ok(Response::new(pb::JoinReply {
+                node_id: reply.value,
+            }));
         }
-        let membership = raft.metrics().borrow().membership_config.membership().clone();
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
         if membership.voter_ids().any(|id| id == req.node_id) {
-            return Ok(Response::new(pb::JoinReply { node_id: req.node_id }));
+            return Ok(Response::new(pb::JoinReply {
+                node_id: req.node_id,
+            }));
         }
         tracing::info!("--- adding joining node as learner");
-        let node = BasicNode { addr: req.addr.clone() };
+        let node = BasicNode {
+            addr: req.addr.clone(),
+        };
         tokio::time::timeout(JOIN_TIMEOUT, raft.add_learner(req.node_id, node, true))
             .await
             .map_err(|_| Status::unavailable("joining node did not catch up in time"))?
@@ -172,10 +215,17 @@ impl Cluster for ClusterService {
             .filter(|(id, n)| n.addr == req.addr && **id != req.node_id)
             .map(|(id, _)| *id)
             .collect();
-        let mut voters: BTreeSet<u64> = membership.voter_ids().filter(|id| !replaced.contains(id)).collect();
+        let mut voters: BTreeSet<u64> = membership
+            .voter_ids()
+            .filter(|id| !replaced.contains(id))
+            .collect();
         voters.insert(req.node_id);
         tracing::info!(?replaced, ?voters, "--- replacing member");
-        raft.change_membership(voters, false).await.map_err(status::write_error)?;
-        Ok(Response::new(pb::JoinReply { node_id: req.node_id }))
+        raft.change_membership(voters, false)
+            .await
+            .map_err(status::write_error)?;
+        Ok(Response::new(pb::JoinReply {
+            node_id: req.node_id,
+        }))
     }
 }

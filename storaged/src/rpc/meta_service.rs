@@ -28,7 +28,9 @@ pub struct MetaService {
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl MetaService {
@@ -50,7 +52,10 @@ impl MetaService {
 
 fn errno_attr(r: Result<pb::Attr, i32>) -> pb::AttrReply {
     match r {
-        Ok(a) => pb::AttrReply { errno: 0, attr: Some(a) },
+        Ok(a) => pb::AttrReply {
+            errno: 0,
+            attr: Some(a),
+        },
         Err(errno) => pb::AttrReply { errno, attr: None },
     }
 }
@@ -58,11 +63,19 @@ fn errno_attr(r: Result<pb::Attr, i32>) -> pb::AttrReply {
 #[tonic::async_trait]
 impl Meta for MetaService {
     #[tracing::instrument(skip_all, fields(client = req.get_ref().client_id, seq = req.get_ref().seq))]
-    async fn apply(&self, req: Request<pb::MetaRequest>) -> Result<Response<pb::MetaReply>, Status> {
+    async fn apply(
+        &self,
+        req: Request<pb::MetaRequest>,
+    ) -> Result<Response<pb::MetaReply>, Status> {
         let req = req.into_inner();
-        let op = req.op.ok_or_else(|| Status::invalid_argument("request has no operation"))?;
+        let op = req
+            .op
+            .ok_or_else(|| Status::invalid_argument("request has no operation"))?;
         if let Err(errno) = validate::op(&op) {
-            return Ok(Response::new(pb::MetaReply { errno, ..Default::default() }));
+            return Ok(Response::new(pb::MetaReply {
+                errno,
+                ..Default::default()
+            }));
         }
         let cmd = Cmd {
             client_id: req.client_id,
@@ -81,24 +94,41 @@ impl Meta for MetaService {
         Ok(Response::new(reply))
     }
 
-    async fn lookup(&self, req: Request<pb::LookupRequest>) -> Result<Response<pb::AttrReply>, Status> {
+    async fn lookup(
+        &self,
+        req: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
         let r = self.linearize().await?;
         let req = req.into_inner();
-        Ok(Response::new(errno_attr(r.lookup(req.parent, &req.name).map_err(status::read_error)?)))
+        Ok(Response::new(errno_attr(
+            r.lookup(req.parent, &req.name)
+                .map_err(status::read_error)?,
+        )))
     }
 
-    async fn get_attr(&self, req: Request<pb::InodeRequest>) -> Result<Response<pb::AttrReply>, Status> {
+    async fn get_attr(
+        &self,
+        req: Request<pb::InodeRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
         let r = self.linearize().await?;
         let ino = req.get_ref().ino;
         let inode = r.inode(ino).map_err(status::read_error)?;
-        Ok(Response::new(errno_attr(inode.map(|i| i.attr(ino)).ok_or(libc::ENOENT))))
+        Ok(Response::new(errno_attr(
+            inode.map(|i| i.attr(ino)).ok_or(libc::ENOENT),
+        )))
     }
 
-    async fn get_layout(&self, req: Request<pb::InodeRequest>) -> Result<Response<pb::LayoutReply>, Status> {
+    async fn get_layout(
+        &self,
+        req: Request<pb::InodeRequest>,
+    ) -> Result<Response<pb::LayoutReply>, Status> {
         let r = self.linearize().await?;
         let ino = req.get_ref().ino;
         let reply = match r.inode(ino).map_err(status::read_error)? {
-            None => pb::LayoutReply { errno: libc::ENOENT, ..Default::default() },
+            None => pb::LayoutReply {
+                errno: libc::ENOENT,
+                ..Default::default()
+            },
             Some(i) => pb::LayoutReply {
                 errno: 0,
                 attr: Some(i.attr(ino)),
@@ -108,54 +138,102 @@ impl Meta for MetaService {
         Ok(Response::new(reply))
     }
 
-    async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> Result<Response<pb::ReadDirReply>, Status> {
+    async fn read_dir(
+        &self,
+        req: Request<pb::ReadDirRequest>,
+    ) -> Result<Response<pb::ReadDirReply>, Status> {
         let r = self.linearize().await?;
         let req = req.into_inner();
-        let reply = match r.readdir(req.ino, &req.after, req.limit).map_err(status::read_error)? {
-            Ok((entries, more)) => pb::ReadDirReply { errno: 0, entries, more },
-            Err(errno) => pb::ReadDirReply { errno, ..Default::default() },
-        };
-        Ok(Response::new(reply))
-    }
-
-    async fn read_link(&self, req: Request<pb::InodeRequest>) -> Result<Response<pb::ReadLinkReply>, Status> {
-        let r = self.linearize().await?;
-        let reply = match r.inode(req.get_ref().ino).map_err(status::read_error)? {
-            None => pb::ReadLinkReply { errno: libc::ENOENT, target: Vec::new() },
-            Some(i) if i.mode & libc::S_IFMT != libc::S_IFLNK => {
-                pb::ReadLinkReply { errno: libc::EINVAL, target: Vec::new() }
-            }
-            Some(i) => pb::ReadLinkReply { errno: 0, target: i.target },
-        };
-        Ok(Response::new(reply))
-    }
-
-    async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> Result<Response<pb::GetXattrReply>, Status> {
-        let r = self.linearize().await?;
-        let req = req.into_inner();
-        let reply = match r.inode(req.ino).map_err(status::read_error)? {
-            None => pb::GetXattrReply { errno: libc::ENOENT, value: Vec::new() },
-            Some(mut i) => match i.xattrs.remove(&req.name) {
-                Some(value) => pb::GetXattrReply { errno: 0, value },
-                None => pb::GetXattrReply { errno: libc::ENODATA, value: Vec::new() },
+        let reply = match r
+            .readdir(req.ino, &req.after, req.limit)
+            .map_err(status::read_error)?
+        {
+            Ok((entries, more)) => pb::ReadDirReply {
+                errno: 0,
+                entries,
+                more,
+            },
+            Err(errno) => pb::ReadDirReply {
+                errno,
+                ..Default::default()
             },
         };
         Ok(Response::new(reply))
     }
 
-    async fn list_xattr(&self, req: Request<pb::InodeRequest>) -> Result<Response<pb::ListXattrReply>, Status> {
+    async fn read_link(
+        &self,
+        req: Request<pb::InodeRequest>,
+    ) -> Result<Response<pb::ReadLinkReply>, Status> {
         let r = self.linearize().await?;
         let reply = match r.inode(req.get_ref().ino).map_err(status::read_error)? {
-            None => pb::ListXattrReply { errno: libc::ENOENT, names: Vec::new() },
-            Some(i) => pb::ListXattrReply { errno: 0, names: i.xattrs.into_keys().collect() },
+            None => pb::ReadLinkReply {
+                errno: libc::ENOENT,
+                target: Vec::new(),
+            },
+            Some(i) if i.mode & libc::S_IFMT != libc::S_IFLNK => pb::ReadLinkReply {
+                errno: libc::EINVAL,
+                target: Vec::new(),
+            },
+            Some(i) => pb::ReadLinkReply {
+                errno: 0,
+                target: i.target,
+            },
         };
         Ok(Response::new(reply))
     }
 
-    async fn stat_fs(&self, _req: Request<pb::StatFsRequest>) -> Result<Response<pb::StatFsReply>, Status> {
+    async fn get_xattr(
+        &self,
+        req: Request<pb::GetXattrRequest>,
+    ) -> Result<Response<pb::GetXattrReply>, Status> {
+        let r = self.linearize().await?;
+        let req = req.into_inner();
+        let reply = match r.inode(req.ino).map_err(status::read_error)? {
+            None => pb::GetXattrReply {
+                errno: libc::ENOENT,
+                value: Vec::new(),
+            },
+            Some(mut i) => match i.xattrs.remove(&req.name) {
+                Some(value) => pb::GetXattrReply { errno: 0, value },
+                None => pb::GetXattrReply {
+                    errno: libc::ENODATA,
+                    value: Vec::new(),
+                },
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn list_xattr(
+        &self,
+        req: Request<pb::InodeRequest>,
+    ) -> Result<Response<pb::ListXattrReply>, Status> {
+        let r = self.linearize().await?;
+        let reply = match r.inode(req.get_ref().ino).map_err(status::read_error)? {
+            None => pb::ListXattrReply {
+                errno: libc::ENOENT,
+                names: Vec::new(),
+            },
+            Some(i) => pb::ListXattrReply {
+                errno: 0,
+                names: i.xattrs.into_keys().collect(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn stat_fs(
+        &self,
+        _req: Request<pb::StatFsRequest>,
+    ) -> Result<Response<pb::StatFsReply>, Status> {
         let r = self.linearize().await?;
         let files = r.inode_count().map_err(status::read_error)?;
         let (total_bytes, free_bytes) = crate::node::disk_space(&self.state.cfg.data_dir);
-        Ok(Response::new(pb::StatFsReply { total_bytes, free_bytes, files }))
+        Ok(Response::new(pb::StatFsReply {
+            total_bytes,
+            free_bytes,
+            files,
+        }))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use quizfs_proto::{raft_transport_server::RaftTransport, RaftBytes};
+use quizfs_proto::{RaftBytes, raft_transport_server::RaftTransport};
 use tonic::{Request, Response, Status};
 
 use super::status;
@@ -22,10 +22,18 @@ impl RaftService {
     /// answer for it (its empty log would look like a log reverting).
     fn raft_for<T>(&self, req: &Request<T>) -> Result<&crate::raft::Raft, Status> {
         let raft = self.state.raft.get().ok_or_else(status::not_ready)?;
-        let me = self.state.node_id.load(std::sync::atomic::Ordering::Relaxed);
-        let target = req.metadata().get(quizfs_proto::RAFT_TARGET_KEY).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let me = self
+            .state
+            .node_id
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let target = req
+            .metadata()
+            .get(quizfs_proto::RAFT_TARGET_KEY)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         match target {
-            Some(t) if t != me => Err(Status::unavailable(format!("this address now serves node {me}, not node {t}"))),
+            Some(t) if t != me => Err(Status::unavailable(format!(
+                "this address now serves node {me}, not node {t}"
+            ))),
             _ => Ok(raft),
         }
     }
@@ -51,7 +59,10 @@ impl RaftTransport for RaftService {
         Ok(Response::new(RaftBytes { data: encode(&res) }))
     }
 
-    async fn install_snapshot(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
         let raft = self.raft_for(&req)?;
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         let res = raft.install_snapshot(rpc).await;

@@ -33,7 +33,9 @@ pub fn redirect(f: &ForwardToLeader<NodeId, BasicNode>) -> Status {
 pub fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Status {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => redirect(&f),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Status::failed_precondition(e.to_string()),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(e.to_string())
+        }
         RaftError::Fatal(f) => Status::unavailable(format!("raft stopped: {f}")),
     }
 }
@@ -42,7 +44,9 @@ pub fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) ->
 pub fn read_index_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> Status {
     match e {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => redirect(&f),
-        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Status::unavailable(q.to_string()),
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
+            Status::unavailable(q.to_string())
+        }
         RaftError::Fatal(f) => Status::unavailable(format!("raft stopped: {f}")),
     }
 }

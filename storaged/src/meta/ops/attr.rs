@@ -3,7 +3,7 @@
 
 use quizfs_proto as pb;
 
-use super::{change_refs, load, save, Ctx};
+use super::{Ctx, change_refs, load, save};
 use crate::meta::schema::{ChunkEntry, S_IFMT};
 use crate::meta::txn::{Fail, OpResult, Txn};
 use crate::meta::validate::MAX_XATTR_TOTAL;
@@ -61,7 +61,11 @@ pub(super) fn set_attr(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::SetAttr) -> OpResul
 }
 
 /// Replaces a file's chunk list and size after its new chunks are durable.
-pub(super) fn commit_write(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::CommitWrite) -> OpResult<pb::Attr> {
+pub(super) fn commit_write(
+    txn: &mut Txn<'_>,
+    ctx: &Ctx,
+    c: &pb::CommitWrite,
+) -> OpResult<pb::Attr> {
     let mut inode = load(txn, c.ino)?;
     if inode.is_dir() {
         return Err(Fail::Posix(libc::EISDIR));
@@ -98,7 +102,10 @@ pub(super) fn set_xattr(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::SetXattr) -> OpRes
     if c.flags & XATTR_REPLACE != 0 && !exists {
         return Err(Fail::Posix(libc::ENODATA));
     }
-    let old = inode.xattrs.get(&c.name).map_or(0, |v| c.name.len() + v.len());
+    let old = inode
+        .xattrs
+        .get(&c.name)
+        .map_or(0, |v| c.name.len() + v.len());
     let total: usize = inode.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum();
     if total - old + c.name.len() + c.value.len() > MAX_XATTR_TOTAL {
         return Err(Fail::Posix(libc::ENOSPC));

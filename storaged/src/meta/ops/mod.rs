@@ -10,8 +10,8 @@ mod rename;
 use quizfs_proto::{self as pb, meta_op::Op};
 
 use super::schema::{
-    self, chunk_key, dirent_key, inode_key, ChunkEntry, DirEntryRec, Inode, KEY_INODE_COUNT,
-    KEY_NEXT_CLIENT, KEY_NEXT_INO, KEY_NEXT_NODE,
+    self, ChunkEntry, DirEntryRec, Inode, KEY_INODE_COUNT, KEY_NEXT_CLIENT, KEY_NEXT_INO,
+    KEY_NEXT_NODE, chunk_key, dirent_key, inode_key,
 };
 use super::txn::{Fail, OpResult, Txn};
 use super::validate;
@@ -27,11 +27,17 @@ pub struct Ctx {
 /// be rolled back by the caller; it becomes the reply's errno.
 pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::MetaReply> {
     validate::op(op).map_err(Fail::Posix)?;
-    let Some(op) = &op.op else { return Err(Fail::Posix(libc::EINVAL)) };
+    let Some(op) = &op.op else {
+        return Err(Fail::Posix(libc::EINVAL));
+    };
     if !matches!(op, Op::AllocNodeId(_)) {
         ensure_root(txn, ctx)?;
     }
-    let attr = |a: pb::Attr| pb::MetaReply { errno: 0, attr: Some(a), value: 0 };
+    let attr = |a: pb::Attr| pb::MetaReply {
+        errno: 0,
+        attr: Some(a),
+        value: 0,
+    };
     let done = pb::MetaReply::default();
     Ok(match op {
         Op::Create(c) => attr(namespace::create(txn, ctx, c)?),
@@ -45,7 +51,10 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
         Op::CommitWrite(c) => attr(attr::commit_write(txn, ctx, c)?),
         Op::SetXattr(c) => attr::set_xattr(txn, ctx, c).map(|()| done)?,
         Op::RemoveXattr(c) => attr::remove_xattr(txn, ctx, c).map(|()| done)?,
-        Op::RegisterClient(_) => pb::MetaReply { value: next_counter(txn, KEY_NEXT_CLIENT, 1)?, ..done },
+        Op::RegisterClient(_) => pb::MetaReply {
+            value: next_counter(txn, KEY_NEXT_CLIENT, 1)?,
+            ..done
+        },
         Op::AllocNodeId(_) => pb::MetaReply {
             value: next_counter(txn, KEY_NEXT_NODE, schema::FIRST_JOINED_NODE_ID)?,
             ..done
@@ -170,7 +179,11 @@ fn change_refs(txn: &mut Txn<'_>, chunks: &[ChunkEntry], delta: i64) -> OpResult
     for hash in chunks.iter().filter_map(|c| c.hash.as_ref()) {
         let key = chunk_key(hash);
         let n = txn.get_u64(&key)?;
-        let n = if delta >= 0 { n + delta as u64 } else { n.saturating_sub(delta.unsigned_abs()) };
+        let n = if delta >= 0 {
+            n + delta as u64
+        } else {
+            n.saturating_sub(delta.unsigned_abs())
+        };
         txn.put_u64(&key, n);
     }
     Ok(())

@@ -3,14 +3,18 @@
 
 use quizfs_proto as pb;
 
-use super::{add_entry, alloc_ino, drop_link, entry, load, load_dir, remove_entry, save, Ctx};
+use super::{Ctx, add_entry, alloc_ino, drop_link, entry, load, load_dir, remove_entry, save};
 use crate::meta::schema::{DirEntryRec, Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID};
 use crate::meta::txn::{Fail, OpResult, Txn};
 
 /// The group and the set-group-id bit a new inode inherits from a
 /// set-group-id directory.
 fn inherit_gid(parent: &Inode, gid: u32) -> (u32, bool) {
-    if parent.mode & S_ISGID != 0 { (parent.gid, true) } else { (gid, false) }
+    if parent.mode & S_ISGID != 0 {
+        (parent.gid, true)
+    } else {
+        (gid, false)
+    }
 }
 
 fn new_inode(ctx: &Ctx, mode: u32, uid: u32, gid: u32) -> Inode {
@@ -75,7 +79,13 @@ pub(super) fn mkdir(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Mkdir) -> OpResult<pb:
     inode.parent = c.parent;
     let ino = alloc_ino(txn)?;
     save(txn, ino, &inode);
-    add_entry(txn, ctx, c.parent, &c.name, DirEntryRec { ino, kind: S_IFDIR })?;
+    add_entry(
+        txn,
+        ctx,
+        c.parent,
+        &c.name,
+        DirEntryRec { ino, kind: S_IFDIR },
+    )?;
     Ok(inode.attr(ino))
 }
 
@@ -121,7 +131,13 @@ pub(super) fn link(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Link) -> OpResult<pb::A
     inode.ctime_ns = ctx.now_ns;
     save(txn, c.ino, &inode);
     let kind = inode.mode & S_IFMT;
-    add_entry(txn, ctx, c.new_parent, &c.new_name, DirEntryRec { ino: c.ino, kind })?;
+    add_entry(
+        txn,
+        ctx,
+        c.new_parent,
+        &c.new_name,
+        DirEntryRec { ino: c.ino, kind },
+    )?;
     Ok(inode.attr(c.ino))
 }
 
@@ -137,6 +153,12 @@ pub(super) fn symlink(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Symlink) -> OpResult
     inode.size = c.target.len() as u64;
     let ino = alloc_ino(txn)?;
     save(txn, ino, &inode);
-    add_entry(txn, ctx, c.parent, &c.name, DirEntryRec { ino, kind: S_IFLNK })?;
+    add_entry(
+        txn,
+        ctx,
+        c.parent,
+        &c.name,
+        DirEntryRec { ino, kind: S_IFLNK },
+    )?;
     Ok(inode.attr(ino))
 }

@@ -3,8 +3,8 @@
 
 use quizfs_proto as pb;
 
-use super::{drop_link, entry, load, load_dir, save, Ctx};
-use crate::meta::schema::{dirent_key, DirEntryRec, S_IFDIR};
+use super::{Ctx, drop_link, entry, load, load_dir, save};
+use crate::meta::schema::{DirEntryRec, S_IFDIR, dirent_key};
 use crate::meta::txn::{Fail, OpResult, Txn};
 
 const RENAME_NOREPLACE: u32 = 1;

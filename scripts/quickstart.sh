@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds quizfs and starts a local three-node cluster on 127.0.0.21-23
+# (data and logs in ./run), waits until it has a leader and prints
+# `quizfs status`. `scripts/quickstart.sh stop` stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN_DIR=${QUIZFS_RUN_DIR:-$PWD/run}
+PEERS=127.0.0.21,127.0.0.22,127.0.0.23
+BIN=$PWD/target/debug
+
+stop() {
+  for f in "$RUN_DIR"/nas*.pid; do
+    [ -f "$f" ] || continue
+    kill "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+  echo "stopped"
+}
+if [ "${1:-}" = stop ]; then stop; exit 0; fi
+
+scripts/install-deps.sh
+cargo build --workspace --bins
+mkdir -p "$RUN_DIR"
+for i in 1 2 3; do
+  pidf="$RUN_DIR/nas$i.pid"
+  if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then continue; fi
+  nohup "$BIN/storaged" --peers "$PEERS" --listen "127.0.0.2$i" --data-dir "$RUN_DIR/nas$i" \
+    >>"$RUN_DIR/nas$i.log" 2>&1 &
+  echo $! >"$pidf"
+done
+for _ in $(seq 1 150); do
+  if "$BIN/quizfs" status 127.0.0.21 >/dev/null 2>&1; then
+    "$BIN/quizfs" status 127.0.0.21
+    echo "cluster running: logs and data in $RUN_DIR; stop with: scripts/quickstart.sh stop"
+    exit 0
+  fi
+  sleep 0.2
+done
+echo "error: the cluster did not elect a leader within 30 s; see $RUN_DIR/nas*.log" >&2
+"$BIN/quizfs" status 127.0.0.21 || true
+exit 1

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs everything CI runs: formatting, clippy, the build, and every test
+# (unit tests and the integration tests that start real storaged processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --workspace -- -D warnings
+# The integration tests run the binaries: build them first, once, in the
+# same target directory as the tests.
+cargo build --workspace --bins --tests
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --profile ci
+else
+  cargo test --workspace -- --test-threads=2
+fi
