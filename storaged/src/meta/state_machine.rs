@@ -42,6 +42,16 @@ pub struct StateMachine {
     recv_counter: Arc<AtomicU64>,
 }
 
+/// Runs blocking file and sled work from inside openraft's tasks: on a
+/// multi-threaded runtime the worker thread is handed over first; on a
+/// current-thread runtime (openraft's test suite) it simply runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn errno_reply(errno: i32) -> Vec<u8> {
     pb::MetaReply {
         errno,
@@ -233,7 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Exported here, where openraft does not apply concurrently, so the
         // snapshot is one consistent state; the builder only opens the file.
-        let exported = tokio::task::block_in_place(|| -> Result<_, std::io::Error> {
+        let exported = blocking(|| -> Result<_, std::io::Error> {
             let (last, membership) = self.applied().map_err(std::io::Error::other)?;
             let id = format!(
                 "{}-{}-{}",
@@ -301,7 +311,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             out.sync_all().await.map_err(|e| io_err(true, e))?;
         }
         let current = self.current_path();
-        tokio::task::block_in_place(|| -> Result<(), std::io::Error> {
+        blocking(|| -> Result<(), std::io::Error> {
             snapshot::verify(&tmp)?;
             std::fs::rename(&tmp, &current)?;
             File::open(&self.dir)?.sync_all()?;
@@ -334,3 +344,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 use std::fs::File;
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::StateMachine;
+    use crate::raft::log_store::LogStore;
+    use crate::raft::{StorageError, TypeConfig};
+
+    /// Fresh sled-backed stores in a temporary directory per test case.
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let db = sled::Config::new()
+                .path(dir.path().join("meta"))
+                .open()
+                .expect("open sled");
+            let log = LogStore::open(&db).expect("log store");
+            let sm = StateMachine::open(&db, &dir.path().join("snapshots")).expect("state machine");
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's storage conformance suite against our log store and
+    /// state machine.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).expect("storage suite");
+    }
+}

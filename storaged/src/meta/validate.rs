@@ -104,3 +104,18 @@ pub fn xattr_name(name: &[u8]) -> Result<(), i32> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::name;
+
+    #[test]
+    fn names_are_checked_like_linux() {
+        assert_eq!(name(b"photo.jpg"), Ok(()));
+        assert_eq!(name(&[b'a'; 255]), Ok(()));
+        assert_eq!(name(&[b'a'; 256]), Err(libc::ENAMETOOLONG));
+        for bad in [b"".as_slice(), b".", b"..", b"a/b", b"a\0b"] {
+            assert_eq!(name(bad), Err(libc::EINVAL), "{bad:?}");
+        }
+    }
+}
