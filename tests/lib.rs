@@ -200,6 +200,25 @@ impl Cluster {
         }
     }
 
+    /// Sends SIGTERM to node `i` and waits up to `timeout` for it to exit;
+    /// returns its exit status.
+    pub async fn terminate(&mut self, i: usize, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.nodes[i].child.take().expect("node is running");
+        signal(child.id(), libc::SIGTERM);
+        let status = wait_until(timeout, "the node to exit after SIGTERM", || {
+            let r = child.try_wait();
+            async move {
+                match r {
+                    Ok(Some(s)) => Ok(s),
+                    Ok(None) => Err("still running".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        status
+    }
+
     /// Freezes node `i` (SIGSTOP): its sockets stay open, nothing answers.
     pub fn freeze(&self, i: usize) {
         signal(self.nodes[i].pid(), libc::SIGSTOP);

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod t10_replication;
+mod t15_shutdown;
 mod t20_namespace;
 mod t30_exactly_once;
 mod t40_corruption;
