@@ -556,3 +556,37 @@ pub async fn verify_files(client: &ClusterClient, files: &[(String, u64, u64)]) 
         assert!(back == pattern(*seed, 100 * 1024), "{name} differs");
     }
 }
+
+/// Waits until node `i` holds a good copy of every chunk of `inodes` and
+/// reports no heal backlog.
+pub async fn wait_node_has_all_chunks(
+    cluster: &Cluster,
+    client: &ClusterClient,
+    i: usize,
+    inodes: &[u64],
+) {
+    let mut hashes = Vec::new();
+    for ino in inodes {
+        hashes.extend(chunk_hashes(client, *ino).await);
+    }
+    wait_until(
+        Duration::from_secs(60),
+        &format!("nas{} to hold every chunk", i + 1),
+        || async {
+            let missing = hashes
+                .iter()
+                .filter(|h| !cluster.has_good_chunk(i, h))
+                .count();
+            let backlog = cluster.status(i).await.map(|s| s.heal_backlog);
+            if missing == 0 && backlog == Some(0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{missing} of {} missing, backlog {backlog:?}",
+                    hashes.len()
+                ))
+            }
+        },
+    )
+    .await
+}

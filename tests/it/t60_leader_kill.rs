@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{Cluster, Writer, chunk_hashes, verify_files, wait_until};
+use quizfs_tests::{Cluster, Writer, verify_files, wait_node_has_all_chunks};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_loses_no_acknowledged_write() {
@@ -26,25 +26,6 @@ async fn leader_kill_loses_no_acknowledged_write() {
     println!("--- restart nas{}", leader + 1);
     cluster.spawn(leader);
     cluster.wait_healthy(Duration::from_secs(30)).await;
-    let mut hashes = Vec::new();
-    for (_, ino, _) in &files {
-        hashes.extend(chunk_hashes(&client, *ino).await);
-    }
-    wait_until(
-        Duration::from_secs(60),
-        "the restarted node to hold every chunk",
-        || async {
-            let missing = hashes
-                .iter()
-                .filter(|h| !cluster.has_good_chunk(leader, h))
-                .count();
-            let backlog = cluster.status(leader).await.map(|s| s.heal_backlog);
-            if missing == 0 && backlog == Some(0) {
-                Ok(())
-            } else {
-                Err(format!("{missing} missing, backlog {backlog:?}"))
-            }
-        },
-    )
-    .await;
+    let inodes: Vec<u64> = files.iter().map(|(_, ino, _)| *ino).collect();
+    wait_node_has_all_chunks(&cluster, &client, leader, &inodes).await;
 }

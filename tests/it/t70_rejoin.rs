@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{Cluster, Writer, chunk_hashes, verify_files, wait_until};
+use quizfs_tests::{Cluster, Writer, verify_files, wait_node_has_all_chunks, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_follower_rejoins_as_new_member_and_heals() {
@@ -44,26 +44,8 @@ async fn wiped_follower_rejoins_as_new_member_and_heals() {
     .await;
     println!("nas{} rejoined as node {new_id} (was {old_id})", victim + 1);
     cluster.wait_healthy(Duration::from_secs(30)).await;
-    let mut hashes = Vec::new();
-    for (_, ino, _) in &files {
-        hashes.extend(chunk_hashes(&client, *ino).await);
-    }
-    wait_until(
-        Duration::from_secs(60),
-        "the rejoined node to hold every chunk",
-        || async {
-            let missing = hashes
-                .iter()
-                .filter(|h| !cluster.has_good_chunk(victim, h))
-                .count();
-            if missing == 0 {
-                Ok(())
-            } else {
-                Err(format!("{missing} of {} missing", hashes.len()))
-            }
-        },
-    )
-    .await;
+    let inodes: Vec<u64> = files.iter().map(|(_, ino, _)| *ino).collect();
+    wait_node_has_all_chunks(&cluster, &client, victim, &inodes).await;
     // It restarts under its new identity without joining again.
     cluster.kill(victim);
     cluster.spawn(victim);

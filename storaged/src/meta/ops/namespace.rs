@@ -30,6 +30,29 @@ fn new_inode(ctx: &Ctx, mode: u32, uid: u32, gid: u32) -> Inode {
     }
 }
 
+/// Gives `inode` a fresh number and links it into `parent` as `name`.
+fn insert_new(
+    txn: &mut Txn<'_>,
+    ctx: &Ctx,
+    parent: u64,
+    name: &[u8],
+    inode: &Inode,
+) -> OpResult<pb::Attr> {
+    let ino = alloc_ino(txn)?;
+    save(txn, ino, inode);
+    add_entry(
+        txn,
+        ctx,
+        parent,
+        name,
+        DirEntryRec {
+            ino,
+            kind: inode.mode & S_IFMT,
+        },
+    )?;
+    Ok(inode.attr(ino))
+}
+
 /// Creates a regular file, FIFO, socket or device node.
 pub(super) fn create(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Create) -> OpResult<pb::Attr> {
     let parent = load_dir(txn, c.parent)?;
@@ -57,10 +80,7 @@ pub(super) fn create(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Create) -> OpResult<p
     let (gid, _) = inherit_gid(&parent, c.gid);
     let mut inode = new_inode(ctx, kind | (c.mode & 0o7777), c.uid, gid);
     inode.rdev = c.rdev;
-    let ino = alloc_ino(txn)?;
-    save(txn, ino, &inode);
-    add_entry(txn, ctx, c.parent, &c.name, DirEntryRec { ino, kind })?;
-    Ok(inode.attr(ino))
+    insert_new(txn, ctx, c.parent, &c.name, &inode)
 }
 
 /// Creates a directory.
@@ -77,16 +97,7 @@ pub(super) fn mkdir(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Mkdir) -> OpResult<pb:
     let mut inode = new_inode(ctx, mode, c.uid, gid);
     inode.nlink = 2;
     inode.parent = c.parent;
-    let ino = alloc_ino(txn)?;
-    save(txn, ino, &inode);
-    add_entry(
-        txn,
-        ctx,
-        c.parent,
-        &c.name,
-        DirEntryRec { ino, kind: S_IFDIR },
-    )?;
-    Ok(inode.attr(ino))
+    insert_new(txn, ctx, c.parent, &c.name, &inode)
 }
 
 /// Removes a non-directory name.
@@ -151,14 +162,5 @@ pub(super) fn symlink(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Symlink) -> OpResult
     let mut inode = new_inode(ctx, S_IFLNK | 0o777, c.uid, gid);
     inode.target = c.target.clone();
     inode.size = c.target.len() as u64;
-    let ino = alloc_ino(txn)?;
-    save(txn, ino, &inode);
-    add_entry(
-        txn,
-        ctx,
-        c.parent,
-        &c.name,
-        DirEntryRec { ino, kind: S_IFLNK },
-    )?;
-    Ok(inode.attr(ino))
+    insert_new(txn, ctx, c.parent, &c.name, &inode)
 }
