@@ -98,23 +98,18 @@ pub fn disk_space(dir: &Path) -> (u64, u64) {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return (0, 0);
     };
-    let mut s: libc::statvfs = unsafe_zeroed();
     #[allow(unsafe_code)]
-    // SAFETY: `c` is a NUL-terminated path and `s` a valid statvfs to fill.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    // SAFETY: statvfs is plain old data, so all-zero is a valid value; `c`
+    // is a NUL-terminated path and `s` a valid statvfs for the call to fill.
+    let (rc, s) = unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut s), s)
+    };
     if rc != 0 {
         return (0, 0);
     }
     // Both fields are u64 on Linux.
     (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize)
-}
-
-fn unsafe_zeroed() -> libc::statvfs {
-    #[allow(unsafe_code)]
-    // SAFETY: statvfs is plain old data; all-zero is a valid value.
-    unsafe {
-        std::mem::zeroed()
-    }
 }
 
 fn raft_config(cfg: &Config) -> Result<openraft::Config, StartError> {

@@ -30,7 +30,7 @@ fn retryable(s: &Status) -> bool {
 
 impl ClusterClient {
     /// The node to try next: the leader if known and up, else the next up
-    /// node after `skip`, else any node.
+    /// node not to `avoid`, else any node.
     fn pick(&self, avoid: Option<&str>) -> Option<Arc<NodeHandle>> {
         let nodes = self.nodes();
         if let Some(l) = self.leader() {

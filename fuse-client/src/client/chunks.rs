@@ -20,12 +20,20 @@ fn transfer_deadline(base: Duration, len: usize) -> Duration {
     base + PER_MIB * (len / (1024 * 1024)) as u32
 }
 
+/// Why one node did not take a chunk; `fatal` when retrying cannot help
+/// (the node refused the content, or its disk is full).
+#[derive(Debug)]
+struct PutFailure {
+    fatal: bool,
+    message: String,
+}
+
 async fn put_to(
     channel: Channel,
     hash: ChunkHash,
     data: Arc<Vec<u8>>,
     deadline: Duration,
-) -> Result<(), String> {
+) -> Result<(), PutFailure> {
     let pieces = data.len().div_ceil(PIECE_SIZE).max(1);
     let stream = tokio_stream::iter((0..pieces).map(move |i| pb::PutPiece {
         hash: if i == 0 { hash.0.to_vec() } else { Vec::new() },
@@ -33,8 +41,17 @@ async fn put_to(
     }));
     let mut client = ChunksClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES);
     match tokio::time::timeout(deadline, client.put(stream)).await {
-        Err(_) => Err("timed out".into()),
-        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => Err(PutFailure {
+            fatal: false,
+            message: "timed out".into(),
+        }),
+        Ok(Err(s)) => Err(PutFailure {
+            fatal: matches!(
+                s.code(),
+                tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+            ),
+            message: format!("{:?}: {}", s.code(), s.message()),
+        }),
         Ok(Ok(_)) => Ok(()),
     }
 }
@@ -104,8 +121,8 @@ impl ClusterClient {
                     Ok(()) => ok += 1,
                     Err(e) => {
                         failed += 1;
-                        detail.push(format!("{addr}: {e}"));
-                        if e.contains("InvalidArgument") || e.contains("ResourceExhausted") {
+                        detail.push(format!("{addr}: {}", e.message));
+                        if e.fatal {
                             return Err(ClientError::ChunkNotDurable {
                                 hash,
                                 detail: detail.join("; "),

@@ -34,7 +34,6 @@ pub struct Healer {
     self_id: NodeId,
     interval: Duration,
     backlog: AtomicU64,
-    healed: AtomicU64,
     urgent: Mutex<HashSet<ChunkHash>>,
     wake: Notify,
 }
@@ -66,7 +65,6 @@ impl Healer {
             self_id,
             interval,
             backlog: AtomicU64::new(0),
-            healed: AtomicU64::new(0),
             urgent: Mutex::new(HashSet::new()),
             wake: Notify::new(),
         }
@@ -75,11 +73,6 @@ impl Healer {
     /// Referenced chunks missing from this node at the last scan.
     pub fn backlog(&self) -> u64 {
         self.backlog.load(Ordering::Relaxed)
-    }
-
-    /// Chunks fetched since start.
-    pub fn healed(&self) -> u64 {
-        self.healed.load(Ordering::Relaxed)
     }
 
     /// Asks for a chunk to be fetched again now (it was found corrupt).
@@ -147,7 +140,6 @@ impl Healer {
             match self.fetch_from(&addr, hash).await {
                 Ok(data) => match self.store.put(hash, &data).await {
                     Ok(_) => {
-                        self.healed.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(hash = ?hash, from = %addr, "chunk healed");
                         return true;
                     }

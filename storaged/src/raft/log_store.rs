@@ -68,15 +68,6 @@ impl LogStore {
             && self.meta.get(KEY_VOTE)?.is_none()
             && self.meta.get(KEY_PURGED)?.is_none())
     }
-
-    /// Index of the last entry purged from the log, 0 if none.
-    pub fn purged_index(&self) -> u64 {
-        self.get_meta::<Option<LogId>>(KEY_PURGED)
-            .ok()
-            .flatten()
-            .flatten()
-            .map_or(0, |l| l.index)
-    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
