@@ -7,3 +7,4 @@
 #![allow(clippy::result_large_err)]
 
 pub mod client;
+pub mod fs;

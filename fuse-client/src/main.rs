@@ -1,5 +1,9 @@
-//! `quizfs`: the command line of the quizfs client.
+//! `quizfs`: the command line of the quizfs client: `mount`, `umount`,
+//! `status`; also `mount.quizfs`, the helper mount(8) runs for `-t quizfs`.
 
+mod mount;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,7 +17,7 @@ use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
 #[command(
     name = "quizfs",
     version,
-    about = "quizfs client: cluster status (mounting comes with the FUSE client)"
+    about = "quizfs client: mount a quizfs volume, unmount it, show cluster status"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,6 +26,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Mount a volume: returns once it is usable and keeps serving in the
+    /// background (-f: in the foreground).
+    #[command(after_help = mount::OPTIONS_HELP)]
+    Mount {
+        /// SERVER:/VOLUME, e.g. nas1:/nas. SERVER is only the first contact.
+        spec: String,
+        /// An existing directory.
+        mountpoint: PathBuf,
+        /// Mount options, comma-separated (see below).
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Stay in the foreground (for debugging and service managers).
+        #[arg(short = 'f', long)]
+        foreground: bool,
+    },
+    /// Unmount a quizfs mount (as umount or fusermount3 -u would).
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
     /// Show every node: address, up/down, role, term, applied index, chunks,
     /// bytes and heal backlog. Exits 1 when the cluster has no leader.
     Status {
@@ -34,11 +58,44 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let helper = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "mount.quizfs");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=warn,h2=warn"));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if helper {
+        return mount::helper(&args[1..]);
+    }
     let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Mount {
+            spec,
+            mountpoint,
+            options,
+            foreground,
+        } => {
+            let req = match mount::parse(&spec, &mountpoint, &options) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("quizfs: mount: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            return if foreground {
+                mount::mount_foreground(req)
+            } else {
+                mount::mount_background(&req)
+            };
+        }
+        Cmd::Umount { mountpoint } => return mount::umount(&mountpoint),
+        Cmd::Status { .. } => {}
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,6 +118,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Status { host, timeout_ms } => status(&host, Duration::from_millis(timeout_ms)).await,
+        Cmd::Mount { .. } | Cmd::Umount { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -138,6 +138,7 @@ impl ClusterClient {
         let op = Op::Unlink(pb::Unlink {
             parent,
             name: name.to_vec(),
+            keep_open_ino: 0,
         });
         check("unlink", self.apply("unlink", op).await?.errno)
     }
@@ -166,6 +167,7 @@ impl ClusterClient {
             new_parent,
             new_name: new_name.to_vec(),
             flags,
+            keep_open_ino: 0,
         });
         check("rename", self.apply("rename", op).await?.errno)
     }
@@ -218,8 +220,34 @@ impl ClusterClient {
             chunks,
             size,
             mtime_ns: None,
+            indices: Vec::new(),
         });
         attr_of("write", self.apply("write", op).await?)
+    }
+
+    /// Commits new chunks at the given indices (the others stay) and the
+    /// new size of a file.
+    pub async fn commit_chunks(
+        &self,
+        ino: u64,
+        indices: Vec<u64>,
+        chunks: Vec<pb::ChunkRef>,
+        size: u64,
+    ) -> Result<pb::Attr, ClientError> {
+        let op = Op::CommitWrite(pb::CommitWrite {
+            ino,
+            chunks,
+            size,
+            mtime_ns: None,
+            indices,
+        });
+        attr_of("write", self.apply("write", op).await?)
+    }
+
+    /// Removes the inode this client kept open through its last unlink.
+    pub async fn release_orphan(&self, ino: u64) -> Result<(), ClientError> {
+        let op = Op::ReleaseOrphan(pb::ReleaseOrphan { ino });
+        check("release", self.apply("release", op).await?.errno)
     }
 
     /// Sets an extended attribute.

@@ -35,6 +35,9 @@ pub const PREFIX_DIRENT: u8 = b'd';
 pub const PREFIX_CHUNK: u8 = b'c';
 /// Prefix of client sessions.
 pub const PREFIX_SESSION: u8 = b's';
+/// Prefix of orphan markers: inodes without links kept while a client
+/// holds them open.
+pub const PREFIX_ORPHAN: u8 = b'o';
 
 /// First node id handed out to nodes that join after the bootstrap (the
 /// bootstrap members are 1..=N in `--peers` order).
@@ -178,5 +181,13 @@ pub fn session_key(client: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = PREFIX_SESSION;
     k[1..].copy_from_slice(&client.to_be_bytes());
+    k
+}
+
+/// Key of an orphan marker.
+pub fn orphan_key(ino: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PREFIX_ORPHAN;
+    k[1..].copy_from_slice(&ino.to_be_bytes());
     k
 }

@@ -35,6 +35,13 @@ pub fn chunks(chunks: &[pb::ChunkRef], size: u64) -> Result<(), i32> {
     if chunks.len() as u64 > size.div_ceil(chunk) {
         return Err(libc::EINVAL);
     }
+    entries(chunks)
+}
+
+/// Checks each chunk reference on its own: a 32-byte hash, or a hole of
+/// length 0; never longer than a chunk.
+fn entries(chunks: &[pb::ChunkRef]) -> Result<(), i32> {
+    let chunk = pb::CHUNK_SIZE as u64;
     for c in chunks {
         let hole = c.hash.is_empty();
         if (!hole && c.hash.len() != 32) || c.len > chunk || (hole && c.len != 0) {
@@ -78,7 +85,17 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
             Some(s) if s > pb::MAX_FILE_SIZE => Err(libc::EFBIG),
             _ => Ok(()),
         },
-        Op::CommitWrite(c) => chunks(&c.chunks, c.size),
+        Op::CommitWrite(c) if c.indices.is_empty() => chunks(&c.chunks, c.size),
+        Op::CommitWrite(c) => {
+            if c.size > pb::MAX_FILE_SIZE {
+                return Err(libc::EFBIG);
+            }
+            let count = c.size.div_ceil(pb::CHUNK_SIZE as u64);
+            if c.indices.len() != c.chunks.len() || c.indices.iter().any(|&i| i >= count) {
+                return Err(libc::EINVAL);
+            }
+            entries(&c.chunks)
+        }
         Op::SetXattr(c) => {
             xattr_name(&c.name)?;
             if c.value.len() > MAX_XATTR_VALUE {
@@ -90,7 +107,9 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
             Ok(())
         }
         Op::RemoveXattr(c) => xattr_name(&c.name),
-        Op::RegisterClient(_) | Op::AllocNodeId(_) | Op::InitVolume(_) => Ok(()),
+        Op::RegisterClient(_) | Op::AllocNodeId(_) | Op::InitVolume(_) | Op::ReleaseOrphan(_) => {
+            Ok(())
+        }
     }
 }
 

@@ -73,15 +73,29 @@ pub(super) fn commit_write(
     if !inode.is_file() {
         return Err(Fail::Posix(libc::EINVAL));
     }
-    let mut chunks = Vec::with_capacity(c.chunks.len());
+    let mut given = Vec::with_capacity(c.chunks.len());
     for r in &c.chunks {
         let hash = if r.hash.is_empty() {
             None
         } else {
             Some(<[u8; 32]>::try_from(r.hash.as_slice()).map_err(|_| Fail::Posix(libc::EINVAL))?)
         };
-        chunks.push(ChunkEntry { hash, len: r.len });
+        given.push(ChunkEntry { hash, len: r.len });
     }
+    let mut chunks = if c.indices.is_empty() {
+        given
+    } else {
+        let mut list = inode.chunks.clone();
+        for (&i, entry) in c.indices.iter().zip(given) {
+            let i = usize::try_from(i).map_err(|_| Fail::Posix(libc::EINVAL))?;
+            if list.len() <= i {
+                list.resize(i + 1, ChunkEntry::default());
+            }
+            list[i] = entry;
+        }
+        list
+    };
+    cut_to_size(&mut chunks, c.size);
     change_refs(txn, &chunks, 1)?;
     change_refs(txn, &inode.chunks, -1)?;
     inode.chunks = chunks;
@@ -90,6 +104,19 @@ pub(super) fn commit_write(
     inode.ctime_ns = ctx.now_ns;
     save(txn, c.ino, &inode);
     Ok(inode.attr(c.ino))
+}
+
+/// Drops the chunks that start at or past `size` and shortens the one
+/// that crosses it.
+fn cut_to_size(chunks: &mut Vec<ChunkEntry>, size: u64) {
+    let chunk = pb::CHUNK_SIZE as u64;
+    chunks.truncate(size.div_ceil(chunk) as usize);
+    for (i, c) in chunks.iter_mut().enumerate() {
+        c.len = c.len.min(size.saturating_sub(i as u64 * chunk));
+    }
+    while chunks.last().is_some_and(|c| c.hash.is_none()) {
+        chunks.pop();
+    }
 }
 
 /// Sets an extended attribute, honouring XATTR_CREATE and XATTR_REPLACE.

@@ -42,7 +42,7 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
     Ok(match op {
         Op::Create(c) => attr(namespace::create(txn, ctx, c)?),
         Op::Mkdir(c) => attr(namespace::mkdir(txn, ctx, c)?),
-        Op::Unlink(c) => namespace::unlink(txn, ctx, c.parent, &c.name).map(|()| done)?,
+        Op::Unlink(c) => namespace::unlink(txn, ctx, c).map(|()| done)?,
         Op::Rmdir(c) => namespace::rmdir(txn, ctx, c.parent, &c.name).map(|()| done)?,
         Op::Rename(c) => rename::rename(txn, ctx, c).map(|()| done)?,
         Op::Link(c) => attr(namespace::link(txn, ctx, c)?),
@@ -60,6 +60,7 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
             ..done
         },
         Op::InitVolume(_) => done,
+        Op::ReleaseOrphan(c) => namespace::release_orphan(txn, c.ino).map(|()| done)?,
     })
 }
 
@@ -158,19 +159,31 @@ fn remove_entry(txn: &mut Txn<'_>, ctx: &Ctx, parent: u64, name: &[u8], kind: u3
 }
 
 /// Drops one link to an inode; the inode and its chunk references go when
-/// the last link does (directories always go).
-fn drop_link(txn: &mut Txn<'_>, ctx: &Ctx, ino: u64) -> OpResult<()> {
+/// the last link does (directories always go), unless `keep_open` names
+/// it: then it stays, without links, as an orphan until `ReleaseOrphan`.
+fn drop_link(txn: &mut Txn<'_>, ctx: &Ctx, ino: u64, keep_open: u64) -> OpResult<()> {
     let mut inode = load(txn, ino)?;
-    if inode.is_dir() || inode.nlink <= 1 {
-        change_refs(txn, &inode.chunks, -1)?;
-        txn.remove(&inode_key(ino));
-        let count = txn.get_u64(KEY_INODE_COUNT)?;
-        txn.put_u64(KEY_INODE_COUNT, count.saturating_sub(1));
+    if !inode.is_dir() && inode.nlink <= 1 && ino == keep_open {
+        inode.nlink = 0;
+        inode.ctime_ns = ctx.now_ns;
+        save(txn, ino, &inode);
+        txn.put_u64(&schema::orphan_key(ino), 1);
+    } else if inode.is_dir() || inode.nlink <= 1 {
+        remove_inode(txn, ino, &inode)?;
     } else {
         inode.nlink -= 1;
         inode.ctime_ns = ctx.now_ns;
         save(txn, ino, &inode);
     }
+    Ok(())
+}
+
+/// Deletes an inode record with its chunk references.
+fn remove_inode(txn: &mut Txn<'_>, ino: u64, inode: &Inode) -> OpResult<()> {
+    change_refs(txn, &inode.chunks, -1)?;
+    txn.remove(&inode_key(ino));
+    let count = txn.get_u64(KEY_INODE_COUNT)?;
+    txn.put_u64(KEY_INODE_COUNT, count.saturating_sub(1));
     Ok(())
 }
 

@@ -3,8 +3,12 @@
 
 use quizfs_proto as pb;
 
-use super::{Ctx, add_entry, alloc_ino, drop_link, entry, load, load_dir, remove_entry, save};
-use crate::meta::schema::{DirEntryRec, Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID};
+use super::{
+    Ctx, add_entry, alloc_ino, drop_link, entry, load, load_dir, remove_entry, remove_inode, save,
+};
+use crate::meta::schema::{
+    DirEntryRec, Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_ISGID, inode_key, orphan_key,
+};
 use crate::meta::txn::{Fail, OpResult, Txn};
 
 /// The group and the set-group-id bit a new inode inherits from a
@@ -101,14 +105,29 @@ pub(super) fn mkdir(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Mkdir) -> OpResult<pb:
 }
 
 /// Removes a non-directory name.
-pub(super) fn unlink(txn: &mut Txn<'_>, ctx: &Ctx, parent: u64, name: &[u8]) -> OpResult<()> {
-    load_dir(txn, parent)?;
-    let e = entry(txn, parent, name)?.ok_or(Fail::Posix(libc::ENOENT))?;
+pub(super) fn unlink(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Unlink) -> OpResult<()> {
+    load_dir(txn, c.parent)?;
+    let e = entry(txn, c.parent, &c.name)?.ok_or(Fail::Posix(libc::ENOENT))?;
     if e.kind == S_IFDIR {
         return Err(Fail::Posix(libc::EISDIR));
     }
-    remove_entry(txn, ctx, parent, name, e.kind)?;
-    drop_link(txn, ctx, e.ino)
+    remove_entry(txn, ctx, c.parent, &c.name, e.kind)?;
+    drop_link(txn, ctx, e.ino, c.keep_open_ino)
+}
+
+/// Removes an orphan (an inode kept after its last unlink while open) once
+/// its holder closed it. Anything else is left alone: the inode may have
+/// gone already (a retried release) and a linked inode is not an orphan.
+pub(super) fn release_orphan(txn: &mut Txn<'_>, ino: u64) -> OpResult<()> {
+    let key = orphan_key(ino);
+    if txn.get_u64(&key)? == 0 {
+        return Ok(());
+    }
+    txn.remove(&key);
+    match txn.get::<Inode>(&inode_key(ino))? {
+        Some(inode) if inode.nlink == 0 => remove_inode(txn, ino, &inode),
+        _ => Ok(()),
+    }
 }
 
 /// Removes an empty directory.
@@ -122,7 +141,7 @@ pub(super) fn rmdir(txn: &mut Txn<'_>, ctx: &Ctx, parent: u64, name: &[u8]) -> O
         return Err(Fail::Posix(libc::ENOTEMPTY));
     }
     remove_entry(txn, ctx, parent, name, S_IFDIR)?;
-    drop_link(txn, ctx, e.ino)
+    drop_link(txn, ctx, e.ino, 0)
 }
 
 /// Adds a hard link to a non-directory.
@@ -130,6 +149,10 @@ pub(super) fn link(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Link) -> OpResult<pb::A
     let mut inode = load(txn, c.ino)?;
     if inode.is_dir() {
         return Err(Fail::Posix(libc::EPERM));
+    }
+    if inode.nlink == 0 {
+        // An orphan: open somewhere, but deleted.
+        return Err(Fail::Posix(libc::ENOENT));
     }
     load_dir(txn, c.new_parent)?;
     if entry(txn, c.new_parent, &c.new_name)?.is_some() {

@@ -118,7 +118,7 @@ pub(super) fn rename(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Rename) -> OpResult<(
             p.nlink = p.nlink.saturating_sub(1);
             save(txn, c.new_parent, &p);
         }
-        drop_link(txn, ctx, dst.ino)?;
+        drop_link(txn, ctx, dst.ino, c.keep_open_ino)?;
         txn.remove(&dirent_key(c.parent, &c.name));
         place(txn, ctx, src, c.parent, c.new_parent, &c.new_name)?;
         touch_dir(txn, ctx, c.parent, -1)?;

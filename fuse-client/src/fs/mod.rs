@@ -1,0 +1,1100 @@
+//! The FUSE filesystem: kernel requests mapped onto the cluster client.
+//!
+//! - [`cache`]: verified chunks, bounded, shared by the mount.
+//! - [`files`]: files open on this mount: write buffering, commit, reads.
+//!
+//! Every request runs as its own task on the tokio runtime, so a request
+//! waiting on the network never holds up the others. Inode numbers are the
+//! cluster's own (the root is 1, as in FUSE). The kernel checks
+//! permissions itself (`default_permissions`) from the attributes we return.
+//!
+//! Close-to-open: `flush` (every close) commits the file's writes before it
+//! returns; `open` reads the file's chunk list afresh (a linearizable read)
+//! and, when the file changed since this mount last saw it, drops the
+//! kernel's cached attributes and pages. An inode that no longer exists
+//! answers ESTALE, so the kernel looks its name up again and finds a file
+//! that replaced it by rename on another mount.
+
+pub mod cache;
+pub mod files;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use quizfs_proto::{self as pb, meta_op::Op};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use crate::client::{ClientError, ClusterClient};
+use cache::ChunkCache;
+use files::{Io, OpenFile};
+
+/// Tunables of a mount.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// How long the kernel may cache attributes.
+    pub attr_timeout: Duration,
+    /// How long the kernel may cache name lookups.
+    pub entry_timeout: Duration,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    /// Bytes of chunk data the mount caches for reads.
+    pub chunk_cache_bytes: usize,
+    /// Chunk buffers all files of the mount may hold for writing.
+    pub write_buffers: usize,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self {
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            read_only: false,
+            chunk_cache_bytes: 64 << 20,
+            write_buffers: 16,
+        }
+    }
+}
+
+/// Largest write the kernel sends in one request.
+const MAX_WRITE: u32 = 1 << 20;
+/// Directory entries fetched per page.
+const DIR_PAGE: u32 = 2048;
+/// Block size reported to applications (stdio and cp size buffers by it).
+const BLKSIZE: u32 = 1 << 20;
+
+/// What `stat` last told the kernel about a file: a change means the
+/// kernel's cached pages are stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Version {
+    fn of(a: &pb::Attr) -> Self {
+        Self {
+            size: a.size,
+            mtime_ns: a.mtime_ns,
+            ctime_ns: a.ctime_ns,
+        }
+    }
+}
+
+/// A directory being listed: the entries fetched so far, in name order.
+#[derive(Debug, Default)]
+struct Listing {
+    entries: Vec<pb::DirEntry>,
+    more: bool,
+    started: bool,
+}
+
+#[derive(Debug)]
+enum Handle_ {
+    File(Arc<OpenFile>),
+    Dir(Arc<tokio::sync::Mutex<Listing>>),
+}
+
+/// The state of one mount.
+#[derive(Debug)]
+struct Inner {
+    io: Io,
+    opts: FsOptions,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Handle_>>,
+    next_fh: AtomicU64,
+    known: Mutex<HashMap<u64, Version>>,
+    notifier: OnceLock<Notifier>,
+}
+
+/// The quizfs FUSE filesystem.
+#[derive(Debug)]
+pub struct QuizFs {
+    inner: Arc<Inner>,
+    rt: Handle,
+}
+
+type OpResult<T> = Result<T, Errno>;
+
+fn errno(e: &ClientError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn err(code: i32) -> Errno {
+    Errno::from_i32(code)
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+fn time_of(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn ns_of(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn kind_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<pb::SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => pb::SetTime { now: true, ns: 0 },
+        TimeOrNow::SpecificTime(t) => pb::SetTime {
+            now: false,
+            ns: ns_of(t),
+        },
+    })
+}
+
+impl QuizFs {
+    /// A filesystem over `client`, running its requests on `rt`.
+    pub fn new(client: ClusterClient, opts: FsOptions, rt: Handle) -> Self {
+        let io = Io {
+            client,
+            cache: Arc::new(ChunkCache::new(opts.chunk_cache_bytes)),
+            budget: Arc::new(Semaphore::new(opts.write_buffers.max(1))),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                io,
+                opts,
+                files: Mutex::new(HashMap::new()),
+                handles: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                known: Mutex::new(HashMap::new()),
+                notifier: OnceLock::new(),
+            }),
+            rt,
+        }
+    }
+
+    /// Gives the filesystem the session's notifier, used to drop the
+    /// kernel's cached attributes of files changed on other mounts.
+    pub fn set_notifier(&self, n: Notifier) {
+        let _ = self.inner.notifier.set(n);
+    }
+
+    /// A handle that can hand the notifier over after the session moved.
+    pub fn notifier_slot(&self) -> NotifierSlot {
+        NotifierSlot(self.inner.clone())
+    }
+
+    /// Runs `f` as a task; its result answers the request.
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        self.rt.spawn(async move { f(inner).await });
+    }
+}
+
+/// Lets the mount code give the filesystem its notifier after the session
+/// (which owns the filesystem) is created.
+#[derive(Debug)]
+pub struct NotifierSlot(Arc<Inner>);
+
+impl NotifierSlot {
+    /// Stores the notifier.
+    pub fn set(&self, n: Notifier) {
+        let _ = self.0.notifier.set(n);
+    }
+}
+
+impl Inner {
+    fn client(&self) -> &ClusterClient {
+        &self.io.client
+    }
+
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<OpenFile>>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle_>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.lock_files().get(&ino).cloned()
+    }
+
+    fn writable(&self) -> OpResult<()> {
+        if self.opts.read_only {
+            Err(err(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The attributes the kernel gets: the cluster's, with the size and
+    /// mtime of writes this mount has not committed yet.
+    fn file_attr(&self, a: &pb::Attr) -> FileAttr {
+        let mut size = a.size;
+        let mut mtime = a.mtime_ns;
+        if let Some(f) = self.open_file(a.ino) {
+            if f.changed.load(Ordering::Relaxed) {
+                size = f.local_size.load(Ordering::Relaxed);
+                mtime = mtime.max(f.local_mtime.load(Ordering::Relaxed));
+            }
+        }
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(a.ino, Version::of(a));
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time_of(a.atime_ns),
+            mtime: time_of(mtime),
+            ctime: time_of(a.ctime_ns),
+            crtime: time_of(a.ctime_ns),
+            kind: kind_of(a.mode),
+            perm: (a.mode & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: BLKSIZE,
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<pb::Attr, ClientError>) {
+        match r {
+            Ok(a) => reply.entry(
+                &self.opts.entry_timeout,
+                &self.file_attr(&a),
+                Generation(a.generation),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    async fn apply_attr(&self, name: &'static str, op: Op) -> Result<pb::Attr, ClientError> {
+        let r = self.client().apply(name, op).await?;
+        if r.errno != 0 {
+            return Err(ClientError::Posix {
+                op: name,
+                errno: r.errno,
+            });
+        }
+        r.attr.ok_or(ClientError::Posix {
+            op: name,
+            errno: libc::EIO,
+        })
+    }
+
+    async fn apply_unit(&self, name: &'static str, op: Op) -> Result<(), ClientError> {
+        let r = self.client().apply(name, op).await?;
+        if r.errno != 0 {
+            return Err(ClientError::Posix {
+                op: name,
+                errno: r.errno,
+            });
+        }
+        Ok(())
+    }
+
+    /// The inode at `parent/name` if this mount holds it open: removing its
+    /// last name must then keep it readable until close.
+    async fn open_target(&self, parent: u64, name: &[u8]) -> u64 {
+        if self.lock_files().is_empty() {
+            return 0;
+        }
+        match self.client().lookup(parent, name).await {
+            Ok(a) if self.lock_files().contains_key(&a.ino) => a.ino,
+            _ => 0,
+        }
+    }
+
+    fn mark_orphan(&self, ino: u64) {
+        if ino != 0 {
+            if let Some(f) = self.open_file(ino) {
+                f.orphan.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn add_handle(&self, h: Handle_) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.lock_handles().insert(fh, h);
+        fh
+    }
+
+    /// Opens `attr.ino` on this mount: shares the state of a file already
+    /// open here, else reads its chunk list. Returns the handle and whether
+    /// the kernel's cached pages are still good.
+    async fn open_ino(&self, ino: u64, fresh: Option<pb::Attr>) -> OpResult<(u64, bool)> {
+        let (attr, chunks) = match fresh {
+            Some(a) => (a, Vec::new()),
+            None => match self.client().layout(ino).await {
+                Ok(x) => x,
+                // Deleted elsewhere: make the kernel look the name up again.
+                Err(ClientError::Posix {
+                    errno: libc::ENOENT,
+                    ..
+                }) => return Err(err(libc::ESTALE)),
+                Err(e) => return Err(errno(&e)),
+            },
+        };
+        if attr.mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(err(libc::EISDIR));
+        }
+        let before = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .copied();
+        let unchanged = before == Some(Version::of(&attr));
+        let file = {
+            let mut files = self.lock_files();
+            let f = files
+                .entry(ino)
+                .or_insert_with(|| Arc::new(OpenFile::new(ino, attr.size, chunks.clone())))
+                .clone();
+            f.opens.fetch_add(1, Ordering::Relaxed);
+            f
+        };
+        let refreshed = file.refresh(attr.size, chunks).await;
+        if !unchanged && refreshed {
+            if let Some(n) = self.notifier.get() {
+                // Attributes only: pages go because the open does not ask
+                // to keep the cache.
+                let _ = n.inval_inode(INodeNo(ino), -1, 0);
+            }
+        }
+        self.file_attr(&attr);
+        let fh = self.add_handle(Handle_::File(file));
+        Ok((fh, unchanged || !refreshed))
+    }
+
+    fn file_of(&self, fh: FileHandle) -> OpResult<Arc<OpenFile>> {
+        match self.lock_handles().get(&fh.0) {
+            Some(Handle_::File(f)) => Ok(f.clone()),
+            Some(Handle_::Dir(_)) => Err(err(libc::EISDIR)),
+            None => Err(err(libc::EBADF)),
+        }
+    }
+
+    /// Commits a file's writes; the attributes the kernel sees afterwards
+    /// are the committed ones.
+    async fn flush_file(&self, f: &OpenFile) -> OpResult<()> {
+        match f.flush(&self.io).await {
+            Ok(c) => {
+                if let Some(a) = c.attr {
+                    self.file_attr(&a);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(ino = f.ino, error = %e, "commit failed");
+                Err(errno(&e))
+            }
+        }
+    }
+
+    async fn release(&self, fh: u64) -> OpResult<()> {
+        let Some(Handle_::File(f)) = self.lock_handles().remove(&fh) else {
+            return Ok(());
+        };
+        let flushed = self.flush_file(&f).await;
+        let last = {
+            let mut files = self.lock_files();
+            let last = f.opens.fetch_sub(1, Ordering::Relaxed) == 1;
+            if last {
+                files.remove(&f.ino);
+            }
+            last
+        };
+        if last && f.orphan.load(Ordering::Relaxed) {
+            if let Err(e) = self.client().release_orphan(f.ino).await {
+                tracing::warn!(ino = f.ino, error = %e, "releasing a deleted open file failed");
+            }
+        }
+        flushed
+    }
+
+    async fn setattr(&self, ino: u64, set: pb::SetAttr) -> Result<pb::Attr, ClientError> {
+        let open = self.open_file(ino);
+        if let (Some(f), Some(_)) = (&open, set.size) {
+            // Truncation: commit what is buffered, then cut on the cluster.
+            f.flush(&self.io).await?;
+        }
+        let size_changed = set.size.is_some();
+        tracing::debug!(ino, size = ?set.size, open = open.is_some(), "setattr");
+        let attr = self.apply_attr("setattr", Op::SetAttr(set)).await?;
+        if let (Some(f), true) = (&open, size_changed) {
+            let (a, chunks) = self.client().layout(ino).await?;
+            f.truncated(a.size, chunks).await;
+        }
+        Ok(attr)
+    }
+
+    async fn readdir(&self, ino: u64, fh: u64, offset: u64, mut reply: ReplyDirectory) {
+        let listing = match self.lock_handles().get(&fh) {
+            Some(Handle_::Dir(l)) => l.clone(),
+            _ => return reply.error(err(libc::EBADF)),
+        };
+        let mut l = listing.lock().await;
+        if offset == 0 || !l.started {
+            *l = Listing {
+                entries: Vec::new(),
+                more: true,
+                started: true,
+            };
+        }
+        // Offsets: 1 after ".", 2 after "..", k + 3 after entry k.
+        let mut i = offset;
+        loop {
+            let (name, child, kind): (Vec<u8>, u64, FileType) = match i {
+                0 => (b".".to_vec(), ino, FileType::Directory),
+                1 => (b"..".to_vec(), ino, FileType::Directory),
+                _ => {
+                    let k = (i - 2) as usize;
+                    while k >= l.entries.len() && l.more {
+                        let after = l.entries.last().map(|e| e.name.clone()).unwrap_or_default();
+                        let (page, more) = match self.client().readdir(ino, &after, DIR_PAGE).await
+                        {
+                            Ok(x) => x,
+                            Err(e) => return reply.error(errno(&e)),
+                        };
+                        l.more = more && !page.is_empty();
+                        l.entries.extend(page);
+                    }
+                    match l.entries.get(k) {
+                        Some(e) => (e.name.clone(), e.ino, kind_of(e.mode)),
+                        None => break,
+                    }
+                }
+            };
+            if reply.add(INodeNo(child), i + 1, kind, OsStr::from_bytes(&name)) {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: OpResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, data: Vec<u8>, size: u32) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(err(libc::ERANGE));
+    } else {
+        reply.data(&data);
+    }
+}
+
+/// Checks `mask` (R_OK 4, W_OK 2, X_OK 1) against an inode's mode for a
+/// caller, the way the kernel's generic permission check does.
+fn may_access(a: &pb::Attr, uid: u32, gid: u32, mask: u32) -> bool {
+    if mask == 0 {
+        return true;
+    }
+    if uid == 0 {
+        // Root may do anything but execute a file nobody may execute.
+        return mask & 1 == 0 || a.mode & libc::S_IFMT == libc::S_IFDIR || a.mode & 0o111 != 0;
+    }
+    let bits = if a.uid == uid {
+        (a.mode >> 6) & 7
+    } else if a.gid == gid {
+        (a.mode >> 3) & 7
+    } else {
+        a.mode & 7
+    };
+    bits & mask == mask
+}
+
+impl Filesystem for QuizFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_CACHE_SYMLINKS
+                | InitFlags::FUSE_BIG_WRITES,
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_bytes(name);
+        self.spawn(move |fs| async move {
+            let r = fs.client().lookup(parent.0, &name).await;
+            fs.entry(reply, r);
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(move |fs| async move {
+            match fs.client().getattr(ino.0).await {
+                Ok(a) => reply.attr(&fs.opts.attr_timeout, &fs.file_attr(&a)),
+                Err(ClientError::Posix {
+                    errno: libc::ENOENT,
+                    ..
+                }) => reply.error(err(libc::ESTALE)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = pb::SetAttr {
+            ino: ino.0,
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            match fs.setattr(ino.0, set).await {
+                Ok(a) => reply.attr(&fs.opts.attr_timeout, &fs.file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(move |fs| async move {
+            match fs.client().readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let op = Op::Create(pb::Create {
+            parent: parent.0,
+            name: name_bytes(name),
+            mode,
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev,
+            exclusive: true,
+        });
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let r = fs.apply_attr("mknod", op).await;
+            fs.entry(reply, r);
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let op = Op::Mkdir(pb::Mkdir {
+            parent: parent.0,
+            name: name_bytes(name),
+            mode,
+            uid: req.uid(),
+            gid: req.gid(),
+        });
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let r = fs.apply_attr("mkdir", op).await;
+            fs.entry(reply, r);
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let keep = fs.open_target(parent.0, &name).await;
+            let op = Op::Unlink(pb::Unlink {
+                parent: parent.0,
+                name,
+                keep_open_ino: keep,
+            });
+            let r = fs.apply_unit("unlink", op).await;
+            if r.is_ok() {
+                fs.mark_orphan(keep);
+            }
+            reply_empty(reply, r.map_err(|e| errno(&e)));
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let r = fs.client().rmdir(parent.0, &name).await;
+            reply_empty(reply, r.map_err(|e| errno(&e)));
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let op = Op::Symlink(pb::Symlink {
+            parent: parent.0,
+            name: name_bytes(link_name),
+            target: target.as_os_str().as_bytes().to_vec(),
+            uid: req.uid(),
+            gid: req.gid(),
+        });
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let r = fs.apply_attr("symlink", op).await;
+            fs.entry(reply, r);
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let name = name_bytes(name);
+        let new_name = name_bytes(newname);
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+                return reply.error(err(libc::EINVAL));
+            }
+            let keep = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                0
+            } else {
+                fs.open_target(newparent.0, &new_name).await
+            };
+            let op = Op::Rename(pb::Rename {
+                parent: parent.0,
+                name,
+                new_parent: newparent.0,
+                new_name,
+                flags: flags.bits(),
+                keep_open_ino: keep,
+            });
+            let r = fs.apply_unit("rename", op).await;
+            if r.is_ok() {
+                fs.mark_orphan(keep);
+            }
+            reply_empty(reply, r.map_err(|e| errno(&e)));
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let new_name = name_bytes(newname);
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let r = fs.client().link(ino.0, newparent.0, &new_name).await;
+            fs.entry(reply, r);
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let wants_write =
+            !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) || flags.0 & libc::O_TRUNC != 0;
+        self.spawn(move |fs| async move {
+            if wants_write {
+                if let Err(e) = fs.writable() {
+                    return reply.error(e);
+                }
+            }
+            match fs.open_ino(ino.0, None).await {
+                Ok((fh, keep)) => {
+                    let f = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), f);
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(move |fs| async move {
+            let f = match fs.file_of(fh) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            match f.read(&fs.io, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let f = match fs.file_of(fh) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            match f.write(&fs.io, offset, &data).await {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |fs| async move {
+            let r = match fs.file_of(fh) {
+                Ok(f) => fs.flush_file(&f).await,
+                Err(e) => Err(e),
+            };
+            reply_empty(reply, r);
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |fs| async move {
+            let r = fs.release(fh.0).await;
+            reply_empty(reply, r);
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.flush(_req, _ino, fh, LockOwner(0), reply);
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self
+            .inner
+            .add_handle(Handle_::Dir(Arc::new(tokio::sync::Mutex::new(
+                Listing::default(),
+            ))));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.spawn(move |fs| async move {
+            fs.readdir(ino.0, fh.0, offset, reply).await;
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.inner.lock_handles().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every metadata change is committed by Raft before it is answered.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(move |fs| async move {
+            match fs.client().statfs().await {
+                Ok(s) => {
+                    let bs = 4096u64;
+                    let free = s.free_bytes / bs;
+                    reply.statfs(
+                        s.total_bytes / bs,
+                        free,
+                        free,
+                        s.files + free,
+                        free,
+                        bs as u32,
+                        pb::MAX_NAME_BYTES as u32,
+                        bs as u32,
+                    );
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let name = name_bytes(name);
+        let value = value.to_vec();
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let r = fs
+                .client()
+                .setxattr(ino.0, &name, &value, flags as u32)
+                .await;
+            reply_empty(reply, r.map_err(|e| errno(&e)));
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name_bytes(name);
+        self.spawn(move |fs| async move {
+            match fs.client().getxattr(ino.0, &name).await {
+                Ok(v) => reply_xattr(reply, v, size),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(move |fs| async move {
+            match fs.client().listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut out = Vec::new();
+                    for n in names {
+                        out.extend_from_slice(&n);
+                        out.push(0);
+                    }
+                    reply_xattr(reply, out, size);
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let r = fs.client().removexattr(ino.0, &name).await;
+            reply_empty(reply, r.map_err(|e| errno(&e)));
+        });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let (uid, gid) = (req.uid(), req.gid());
+        let mask = mask.bits() as u32;
+        self.spawn(move |fs| async move {
+            match fs.client().getattr(ino.0).await {
+                Ok(a) if mask & 2 != 0 && fs.opts.read_only => {
+                    let _ = a;
+                    reply.error(err(libc::EROFS));
+                }
+                Ok(a) if may_access(&a, uid, gid, mask) => reply.ok(),
+                Ok(_) => reply.error(err(libc::EACCES)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let op = Op::Create(pb::Create {
+            parent: parent.0,
+            name: name_bytes(name),
+            mode: libc::S_IFREG | (mode & 0o7777),
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev: 0,
+            exclusive: flags & libc::O_EXCL != 0,
+        });
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let attr = match fs.apply_attr("create", op).await {
+                Ok(a) => a,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            // A new file has no chunks; an existing one (no O_EXCL) is read.
+            let fresh = (attr.size == 0).then_some(attr);
+            match fs.open_ino(attr.ino, fresh).await {
+                Ok((fh, _)) => reply.created(
+                    &fs.opts.entry_timeout,
+                    &fs.file_attr(&attr),
+                    Generation(attr.generation),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+}
