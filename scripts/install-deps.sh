@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what building and testing quizfs needs on a fresh Debian machine.
-# protoc comes from the protoc-bin-vendored crate, so no Debian package is
-# needed for it. Idempotent: installs only what is missing.
+# Installs what building and testing quizfs needs on a fresh Debian machine:
+# a C toolchain, fuse3 (the kernel interface's fusermount3 and /dev/fuse
+# set-up), python3 (the POSIX check scripts of the tests). protoc comes from
+# the protoc-bin-vendored crate. Idempotent: installs only what is missing.
 set -euo pipefail
 
-PKGS=(gcc pkg-config)
+PKGS=(gcc pkg-config fuse3 python3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

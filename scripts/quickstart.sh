@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Builds quizfs and starts a local three-node cluster on 127.0.0.21-23
-# (data and logs in ./run), waits until it has a leader and prints
-# `quizfs status`. `scripts/quickstart.sh stop` stops it.
+# Builds quizfs, starts a local three-node cluster on 127.0.0.21-23 (data
+# and logs in ./run), waits until it has a leader, mounts the volume at
+# ./mnt/nas and prints `quizfs status`. `scripts/quickstart.sh stop`
+# unmounts and stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${QUIZFS_RUN_DIR:-$PWD/run}
 PEERS=127.0.0.21,127.0.0.22,127.0.0.23
 BIN=$PWD/target/debug
+MNT=$PWD/mnt/nas
 
 stop() {
+  if mountpoint -q "$MNT"; then "$BIN/quizfs" umount "$MNT" || umount -l "$MNT"; fi
   for f in "$RUN_DIR"/nas*.pid; do
     [ -f "$f" ] || continue
     kill "$(cat "$f")" 2>/dev/null || true
@@ -20,6 +23,7 @@ if [ "${1:-}" = stop ]; then stop; exit 0; fi
 
 scripts/install-deps.sh
 cargo build --workspace --bins
+scripts/install-helper.sh
 mkdir -p "$RUN_DIR"
 for i in 1 2 3; do
   pidf="$RUN_DIR/nas$i.pid"
@@ -30,8 +34,14 @@ for i in 1 2 3; do
 done
 for _ in $(seq 1 150); do
   if "$BIN/quizfs" status 127.0.0.21 >/dev/null 2>&1; then
+    mkdir -p "$MNT"
+    if ! mountpoint -q "$MNT"; then
+      "$BIN/quizfs" mount 127.0.0.21:/nas "$MNT" \
+        -o backup_servers=127.0.0.22,127.0.0.23,log="$RUN_DIR/mount.log"
+    fi
     "$BIN/quizfs" status 127.0.0.21
-    echo "cluster running: logs and data in $RUN_DIR; stop with: scripts/quickstart.sh stop"
+    echo "cluster running, volume nas mounted at $MNT"
+    echo "logs and data in $RUN_DIR; stop with: scripts/quickstart.sh stop"
     exit 0
   fi
   sleep 0.2

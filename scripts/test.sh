@@ -9,6 +9,8 @@ cargo clippy --all-targets --workspace -- -D warnings
 # The integration tests run the binaries: build them first, once, in the
 # same target directory as the tests.
 cargo build --workspace --bins --tests
+# The mount tests use mount(8) with -t quizfs: install the helper.
+scripts/install-helper.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --profile ci
 else

@@ -3,6 +3,7 @@
 // Test code: an unexpected error is a test failure.
 #![allow(clippy::unwrap_used)]
 
+mod t100_mount;
 mod t10_replication;
 mod t15_shutdown;
 mod t20_namespace;

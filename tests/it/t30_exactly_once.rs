@@ -31,6 +31,7 @@ async fn retried_create_and_rename_apply_once() {
         new_parent: ROOT_INO,
         new_name: b"moved.jpg".to_vec(),
         flags: 0,
+        keep_open_ino: 0,
     });
     let r1 = c.apply_with_seq(1_000_002, rename.clone()).await.unwrap();
     let r2 = c.apply_with_seq(1_000_002, rename.clone()).await.unwrap();
