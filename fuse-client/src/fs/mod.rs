@@ -317,6 +317,16 @@ impl Inner {
         })
     }
 
+    /// Applies a command that makes a name (mknod, mkdir, symlink) and
+    /// answers the kernel with its entry.
+    async fn new_entry(&self, name: &'static str, op: Op, reply: ReplyEntry) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let r = self.apply_attr(name, op).await;
+        self.entry(reply, r);
+    }
+
     async fn apply_unit(&self, name: &'static str, op: Op) -> Result<(), ClientError> {
         let r = self.client().apply(name, op).await?;
         if r.errno != 0 {
@@ -646,13 +656,7 @@ impl Filesystem for QuizFs {
             rdev,
             exclusive: true,
         });
-        self.spawn(move |fs| async move {
-            if let Err(e) = fs.writable() {
-                return reply.error(e);
-            }
-            let r = fs.apply_attr("mknod", op).await;
-            fs.entry(reply, r);
-        });
+        self.spawn(move |fs| async move { fs.new_entry("mknod", op, reply).await });
     }
 
     fn mkdir(
@@ -671,13 +675,7 @@ impl Filesystem for QuizFs {
             uid: req.uid(),
             gid: req.gid(),
         });
-        self.spawn(move |fs| async move {
-            if let Err(e) = fs.writable() {
-                return reply.error(e);
-            }
-            let r = fs.apply_attr("mkdir", op).await;
-            fs.entry(reply, r);
-        });
+        self.spawn(move |fs| async move { fs.new_entry("mkdir", op, reply).await });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -726,13 +724,7 @@ impl Filesystem for QuizFs {
             uid: req.uid(),
             gid: req.gid(),
         });
-        self.spawn(move |fs| async move {
-            if let Err(e) = fs.writable() {
-                return reply.error(e);
-            }
-            let r = fs.apply_attr("symlink", op).await;
-            fs.entry(reply, r);
-        });
+        self.spawn(move |fs| async move { fs.new_entry("symlink", op, reply).await });
     }
 
     fn rename(
