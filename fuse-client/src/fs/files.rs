@@ -53,14 +53,6 @@ enum Source {
     Chunk(pb::ChunkRef),
 }
 
-/// What `flush` committed.
-#[derive(Debug)]
-pub struct Committed {
-    /// The attributes after the commit; `None` when there was nothing to
-    /// commit.
-    pub attr: Option<pb::Attr>,
-}
-
 /// The mutable part of an open file.
 #[derive(Debug, Default)]
 pub struct FileState {
@@ -361,10 +353,11 @@ impl OpenFile {
 
     /// Makes every write durable and commits it: the chunks on a majority of
     /// nodes, then one metadata command with the new chunks and size.
-    pub async fn flush(&self, io: &Io) -> Result<Committed, ClientError> {
+    /// Returns the attributes after the commit, `None` if nothing changed.
+    pub async fn flush(&self, io: &Io) -> Result<Option<pb::Attr>, ClientError> {
         let mut st = self.state.lock().await;
         if !st.changed {
-            return Ok(Committed { attr: None });
+            return Ok(None);
         }
         let indices: Vec<u64> = st.dirty.keys().copied().collect();
         for index in indices {
@@ -395,7 +388,7 @@ impl OpenFile {
         cut(&mut st.base, size);
         st.changed = false;
         self.changed.store(false, Ordering::Relaxed);
-        Ok(Committed { attr: Some(attr) })
+        Ok(Some(attr))
     }
 
     /// Forgets local state after a truncation that went to the cluster

@@ -199,12 +199,6 @@ impl QuizFs {
         }
     }
 
-    /// Gives the filesystem the session's notifier, used to drop the
-    /// kernel's cached attributes of files changed on other mounts.
-    pub fn set_notifier(&self, n: Notifier) {
-        let _ = self.inner.notifier.set(n);
-    }
-
     /// A handle that can hand the notifier over after the session moved.
     pub fn notifier_slot(&self) -> NotifierSlot {
         NotifierSlot(self.inner.clone())
@@ -424,8 +418,8 @@ impl Inner {
     /// are the committed ones.
     async fn flush_file(&self, f: &OpenFile) -> OpResult<()> {
         match f.flush(&self.io).await {
-            Ok(c) => {
-                if let Some(a) = c.attr {
+            Ok(committed) => {
+                if let Some(a) = committed {
                     self.file_attr(&a);
                 }
                 Ok(())
@@ -1037,10 +1031,7 @@ impl Filesystem for QuizFs {
         let mask = mask.bits() as u32;
         self.spawn(move |fs| async move {
             match fs.client().getattr(ino.0).await {
-                Ok(a) if mask & 2 != 0 && fs.opts.read_only => {
-                    let _ = a;
-                    reply.error(err(libc::EROFS));
-                }
+                Ok(_) if mask & 2 != 0 && fs.opts.read_only => reply.error(err(libc::EROFS)),
                 Ok(a) if may_access(&a, uid, gid, mask) => reply.ok(),
                 Ok(_) => reply.error(err(libc::EACCES)),
                 Err(e) => reply.error(errno(&e)),
