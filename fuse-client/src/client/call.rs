@@ -1,10 +1,15 @@
 //! The one place that owns deadlines, retries, redirects and failover.
 //!
 //! A call goes to the leader when one is known and up, otherwise to any node
-//! that is up. Each attempt has the per-call deadline. UNAVAILABLE with a
-//! leader hint is followed at once; UNAVAILABLE without one, or a timeout,
-//! moves on to another node after a short backoff. Other errors are final.
-//! The whole call gives up after the operation timeout.
+//! that is up. Each attempt has the per-call deadline, and is abandoned
+//! early when the heartbeats mark its node down or learn of a new leader
+//! (a hung or cut-off leader answers nothing, so waiting for the deadline
+//! would be the whole pause). Retrying is safe: writes carry a session and
+//! sequence number and are applied once. UNAVAILABLE with a leader hint is
+//! followed at once; UNAVAILABLE without one, or a timeout, moves on to
+//! another node after a short backoff that a leader change cuts short.
+//! Other errors are final. The whole call gives up after the operation
+//! timeout.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,8 +22,8 @@ use tonic::{Code, Status};
 
 use super::{ClientError, ClusterClient, NodeHandle};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_millis(400);
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// Whether an error is worth retrying on another node.
 fn retryable(s: &Status) -> bool {
@@ -37,7 +42,7 @@ impl ClusterClient {
             if avoid != Some(l.as_str()) {
                 if let Some(n) = nodes
                     .iter()
-                    .find(|n| n.addr == l && n.up.load(Ordering::Relaxed))
+                    .find(|n| n.addr == l && n.is_up())
                 {
                     return Some(n.clone());
                 }
@@ -52,7 +57,7 @@ impl ClusterClient {
                 fallback.get_or_insert(n);
                 continue;
             }
-            if n.up.load(Ordering::Relaxed) {
+            if n.is_up() {
                 return Some(n.clone());
             }
             fallback.get_or_insert(n);
@@ -85,16 +90,20 @@ impl ClusterClient {
                     detail: last,
                 });
             };
-            let attempt = tokio::time::timeout(opts.call_timeout, f(node.channel.clone())).await;
-            let status = match attempt {
-                Ok(Ok(r)) => {
-                    self.set_leader(Some(node.addr.clone()));
-                    return Ok(r.into_inner());
-                }
-                Ok(Err(s)) => s,
-                Err(_) => {
-                    Status::deadline_exceeded(format!("no answer within {:?}", opts.call_timeout))
-                }
+            let attempt = tokio::time::timeout(opts.call_timeout, f(node.channel.clone()));
+            let status = tokio::select! {
+                r = attempt => match r {
+                    Ok(Ok(r)) => {
+                        self.set_leader(Some(node.addr.clone()));
+                        return Ok(r.into_inner());
+                    }
+                    Ok(Err(s)) => s,
+                    Err(_) => Status::deadline_exceeded(format!(
+                        "no answer within {:?}",
+                        opts.call_timeout
+                    )),
+                },
+                why = self.abandoned(&node) => Status::unavailable(why),
             };
             last = format!("{}: {}", node.addr, status.message());
             if !retryable(&status) {
@@ -123,14 +132,41 @@ impl ClusterClient {
                         self.set_leader(None);
                     }
                     if status.code() == Code::DeadlineExceeded {
-                        node.up.store(false, Ordering::Relaxed);
+                        node.set_up(false);
                     }
                     avoid = Some(node.addr.clone());
                 }
             }
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
+            let moved = self.inner.leader_moved.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(
+                    backoff.min(deadline.saturating_duration_since(Instant::now())),
+                ) => {}
+                _ = moved => {}
+            }
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Resolves when a call in flight to `node` should be given up: the node
+    /// was marked down, or another node became leader.
+    async fn abandoned(&self, node: &NodeHandle) -> &'static str {
+        loop {
+            let down = node.went_down.notified();
+            let moved = self.inner.leader_moved.notified();
+            tokio::pin!(down, moved);
+            down.as_mut().enable();
+            moved.as_mut().enable();
+            if !node.is_up() {
+                return "node stopped answering heartbeats";
+            }
+            if self.leader().is_some_and(|l| l != node.addr) {
+                return "another node became leader";
+            }
+            tokio::select! {
+                _ = down => {}
+                _ = moved => {}
+            }
         }
     }
 }

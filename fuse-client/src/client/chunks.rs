@@ -1,8 +1,11 @@
 //! Chunk transfer. A write sends the chunk to every node at once and returns
 //! when a majority has it durably; the other uploads finish in the
-//! background (a node that misses one gets it from its healer). A read asks
-//! one node at a time, verifies the hash, and moves on to the next node on
-//! any failure, so a corrupt or missing copy is never returned.
+//! background (a node that misses one gets it from its healer); nodes the
+//! heartbeats mark down are skipped while enough others are up. A read asks
+//! one node, and is hedged: if that node has not answered within a few
+//! times the usual chunk latency (or fails, or is marked down), the next
+//! node is asked as well, and the first verified copy wins. A copy whose
+//! content does not match its hash is never returned.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,6 +15,34 @@ use quizfs_proto::{self as pb, ChunkHash, PIECE_SIZE, chunks_client::ChunksClien
 use tonic::transport::Channel;
 
 use super::{ClientError, ClusterClient, NodeHandle};
+
+/// Shortest wait before a chunk read is also asked of another node.
+const HEDGE_MIN: Duration = Duration::from_millis(40);
+/// Longest wait before a chunk read is also asked of another node.
+const HEDGE_MAX: Duration = Duration::from_millis(400);
+
+/// Reads a chunk from `node`, giving up when the node is marked down.
+async fn read_one(
+    node: Arc<NodeHandle>,
+    hash: ChunkHash,
+    deadline: Duration,
+) -> (String, Result<Vec<u8>, String>) {
+    let r = tokio::select! {
+        r = get_from(node.channel.clone(), hash, deadline) => r,
+        _ = async {
+            loop {
+                let down = node.went_down.notified();
+                tokio::pin!(down);
+                down.as_mut().enable();
+                if !node.is_up() {
+                    return;
+                }
+                down.await;
+            }
+        } => Err("node stopped answering heartbeats".into()),
+    };
+    (node.addr.clone(), r)
+}
 
 /// Time allowed per MiB on top of the call timeout for a chunk transfer.
 const PER_MIB: Duration = Duration::from_millis(250);
@@ -97,8 +128,10 @@ impl ClusterClient {
         let give_up = tokio::time::Instant::now() + self.inner.opts.op_timeout;
         let mut detail = Vec::new();
         loop {
-            let nodes = self.nodes();
-            let needed = nodes.len() / 2 + 1;
+            let all = self.nodes();
+            let needed = all.len() / 2 + 1;
+            let up: Vec<_> = all.iter().filter(|n| n.is_up()).cloned().collect();
+            let nodes = if up.len() >= needed { up } else { all };
             let (tx, mut rx) = tokio::sync::mpsc::channel(nodes.len().max(1));
             for node in &nodes {
                 let (tx, channel, addr, data) = (
@@ -147,7 +180,22 @@ impl ClusterClient {
         }
     }
 
-    /// Reads and verifies a chunk from the first node that has a good copy.
+    /// How long a chunk read may take before another node is asked too.
+    fn hedge_delay(&self) -> Duration {
+        let ewma = Duration::from_micros(self.inner.read_ewma_us.load(Ordering::Relaxed));
+        (ewma * 4).clamp(HEDGE_MIN, HEDGE_MAX)
+    }
+
+    fn record_read(&self, took: Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.inner.read_ewma_us.load(Ordering::Relaxed);
+        self.inner
+            .read_ewma_us
+            .store((old * 7 + us) / 8, Ordering::Relaxed);
+    }
+
+    /// Reads and verifies a chunk: hedged over the nodes, as the module doc
+    /// says.
     pub async fn get_chunk(&self, hash: ChunkHash) -> Result<Vec<u8>, ClientError> {
         let deadline = transfer_deadline(self.inner.opts.call_timeout, pb::CHUNK_SIZE);
         let give_up = tokio::time::Instant::now() + self.inner.opts.op_timeout;
@@ -158,13 +206,36 @@ impl ClusterClient {
             let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) as usize;
             let n = nodes.len().max(1);
             nodes.rotate_left(start % n);
-            nodes.sort_by_key(|x| !x.up.load(Ordering::Relaxed));
-            for node in nodes {
-                match get_from(node.channel.clone(), hash, deadline).await {
-                    Ok(d) => return Ok(d),
-                    Err(e) => {
-                        tracing::debug!(hash = ?hash, node = %node.addr, error = %e, "chunk read failed; trying another node");
-                        detail.push(format!("{}: {e}", node.addr));
+            nodes.sort_by_key(|x| !x.is_up());
+            let mut queue = nodes.into_iter();
+            let mut running = tokio::task::JoinSet::new();
+            let started = tokio::time::Instant::now();
+            loop {
+                if running.is_empty() {
+                    let Some(node) = queue.next() else { break };
+                    running.spawn(read_one(node, hash, deadline));
+                }
+                let hedge = tokio::time::sleep(self.hedge_delay());
+                tokio::select! {
+                    done = running.join_next() => match done {
+                        Some(Ok((_, Ok(d)))) => {
+                            self.record_read(started.elapsed());
+                            return Ok(d);
+                        }
+                        Some(Ok((addr, Err(e)))) => {
+                            tracing::debug!(hash = ?hash, node = %addr, error = %e, "chunk read failed; trying another node");
+                            detail.push(format!("{addr}: {e}"));
+                            if let Some(node) = queue.next() {
+                                running.spawn(read_one(node, hash, deadline));
+                            }
+                        }
+                        Some(Err(_)) | None => {}
+                    },
+                    _ = hedge => {
+                        if let Some(node) = queue.next() {
+                            tracing::debug!(hash = ?hash, node = %node.addr, "chunk read slow; hedging");
+                            running.spawn(read_one(node, hash, deadline));
+                        }
                     }
                 }
             }

@@ -1,6 +1,9 @@
 //! Heartbeats: every node is pinged several times per ping timeout; a node
 //! that does not answer within the ping timeout is marked down, so calls
-//! stop choosing it, and marked up again as soon as it answers.
+//! stop choosing it and calls waiting on it are retried elsewhere, and it is
+//! marked up again as soon as it answers. Each answer also names the leader
+//! the node knows and its term, which is how the client learns of an
+//! election without waiting for a call to fail.
 
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
@@ -22,7 +25,9 @@ pub(super) async fn run(inner: Weak<Inner>) {
         };
         let client = ClusterClient { inner: strong };
         let timeout = client.inner.opts.ping_timeout;
-        let interval = (timeout / 4).max(Duration::from_millis(50));
+        // Often enough that a new leader is learnt within ~100 ms of its
+        // election: a ping is a few hundred bytes.
+        let interval = (timeout / 8).clamp(Duration::from_millis(50), Duration::from_millis(250));
         let pings = client.nodes().into_iter().map(|node| {
             let client = client.clone();
             async move {
@@ -36,15 +41,14 @@ pub(super) async fn run(inner: Weak<Inner>) {
                                 .iter()
                                 .find(|n| n.id.load(Ordering::Relaxed) == r.leader_id)
                             {
-                                client.set_leader(Some(l.addr.clone()));
+                                client.leader_seen(l.addr.clone(), r.term);
                             }
                         }
                         true
                     }
                     _ => false,
                 };
-                let was = node.up.swap(ok, Ordering::Relaxed);
-                if was != ok {
+                if node.set_up(ok) {
                     tracing::info!(node = %node.addr, up = ok, "node state changed");
                 }
             }
@@ -56,7 +60,7 @@ pub(super) async fn run(inner: Weak<Inner>) {
             if let Some(node) = client
                 .nodes()
                 .into_iter()
-                .find(|n| n.up.load(Ordering::Relaxed))
+                .find(|n| n.is_up())
             {
                 if let Ok(m) = super::membership::members_of(&node.addr, &client.inner.opts).await {
                     let _ = client.update_members(&m);

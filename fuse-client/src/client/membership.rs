@@ -24,6 +24,24 @@ pub struct NodeHandle {
     pub channel: Channel,
     /// Whether the last heartbeat was answered in time.
     pub up: AtomicBool,
+    /// Woken when the node is marked down, so calls waiting on it give up.
+    pub went_down: tokio::sync::Notify,
+}
+
+impl NodeHandle {
+    /// Marks the node up or down; returns whether that changed anything.
+    pub fn set_up(&self, up: bool) -> bool {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        if was && !up {
+            self.went_down.notify_waiters();
+        }
+        was != up
+    }
+
+    /// Whether the node answered its last heartbeat in time.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
 }
 
 /// Normalises `host[:port]` to `host:port`.
@@ -102,6 +120,7 @@ impl ClusterClient {
                     addr: member.addr.clone(),
                     channel: channel(&member.addr)?,
                     up: AtomicBool::new(true),
+                    went_down: tokio::sync::Notify::new(),
                 })),
             }
         }

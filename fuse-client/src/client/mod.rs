@@ -26,6 +26,16 @@ pub use error::ClientError;
 pub use membership::NodeHandle;
 use quizfs_proto as pb;
 
+/// Default heartbeat deadline: a node silent this long is treated as down.
+/// Chosen by measurement (BENCHMARKS.md, failover): a healthy node answers a
+/// ping in under 5 ms even under the failover load, and detection of a hung
+/// leader is mostly done by the Raft election, so one second costs nothing
+/// and keeps a busy node from being declared down.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default bound on how long an operation waits for the cluster (a majority
+/// of nodes) before it fails with ETIMEDOUT.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Tunables of a client.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -35,7 +45,8 @@ pub struct ClientOptions {
     pub ping_timeout: Duration,
     /// Deadline of one RPC to one node.
     pub call_timeout: Duration,
-    /// Longest an operation keeps retrying before it fails.
+    /// Longest an operation keeps retrying before it fails (with
+    /// ETIMEDOUT): the bound on how long a write waits for a majority.
     pub op_timeout: Duration,
 }
 
@@ -43,9 +54,9 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             volume: "nas".into(),
-            ping_timeout: Duration::from_secs(2),
+            ping_timeout: DEFAULT_PING_TIMEOUT,
             call_timeout: Duration::from_secs(6),
-            op_timeout: Duration::from_secs(60),
+            op_timeout: DEFAULT_OP_TIMEOUT,
         }
     }
 }
@@ -60,7 +71,12 @@ pub struct ClusterClient {
 struct Inner {
     opts: ClientOptions,
     nodes: RwLock<Vec<Arc<NodeHandle>>>,
-    leader: Mutex<Option<String>>,
+    leader: Mutex<Leader>,
+    /// Woken whenever the believed leader changes.
+    leader_moved: tokio::sync::Notify,
+    /// Smoothed latency of successful chunk reads, in microseconds: sets
+    /// the hedge delay.
+    read_ewma_us: AtomicU64,
     client_id: AtomicU64,
     next_seq: AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
@@ -76,7 +92,9 @@ impl ClusterClient {
         let inner = Arc::new(Inner {
             opts,
             nodes: RwLock::new(Vec::new()),
-            leader: Mutex::new(None),
+            leader: Mutex::new(Leader::default()),
+            leader_moved: tokio::sync::Notify::new(),
+            read_ewma_us: AtomicU64::new(20_000),
             client_id: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             in_flight: Mutex::new(BTreeSet::new()),
@@ -121,10 +139,47 @@ impl ClusterClient {
             .leader
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .addr
             .clone()
     }
 
+    /// Records `addr` as the leader without news of the term (a redirect
+    /// or a successful call); `None` forgets the leader.
     fn set_leader(&self, addr: Option<String>) {
-        *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+        let mut l = self.inner.leader.lock().unwrap_or_else(|p| p.into_inner());
+        let moved = l.addr != addr;
+        l.addr = addr;
+        drop(l);
+        if moved {
+            self.inner.leader_moved.notify_waiters();
+        }
     }
+
+    /// Records a leader reported by a node in `term`; ignored when a later
+    /// term is already known, so a node that has not heard of an election
+    /// yet cannot point the client back at a dead leader.
+    fn leader_seen(&self, addr: String, term: u64) {
+        let mut l = self.inner.leader.lock().unwrap_or_else(|p| p.into_inner());
+        if term < l.term {
+            return;
+        }
+        l.term = term;
+        let moved = l.addr.as_deref() != Some(addr.as_str());
+        if moved {
+            tracing::info!(leader = %addr, term, "leader changed");
+        }
+        l.addr = Some(addr);
+        drop(l);
+        if moved {
+            self.inner.leader_moved.notify_waiters();
+        }
+    }
+}
+
+/// The leader as the client believes it.
+#[derive(Debug, Default)]
+struct Leader {
+    addr: Option<String>,
+    /// Highest Raft term any node has reported.
+    term: u64,
 }
