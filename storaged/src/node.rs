@@ -118,7 +118,10 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, StartError> {
         cluster_name: "quizfs".into(),
         heartbeat_interval: ms(cfg.heartbeat),
         election_timeout_min: ms(cfg.election),
-        election_timeout_max: ms(cfg.election) * 2,
+        // openraft waits out the leader's lease (= this maximum) and then a
+        // random election timeout before a follower stands: a narrow range
+        // keeps that short, and split votes are rare with three voters.
+        election_timeout_max: ms(cfg.election) * 4 / 3,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
         max_in_snapshot_log_to_keep: cfg.keep_logs,
         snapshot_max_chunk_size: 1024 * 1024,
@@ -443,6 +446,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             r.clone(),
             id,
             cfg.heal_interval,
+            cfg.heal_rate,
         ));
         let _ = state.healer.set(healer.clone());
         tasks.spawn(healer.run(work.clone()));

@@ -40,10 +40,7 @@ impl ClusterClient {
         let nodes = self.nodes();
         if let Some(l) = self.leader() {
             if avoid != Some(l.as_str()) {
-                if let Some(n) = nodes
-                    .iter()
-                    .find(|n| n.addr == l && n.is_up())
-                {
+                if let Some(n) = nodes.iter().find(|n| n.addr == l && n.is_up()) {
                     return Some(n.clone());
                 }
             }

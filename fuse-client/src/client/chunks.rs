@@ -17,9 +17,9 @@ use tonic::transport::Channel;
 use super::{ClientError, ClusterClient, NodeHandle};
 
 /// Shortest wait before a chunk read is also asked of another node.
-const HEDGE_MIN: Duration = Duration::from_millis(40);
+const HEDGE_MIN: Duration = Duration::from_millis(30);
 /// Longest wait before a chunk read is also asked of another node.
-const HEDGE_MAX: Duration = Duration::from_millis(400);
+const HEDGE_MAX: Duration = Duration::from_millis(200);
 
 /// Reads a chunk from `node`, giving up when the node is marked down.
 async fn read_one(
@@ -183,7 +183,7 @@ impl ClusterClient {
     /// How long a chunk read may take before another node is asked too.
     fn hedge_delay(&self) -> Duration {
         let ewma = Duration::from_micros(self.inner.read_ewma_us.load(Ordering::Relaxed));
-        (ewma * 4).clamp(HEDGE_MIN, HEDGE_MAX)
+        (ewma * 3).clamp(HEDGE_MIN, HEDGE_MAX)
     }
 
     fn record_read(&self, took: Duration) {

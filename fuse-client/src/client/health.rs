@@ -5,8 +5,9 @@
 //! the node knows and its term, which is how the client learns of an
 //! election without waiting for a call to fail.
 
-use std::sync::Weak;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
@@ -16,9 +17,12 @@ use super::{ClusterClient, Inner};
 /// How often the member list is refreshed.
 const MEMBERS_REFRESH: Duration = Duration::from_secs(2);
 
-/// Runs until the client is dropped.
+/// Runs until the client is dropped. Each round pings every node that has
+/// no ping outstanding, without waiting for the answers: a hung node must
+/// not delay the news from the others (that is how a new leader is learnt).
 pub(super) async fn run(inner: Weak<Inner>) {
     let mut last_refresh = Instant::now();
+    let outstanding: Arc<Mutex<HashSet<String>>> = Arc::default();
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -27,12 +31,19 @@ pub(super) async fn run(inner: Weak<Inner>) {
         let timeout = client.inner.opts.ping_timeout;
         // Often enough that a new leader is learnt within ~100 ms of its
         // election: a ping is a few hundred bytes.
-        let interval = (timeout / 8).clamp(Duration::from_millis(50), Duration::from_millis(250));
-        let pings = client.nodes().into_iter().map(|node| {
-            let client = client.clone();
-            async move {
+        let interval = (timeout / 10).clamp(Duration::from_millis(50), Duration::from_millis(200));
+        for node in client.nodes() {
+            if !lock(&outstanding).insert(node.addr.clone()) {
+                continue;
+            }
+            let (weak, outstanding) = (Arc::downgrade(&client.inner), outstanding.clone());
+            tokio::spawn(async move {
                 let mut rpc = ClusterRpc::new(node.channel.clone());
-                let ok = match tokio::time::timeout(timeout, rpc.ping(pb::PingRequest {})).await {
+                let reply = tokio::time::timeout(timeout, rpc.ping(pb::PingRequest {})).await;
+                lock(&outstanding).remove(&node.addr);
+                let Some(inner) = weak.upgrade() else { return };
+                let client = ClusterClient { inner };
+                let ok = match reply {
                     Ok(Ok(r)) => {
                         let r = r.into_inner();
                         if r.leader_id != 0 {
@@ -51,33 +62,24 @@ pub(super) async fn run(inner: Weak<Inner>) {
                 if node.set_up(ok) {
                     tracing::info!(node = %node.addr, up = ok, "node state changed");
                 }
-            }
-        });
-        let started = Instant::now();
-        let _ = futures_all(pings).await;
+            });
+        }
         if last_refresh.elapsed() >= MEMBERS_REFRESH {
             last_refresh = Instant::now();
-            if let Some(node) = client
-                .nodes()
-                .into_iter()
-                .find(|n| n.is_up())
-            {
-                if let Ok(m) = super::membership::members_of(&node.addr, &client.inner.opts).await {
-                    let _ = client.update_members(&m);
-                }
+            if let Some(node) = client.nodes().into_iter().find(|n| n.is_up()) {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    if let Ok(m) = super::membership::members_of(&node.addr, &c.inner.opts).await {
+                        let _ = c.update_members(&m);
+                    }
+                });
             }
         }
         drop(client);
-        tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
-async fn futures_all<F: std::future::Future<Output = ()> + Send + 'static>(
-    futs: impl Iterator<Item = F>,
-) {
-    let mut set = tokio::task::JoinSet::new();
-    for f in futs {
-        set.spawn(f);
-    }
-    while set.join_next().await.is_some() {}
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

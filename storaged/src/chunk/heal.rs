@@ -4,7 +4,9 @@
 //!
 //! A scan runs every interval. A chunk missing in two scans in a row is
 //! fetched (the first sighting is often an upload still on its way); one
-//! reported corrupt is fetched at once.
+//! reported corrupt is fetched at once. Healing is throttled so that client
+//! I/O keeps its speed: at most [`HEAL_PARALLELISM`] fetches at a time and
+//! at most the configured bytes per second.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +35,21 @@ pub struct Healer {
     raft: Raft,
     self_id: NodeId,
     interval: Duration,
+    rate: u64,
     backlog: AtomicU64,
+    scanned_index: AtomicU64,
+    healed_total: AtomicU64,
+    pending: Mutex<HashSet<ChunkHash>>,
     urgent: Mutex<HashSet<ChunkHash>>,
     wake: Notify,
+    throttle: tokio::sync::Mutex<Throttle>,
+}
+
+/// A byte-rate limit: each fetch reserves its bytes, and waits until the
+/// rate allows them.
+#[derive(Debug)]
+struct Throttle {
+    next_free: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Healer {
@@ -48,7 +62,8 @@ impl std::fmt::Debug for Healer {
 }
 
 impl Healer {
-    /// A healer for `store`, scanning every `interval`.
+    /// A healer for `store`, scanning every `interval` and fetching at
+    /// most `rate` bytes per second (0: unlimited).
     pub fn new(
         store: Arc<ChunkStore>,
         reader: MetaReader,
@@ -56,6 +71,7 @@ impl Healer {
         raft: Raft,
         self_id: NodeId,
         interval: Duration,
+        rate: u64,
     ) -> Self {
         Self {
             store,
@@ -64,15 +80,55 @@ impl Healer {
             raft,
             self_id,
             interval,
+            rate,
             backlog: AtomicU64::new(0),
+            scanned_index: AtomicU64::new(0),
+            healed_total: AtomicU64::new(0),
+            pending: Mutex::new(HashSet::new()),
             urgent: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            throttle: tokio::sync::Mutex::new(Throttle {
+                next_free: tokio::time::Instant::now(),
+            }),
         }
     }
 
-    /// Referenced chunks missing from this node at the last scan.
+    /// Referenced chunks missing from this node at the last scan, less
+    /// those fetched since.
     pub fn backlog(&self) -> u64 {
         self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// The applied index the last completed scan saw.
+    pub fn scanned_index(&self) -> u64 {
+        self.scanned_index.load(Ordering::Relaxed)
+    }
+
+    /// Chunks fetched from peers since start.
+    pub fn healed_total(&self) -> u64 {
+        self.healed_total.load(Ordering::Relaxed)
+    }
+
+    /// Up to `limit` of the chunks still missing.
+    pub fn pending(&self, limit: usize) -> Vec<ChunkHash> {
+        let p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.iter().take(limit).copied().collect()
+    }
+
+    /// Waits until the byte rate allows `bytes` more.
+    async fn throttle(&self, bytes: usize) {
+        if self.rate == 0 {
+            return;
+        }
+        let cost = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        let wait_until = {
+            let mut t = self.throttle.lock().await;
+            let now = tokio::time::Instant::now();
+            let start = t.next_free.max(now);
+            t.next_free = start + cost;
+            start
+        };
+        tokio::time::sleep_until(wait_until).await;
     }
 
     /// Asks for a chunk to be fetched again now (it was found corrupt).
@@ -129,6 +185,8 @@ impl Healer {
             .await
             .map_err(|_| "timed out".to_string())?
             .map_err(|s| s.message().to_string())?;
+        // Charged after the fetch, at its real size: the next fetch waits.
+        self.throttle(data.len()).await;
         if ChunkHash::of(&data) != hash {
             return Err("peer sent content that does not match the hash".into());
         }
@@ -165,10 +223,17 @@ impl Healer {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = self.wake.notified() => {}
             }
+            let applied = self
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index);
             let me = self.clone();
             let Ok(missing) = tokio::task::spawn_blocking(move || me.missing()).await else {
                 continue;
             };
+            *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = missing.clone();
             let urgent: HashSet<ChunkHash> =
                 std::mem::take(&mut *self.urgent.lock().unwrap_or_else(|p| p.into_inner()));
             let due: Vec<ChunkHash> = missing
@@ -193,6 +258,11 @@ impl Healer {
                     Some(Ok((h, true))) => {
                         healed.insert(h);
                         self.backlog.fetch_sub(1, Ordering::Relaxed);
+                        self.healed_total.fetch_add(1, Ordering::Relaxed);
+                        self.pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&h);
                     }
                     Some(_) => {}
                     None => break,
@@ -203,6 +273,7 @@ impl Healer {
                 }
             }
             seen_before = missing.difference(&healed).copied().collect();
+            self.scanned_index.store(applied, Ordering::Relaxed);
         }
     }
 }

@@ -135,6 +135,8 @@ impl Cluster for ClusterService {
             chunks,
             chunk_bytes,
             heal_backlog: self.state.healer.get().map_or(0, |h| h.backlog()),
+            heal_scanned_index: self.state.healer.get().map_or(0, |h| h.scanned_index()),
+            healed_total: self.state.healer.get().map_or(0, |h| h.healed_total()),
             disk_free,
             disk_total,
             ..Default::default()
@@ -162,6 +164,22 @@ impl Cluster for ClusterService {
             reply.purged_index = m.purged.map_or(0, |l| l.index);
         }
         Ok(Response::new(reply))
+    }
+
+    async fn heal_info(
+        &self,
+        req: Request<pb::HealInfoRequest>,
+    ) -> Result<Response<pb::HealInfoReply>, Status> {
+        let limit = req.into_inner().limit.min(100_000) as usize;
+        let Some(h) = self.state.healer.get() else {
+            return Err(status::not_ready());
+        };
+        Ok(Response::new(pb::HealInfoReply {
+            backlog: h.backlog(),
+            scanned_index: h.scanned_index(),
+            healed_total: h.healed_total(),
+            pending: h.pending(limit).into_iter().map(|c| c.0.to_vec()).collect(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(addr = %req.get_ref().addr, node = req.get_ref().node_id))]
