@@ -1,5 +1,5 @@
 //! `quizfs`: the command line of the quizfs client: `mount`, `umount`,
-//! `status`; also `mount.quizfs`, the helper mount(8) runs for `-t quizfs`.
+//! `status`, `heal info`; also `mount.quizfs`, the helper mount(8) runs for `-t quizfs`.
 
 mod mount;
 
@@ -55,6 +55,29 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Self-heal: what each node still has to fetch.
+    Heal {
+        #[command(subcommand)]
+        cmd: HealCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HealCmd {
+    /// List, per node, the chunks its metadata references and its disk
+    /// lacks (the heal backlog). Exits 0 when every node answers and none
+    /// has anything pending, 1 otherwise.
+    Info {
+        /// Any storage node, host[:port].
+        host: String,
+        /// List at most this many chunk hashes per node (the count is
+        /// always exact).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// How long to wait for each node.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,7 +117,7 @@ fn main() -> ExitCode {
             };
         }
         Cmd::Umount { mountpoint } => return mount::umount(&mountpoint),
-        Cmd::Status { .. } => {}
+        Cmd::Status { .. } | Cmd::Heal { .. } => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -118,6 +141,14 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Status { host, timeout_ms } => status(&host, Duration::from_millis(timeout_ms)).await,
+        Cmd::Heal {
+            cmd:
+                HealCmd::Info {
+                    host,
+                    limit,
+                    timeout_ms,
+                },
+        } => heal_info(&host, limit, Duration::from_millis(timeout_ms)).await,
         Cmd::Mount { .. } | Cmd::Umount { .. } => Ok(ExitCode::SUCCESS),
     }
 }
@@ -202,4 +233,57 @@ async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn heal_info(host: &str, limit: u32, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let opts = ClientOptions {
+        call_timeout: timeout,
+        volume: String::new(),
+        ..ClientOptions::default()
+    };
+    let addr = with_port(host);
+    let members = members_of(&addr, &opts)
+        .await
+        .with_context(|| format!("cannot reach {addr}"))?;
+    let mut clean = true;
+    for m in &members.members {
+        let reply = async {
+            let mut rpc = ClusterRpc::new(channel(&m.addr).ok()?);
+            tokio::time::timeout(timeout, rpc.heal_info(pb::HealInfoRequest { limit }))
+                .await
+                .ok()?
+                .ok()
+        }
+        .await;
+        match reply {
+            None => {
+                clean = false;
+                println!("node {} {}: down (its backlog is unknown)", m.id, m.addr);
+            }
+            Some(r) => {
+                let r = r.into_inner();
+                if r.backlog > 0 {
+                    clean = false;
+                }
+                println!(
+                    "node {} {}: {} chunks pending, {} healed since start, scanned to index {}",
+                    m.id, m.addr, r.backlog, r.healed_total, r.scanned_index
+                );
+                for h in &r.pending {
+                    match pb::ChunkHash::from_slice(h) {
+                        Some(h) => println!("  {}", h.to_hex()),
+                        None => println!("  (malformed hash)"),
+                    }
+                }
+                if (r.pending.len() as u64) < r.backlog {
+                    println!("  ... and {} more", r.backlog - r.pending.len() as u64);
+                }
+            }
+        }
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

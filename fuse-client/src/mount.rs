@@ -22,7 +22,9 @@ const CONNECT_BUDGET: Duration = Duration::from_secs(10);
 /// Options accepted by `-o`, documented in `quizfs mount --help`.
 pub(crate) const OPTIONS_HELP: &str = "\
 Mount options (-o, comma-separated):
-  ping_timeout=SECS      a node silent this long is treated as down (default 2)
+  ping_timeout=SECS      a node silent this long is treated as down (default 1)
+  op_timeout=SECS        how long an operation waits for a majority of nodes before
+                         failing with ETIMEDOUT (default 30)
   attr_timeout=SECS      how long the kernel caches attributes (default 1)
   entry_timeout=SECS     how long the kernel caches names (default 1)
   allow_other            let every user use the mount (the default when mounted by root)
@@ -50,6 +52,8 @@ pub(crate) struct MountRequest {
     pub(crate) fs: FsOptions,
     /// Heartbeat timeout.
     pub(crate) ping_timeout: Duration,
+    /// Bound on one operation.
+    pub(crate) op_timeout: Duration,
     /// Let other users in.
     pub(crate) allow_other: bool,
     /// Log file of the background process.
@@ -103,6 +107,7 @@ pub(crate) fn parse(
         mountpoint: mountpoint.to_path_buf(),
         fs: FsOptions::default(),
         ping_timeout: ClientOptions::default().ping_timeout,
+        op_timeout: ClientOptions::default().op_timeout,
         allow_other: running_as_root(),
         log: None,
         raw_options: options.join(","),
@@ -125,6 +130,7 @@ pub(crate) fn parse(
             "allow_other" => req.allow_other = true,
             "noallow_other" => req.allow_other = false,
             "ping_timeout" => req.ping_timeout = secs(key, need()?, 0.1, 60.0)?,
+            "op_timeout" => req.op_timeout = secs(key, need()?, 1.0, 86_400.0)?,
             "attr_timeout" => req.fs.attr_timeout = secs(key, need()?, 0.0, 3600.0)?,
             "entry_timeout" => req.fs.entry_timeout = secs(key, need()?, 0.0, 3600.0)?,
             "chunk_cache" => {
@@ -290,6 +296,7 @@ fn serve(req: MountRequest) -> Result<(), String> {
     let copts = ClientOptions {
         volume: req.volume.clone(),
         ping_timeout: req.ping_timeout,
+        op_timeout: req.op_timeout,
         ..ClientOptions::default()
     };
     let client = rt.block_on(async {

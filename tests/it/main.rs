@@ -6,6 +6,7 @@
 mod t100_mount;
 mod t10_replication;
 mod t110_failover;
+mod t130_two_down;
 mod t15_shutdown;
 mod t20_namespace;
 mod t30_exactly_once;

@@ -87,7 +87,11 @@ impl ClusterClient {
                     detail: last,
                 });
             };
-            let attempt = tokio::time::timeout(opts.call_timeout, f(node.channel.clone()));
+            // No attempt outlives the operation's own bound.
+            let budget = opts
+                .call_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let attempt = tokio::time::timeout(budget, f(node.channel.clone()));
             let status = tokio::select! {
                 r = attempt => match r {
                     Ok(Ok(r)) => {
@@ -96,8 +100,7 @@ impl ClusterClient {
                     }
                     Ok(Err(s)) => s,
                     Err(_) => Status::deadline_exceeded(format!(
-                        "no answer within {:?}",
-                        opts.call_timeout
+                        "no answer within {budget:?}"
                     )),
                 },
                 why = self.abandoned(&node) => Status::unavailable(why),

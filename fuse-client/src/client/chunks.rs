@@ -51,11 +51,11 @@ fn transfer_deadline(base: Duration, len: usize) -> Duration {
     base + PER_MIB * (len / (1024 * 1024)) as u32
 }
 
-/// Why one node did not take a chunk; `fatal` when retrying cannot help
-/// (the node refused the content, or its disk is full).
+/// Why one node did not take a chunk; `fatal` holds the errno when
+/// retrying cannot help (the node refused the content, or its disk is full).
 #[derive(Debug)]
 struct PutFailure {
-    fatal: bool,
+    fatal: Option<i32>,
     message: String,
 }
 
@@ -73,14 +73,15 @@ async fn put_to(
     let mut client = ChunksClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES);
     match tokio::time::timeout(deadline, client.put(stream)).await {
         Err(_) => Err(PutFailure {
-            fatal: false,
+            fatal: None,
             message: "timed out".into(),
         }),
         Ok(Err(s)) => Err(PutFailure {
-            fatal: matches!(
-                s.code(),
-                tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
-            ),
+            fatal: match s.code() {
+                tonic::Code::ResourceExhausted => Some(libc::ENOSPC),
+                tonic::Code::InvalidArgument => Some(libc::EIO),
+                _ => None,
+            },
             message: format!("{:?}: {}", s.code(), s.message()),
         }),
         Ok(Ok(_)) => Ok(()),
@@ -155,10 +156,11 @@ impl ClusterClient {
                     Err(e) => {
                         failed += 1;
                         detail.push(format!("{addr}: {}", e.message));
-                        if e.fatal {
+                        if let Some(errno) = e.fatal {
                             return Err(ClientError::ChunkNotDurable {
                                 hash,
                                 detail: detail.join("; "),
+                                errno,
                             });
                         }
                     }
@@ -174,6 +176,7 @@ impl ClusterClient {
                 return Err(ClientError::ChunkNotDurable {
                     hash,
                     detail: detail.join("; "),
+                    errno: libc::ETIMEDOUT,
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

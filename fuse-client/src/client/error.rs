@@ -68,6 +68,9 @@ pub enum ClientError {
         hash: ChunkHash,
         /// What each node said.
         detail: String,
+        /// ENOSPC (a node's disk is full), EIO (a node refused the data),
+        /// or ETIMEDOUT (no majority within the operation timeout).
+        errno: i32,
     },
     /// A server address does not parse.
     #[error("invalid server address {0:?}")]
@@ -81,7 +84,7 @@ impl ClientError {
     /// The errno an application should see for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            Self::Posix { errno, .. } => *errno,
+            Self::Posix { errno, .. } | Self::ChunkNotDurable { errno, .. } => *errno,
             Self::Timeout { .. } | Self::NoServer { .. } => libc::ETIMEDOUT,
             Self::Refused {
                 code: tonic::Code::ResourceExhausted,

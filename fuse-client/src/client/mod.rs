@@ -133,6 +133,12 @@ impl ClusterClient {
             .clone()
     }
 
+    /// Whether the heartbeats see a majority of the nodes up.
+    pub fn majority_up(&self) -> bool {
+        let nodes = self.nodes();
+        nodes.iter().filter(|n| n.is_up()).count() > nodes.len() / 2
+    }
+
     /// Address of the node believed to lead, if any.
     pub fn leader(&self) -> Option<String> {
         self.inner

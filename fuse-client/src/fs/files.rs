@@ -79,6 +79,9 @@ pub struct OpenFile {
     pub changed: AtomicBool,
     /// Time of the last local write (ns), for getattr before the commit.
     pub local_mtime: AtomicI64,
+    /// The last attributes the cluster gave for it: what getattr answers
+    /// when the cluster has no majority (see `QuizFs::getattr`).
+    pub last_attr: std::sync::Mutex<Option<pb::Attr>>,
     state: Mutex<FileState>,
 }
 
@@ -137,6 +140,7 @@ impl OpenFile {
             local_size: AtomicU64::new(size),
             changed: AtomicBool::new(false),
             local_mtime: AtomicI64::new(0),
+            last_attr: std::sync::Mutex::new(None),
             state: Mutex::new(FileState {
                 size,
                 base: chunks,

@@ -258,6 +258,7 @@ impl Inner {
         let mut size = a.size;
         let mut mtime = a.mtime_ns;
         if let Some(f) = self.open_file(a.ino) {
+            *f.last_attr.lock().unwrap_or_else(|p| p.into_inner()) = Some(a.clone());
             if f.changed.load(Ordering::Relaxed) {
                 size = f.local_size.load(Ordering::Relaxed);
                 mtime = mtime.max(f.local_mtime.load(Ordering::Relaxed));
@@ -571,9 +572,42 @@ impl Filesystem for QuizFs {
         });
     }
 
+    /// For a file open on this mount, the cluster gets a few ping timeouts
+    /// to answer; if it has no majority by then (or fails), the attributes
+    /// last seen are answered, so that reading a file opened before two
+    /// nodes failed goes on (the kernel asks for the size at end of file).
+    /// Other inodes wait for the cluster as every metadata read does.
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(move |fs| async move {
-            match fs.client().getattr(ino.0).await {
+            let open = fs.open_file(ino.0);
+            let answer = match &open {
+                None => Some(fs.client().getattr(ino.0).await),
+                Some(f) => {
+                    let patience = if fs.client().majority_up() {
+                        fs.client().options().ping_timeout * 2
+                    } else {
+                        Duration::ZERO
+                    };
+                    let r = tokio::time::timeout(patience, fs.client().getattr(ino.0)).await;
+                    match r {
+                        Ok(Err(ClientError::Posix { .. })) | Ok(Ok(_)) => r.ok(),
+                        Ok(Err(_)) | Err(_) => {
+                            let last = f.last_attr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            match last {
+                                Some(a) => {
+                                    tracing::debug!(ino = ino.0, "no answer from the cluster; last attributes of the open file");
+                                    Some(Ok(a))
+                                }
+                                None => r.ok(),
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(answer) = answer else {
+                return reply.error(err(libc::ETIMEDOUT));
+            };
+            match answer {
                 Ok(a) => reply.attr(&fs.opts.attr_timeout, &fs.file_attr(&a)),
                 Err(ClientError::Posix {
                     errno: libc::ENOENT,
