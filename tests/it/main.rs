@@ -6,7 +6,10 @@
 mod t100_mount;
 mod t10_replication;
 mod t110_failover;
+mod t120_heal;
 mod t130_two_down;
+mod t140_rolling_restart;
+mod t150_crash;
 mod t15_shutdown;
 mod t20_namespace;
 mod t30_exactly_once;
