@@ -237,9 +237,17 @@ impl Quizfs {
     /// Starts three nodes in namespaces and mounts the volume with the
     /// default options (needs root).
     pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// The same, with extra mount options (`-o`, comma-separated).
+    pub async fn start_with(options: &str) -> Self {
         let cluster = crate::harness::Cluster::start_in_netns(3, &[]).await;
-        let servers = format!("backup_servers={},{}", cluster.addr(1), cluster.addr(2));
-        let mount = crate::harness::Mount::new(&cluster, 0, &servers).await;
+        let mut opts = format!("backup_servers={},{}", cluster.addr(1), cluster.addr(2));
+        if !options.is_empty() {
+            opts = format!("{opts},{options}");
+        }
+        let mount = crate::harness::Mount::new(&cluster, 0, &opts).await;
         Self { cluster, mount }
     }
 }

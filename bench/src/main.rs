@@ -1,8 +1,13 @@
-//! `quizfs-bench`: measures a running quizfs cluster through the cluster
-//! client library (no mount): image-sized uploads and reads, and one large
-//! sequential write and read. Every figure is the median of `--reps` runs,
-//! with min and max. The mount-level workloads of the benchmark issue
-//! build on this.
+//! `quizfs-bench`: measures quizfs.
+//!
+//! - `client`: a running cluster through the cluster client library (no
+//!   mount): image-sized uploads and reads, and one large sequential write
+//!   and read. Every figure is the median of `--reps` runs, with min and
+//!   max.
+//! - `failover`: starts its own cluster (nodes in network namespaces, so
+//!   needs root) and a mount, and kills, freezes and cuts a follower and the
+//!   leader under the application load; prints failed operations, longest
+//!   pause and heal time in one table.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,10 +17,41 @@ use quizfs::client::{ClientOptions, ClusterClient};
 use tokio::io::AsyncRead;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "quizfs-bench",
-    about = "Measure a quizfs cluster through the client library"
-)]
+#[command(name = "quizfs-bench", about = "Measure quizfs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Uploads, reads and a sequential file through the client library,
+    /// against a running cluster.
+    Client(Args),
+    /// Kill, freeze and cut a follower and the leader of a cluster this
+    /// command starts (root: network namespaces), under the application
+    /// load on a mount; print one table.
+    Failover(FailoverArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FailoverArgs {
+    /// Faults to apply, comma-separated: kill, freeze, cut.
+    #[arg(long, value_delimiter = ',', default_value = "kill,freeze,cut")]
+    faults: Vec<String>,
+    /// Seconds the node stays failed, under load.
+    #[arg(long, default_value_t = 5.0)]
+    down_secs: f64,
+    /// Seconds of load before each fault.
+    #[arg(long, default_value_t = 2.0)]
+    before_secs: f64,
+    /// Extra mount options, e.g. ping_timeout=2 (default: none, the
+    /// defaults are measured).
+    #[arg(long, default_value = "")]
+    mount_options: String,
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Storage nodes to contact, comma-separated host[:port].
     #[arg(
@@ -71,7 +107,70 @@ fn summary(name: &str, unit: &str, mut xs: Vec<f64>) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let work = async {
+        match Cli::parse().cmd {
+            Cmd::Client(args) => client_bench(args).await,
+            Cmd::Failover(args) => failover_bench(args).await,
+        }
+    };
+    // On Ctrl-C the work is dropped, and with it every process, mount and
+    // namespace it made.
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; cleaned up"),
+    }
+}
+
+async fn failover_bench(args: FailoverArgs) -> anyhow::Result<()> {
+    use quizfs_bench::failover::{self, Fault, Plan, Quizfs};
+    let faults = args
+        .faults
+        .iter()
+        .map(|f| {
+            Fault::parse(f)
+                .ok_or_else(|| anyhow::anyhow!("unknown fault {f:?}: use kill, freeze or cut"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plan = Plan {
+        before: std::time::Duration::from_secs_f64(args.before_secs),
+        down: std::time::Duration::from_secs_f64(args.down_secs),
+        ..Plan::default()
+    };
+    let mut sys = Quizfs::start_with(&args.mount_options).await;
+    let mut rows = Vec::new();
+    for on_leader in [false, true] {
+        for &fault in &faults {
+            let row = failover::run_case(&mut sys, fault, on_leader, &plan).await;
+            eprintln!(
+                "{}: {} failed, longest {:?} ({})",
+                row.case,
+                row.failures.len(),
+                row.longest,
+                row.longest_what
+            );
+            for f in row.failures.iter().take(5) {
+                eprintln!("  failed: {f}");
+            }
+            rows.push(row);
+        }
+    }
+    println!(
+        "load: one 100 KiB upload (write, fsync, close, read back) every 20 ms and a reader; \
+         node down {} s per case; default settings",
+        args.down_secs
+    );
+    println!();
+    print!("{}", failover::table("quizfs", &rows));
+    let bad = rows
+        .iter()
+        .any(|r| !r.failures.is_empty() || !r.lost.is_empty() || r.heal.is_none());
+    if bad {
+        anyhow::bail!("some case failed an operation, lost a file or did not heal");
+    }
+    Ok(())
+}
+
+async fn client_bench(args: Args) -> anyhow::Result<()> {
     let client = ClusterClient::connect(&args.servers, ClientOptions::default()).await?;
     let run = client.client_id();
     let root = client

@@ -50,7 +50,7 @@ async fn a_crash_mid_write_leaves_old_or_new_bytes_and_every_closed_file() {
                     return;
                 }
                 let end = ((i + 1) * PIECE) as u64;
-                if end % (3 << 20) == 0 {
+                if end.is_multiple_of(3 << 20) {
                     if f.sync_all().is_err() {
                         return;
                     }

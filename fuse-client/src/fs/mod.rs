@@ -258,7 +258,7 @@ impl Inner {
         let mut size = a.size;
         let mut mtime = a.mtime_ns;
         if let Some(f) = self.open_file(a.ino) {
-            *f.last_attr.lock().unwrap_or_else(|p| p.into_inner()) = Some(a.clone());
+            *f.last_attr.lock().unwrap_or_else(|p| p.into_inner()) = Some(*a);
             if f.changed.load(Ordering::Relaxed) {
                 size = f.local_size.load(Ordering::Relaxed);
                 mtime = mtime.max(f.local_mtime.load(Ordering::Relaxed));
@@ -592,7 +592,7 @@ impl Filesystem for QuizFs {
                     match r {
                         Ok(Err(ClientError::Posix { .. })) | Ok(Ok(_)) => r.ok(),
                         Ok(Err(_)) | Err(_) => {
-                            let last = f.last_attr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            let last = *f.last_attr.lock().unwrap_or_else(|p| p.into_inner());
                             match last {
                                 Some(a) => {
                                     tracing::debug!(ino = ino.0, "no answer from the cluster; last attributes of the open file");
