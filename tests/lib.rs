@@ -14,19 +14,9 @@ use quizfs::client::ClusterClient;
 pub use quizfs_bench::harness::*;
 use quizfs_proto::ChunkHash;
 
-/// Deterministic pseudo-random bytes (xorshift), for test content.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+/// Deterministic pseudo-random bytes (xorshift), for test content: the same
+/// generator as the benchmark load's uploads.
+pub use quizfs_bench::load::content as pattern;
 
 /// The chunk hashes of a file, from its layout.
 pub async fn chunk_hashes(client: &ClusterClient, ino: u64) -> Vec<ChunkHash> {

@@ -168,16 +168,21 @@ fn human(bytes: u64) -> String {
     }
 }
 
-async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+/// The members of the cluster `host` belongs to, any volume.
+async fn cluster_members(host: &str, timeout: Duration) -> anyhow::Result<pb::MembersReply> {
     let opts = ClientOptions {
         call_timeout: timeout,
         volume: String::new(),
         ..ClientOptions::default()
     };
     let addr = with_port(host);
-    let members = members_of(&addr, &opts)
+    members_of(&addr, &opts)
         .await
-        .with_context(|| format!("cannot reach {addr}"))?;
+        .with_context(|| format!("cannot reach {addr}"))
+}
+
+async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let members = cluster_members(host, timeout).await?;
     let asks = members.members.iter().map(|m| {
         let addr = m.addr.clone();
         async move {
@@ -236,15 +241,7 @@ async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
 }
 
 async fn heal_info(host: &str, limit: u32, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let opts = ClientOptions {
-        call_timeout: timeout,
-        volume: String::new(),
-        ..ClientOptions::default()
-    };
-    let addr = with_port(host);
-    let members = members_of(&addr, &opts)
-        .await
-        .with_context(|| format!("cannot reach {addr}"))?;
+    let members = cluster_members(host, timeout).await?;
     let mut clean = true;
     for m in &members.members {
         let reply = async {
