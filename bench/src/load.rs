@@ -272,35 +272,16 @@ impl Load {
             .clone()
     }
 
-    /// Resets the longest-pause record (so a phase can be measured alone).
-    pub fn reset_longest(&self) {
-        let mut s = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
-        s.longest = Duration::ZERO;
-        s.longest_what.clear();
-    }
-
     /// Stops the threads (each finishes the call it is in) and returns the
     /// final figures and every completed upload.
-    pub fn stop(self) -> (LoadStats, Vec<Upload>) {
+    pub fn stop(mut self) -> (LoadStats, Vec<Upload>) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             if t.join().is_err() {
                 self.shared.fail("a load thread panicked".into());
             }
         }
-        let stats = self
-            .shared
-            .stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let uploads = self
-            .shared
-            .uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        (stats, uploads)
+        (self.stats(), self.uploads())
     }
 }
 
