@@ -2,10 +2,12 @@
 # Installs what building and testing quizfs needs on a fresh Debian machine:
 # a C toolchain, fuse3 (the kernel interface's fusermount3 and /dev/fuse
 # set-up), python3 (the POSIX check scripts of the tests). protoc comes from
-# the protoc-bin-vendored crate. Idempotent: installs only what is missing.
+# the protoc-bin-vendored crate. Extra package names given as arguments are
+# installed too (the benchmark adds glusterfs-server and bindfs).
+# Idempotent: installs only what is missing.
 set -euo pipefail
 
-PKGS=(gcc pkg-config fuse3 python3)
+PKGS=(gcc pkg-config fuse3 python3 "$@")
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

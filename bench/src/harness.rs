@@ -38,6 +38,27 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Waits (blocking the thread) until `probe` returns `Ok`, polling; on
+/// timeout returns an error with the last state the probe reported.
+pub fn block_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(v) => return Ok(v),
+            Err(state) if start.elapsed() > timeout => {
+                return Err(format!(
+                    "timed out after {timeout:?} waiting for {what}; last state: {state}"
+                ));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// Waits until `probe` returns `Ok`, polling; on timeout panics with the
 /// last state the probe reported.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T

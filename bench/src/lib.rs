@@ -7,10 +7,17 @@
 //! - [`netns`]: network namespaces so a node can be cut off the network.
 //! - [`load`]: the web application's load on a mount (uploads read back,
 //!   readers), recording every failure and the longest pause.
+//! - [`workloads`]: the throughput workloads (sequential, uploads,
+//!   metadata, `ls -l`, random 4 KiB) on any directory.
+//! - [`compare`]: the comparison's tables, targets and charts.
+//! - [`gluster`]: GlusterFS replica 3 in namespaces, for the comparison.
 //! - [`failover`]: kill, freeze and cut a node under that load, then
 //!   measure the heal, through a small adapter per system.
 
+pub mod compare;
 pub mod failover;
+pub mod gluster;
 pub mod harness;
 pub mod load;
 pub mod netns;
+pub mod workloads;

@@ -126,7 +126,7 @@ impl Shared {
 
 /// close(2) on a file, reporting its error (dropping a `File` ignores it,
 /// and close is where a network filesystem reports a failed flush).
-fn close(f: File) -> std::io::Result<()> {
+pub fn close(f: File) -> std::io::Result<()> {
     let fd = f.into_raw_fd();
     #[allow(unsafe_code)]
     // SAFETY: `fd` was just released by `into_raw_fd`, so it is open and

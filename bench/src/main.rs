@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use quizfs::client::{ClientOptions, ClusterClient};
+use quizfs_bench::compare::FailoverFigure;
+use quizfs_bench::workloads::{self, Progress, Report, Sizes, Workload};
 use tokio::io::AsyncRead;
 
 #[derive(Debug, Parser)]
@@ -32,6 +34,88 @@ enum Cmd {
     /// command starts (root: network namespaces), under the application
     /// load on a mount; print one table.
     Failover(FailoverArgs),
+    /// The whole comparison: local disk, bindfs, quizfs and GlusterFS
+    /// replica 3 (each started here, in network namespaces; root), every
+    /// workload and the failover cases; writes the JSON, the charts and the
+    /// comparison section of BENCHMARKS.md.
+    Compare(CompareArgs),
+    /// Run the throughput workloads in a mounted directory (any
+    /// filesystem); print a table and optionally write JSON.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    /// Systems, comma-separated: local, bindfs, quizfs, gluster.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "local,bindfs,quizfs,gluster"
+    )]
+    systems: Vec<String>,
+    /// Workloads, comma-separated: seq, uploads, uploads3, meta, ls, random.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "seq,uploads,uploads3,meta,ls,random"
+    )]
+    workloads: Vec<String>,
+    /// Seconds-long sizes instead of the full ones.
+    #[arg(long)]
+    short: bool,
+    /// Repetitions (default: 3, or 1 with --short).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Failover faults, comma-separated (kill, freeze, cut); "none" skips
+    /// the failover cases.
+    #[arg(long, value_delimiter = ',', default_value = "kill,freeze,cut")]
+    faults: Vec<String>,
+    /// Seconds a failed node stays failed (longer than GlusterFS's
+    /// ping-timeout of 5 s, so its pause shows).
+    #[arg(long, default_value_t = 10.0)]
+    down_secs: f64,
+    /// Where the local-disk and bindfs directories go (the disk under test).
+    #[arg(long, default_value = "/var/tmp")]
+    scratch: std::path::PathBuf,
+    /// The Markdown file whose comparison section is rewritten.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    markdown: std::path::PathBuf,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "bench/results/compare.json")]
+    json: std::path::PathBuf,
+    /// Directory for the SVG charts (relative to the Markdown file's
+    /// directory in the links).
+    #[arg(long, default_value = "bench/charts")]
+    charts: std::path::PathBuf,
+    /// The command line to print in BENCHMARKS.md (set by the script that
+    /// wraps this command).
+    #[arg(long)]
+    command: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The directory to measure (a fresh subdirectory is used and removed).
+    dir: std::path::PathBuf,
+    /// Name of the system, for the table and the JSON.
+    #[arg(long, default_value = "system")]
+    name: String,
+    /// Workloads, comma-separated: seq, uploads, uploads3, meta, ls, random.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "seq,uploads,uploads3,meta,ls,random"
+    )]
+    workloads: Vec<String>,
+    /// Seconds-long sizes (for CI) instead of the full ones.
+    #[arg(long)]
+    short: bool,
+    /// Repetitions (default: 3, or 1 with --short).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +195,8 @@ async fn main() -> anyhow::Result<()> {
         match Cli::parse().cmd {
             Cmd::Client(args) => client_bench(args).await,
             Cmd::Failover(args) => failover_bench(args).await,
+            Cmd::Run(args) => run_bench(args).await,
+            Cmd::Compare(args) => compare_bench(args).await,
         }
     };
     // On Ctrl-C the work is dropped, and with it every process, mount and
@@ -119,6 +205,298 @@ async fn main() -> anyhow::Result<()> {
         r = work => r,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; cleaned up"),
     }
+}
+
+/// Parses workload names.
+fn parse_workloads(names: &[String]) -> anyhow::Result<Vec<Workload>> {
+    names
+        .iter()
+        .map(|n| {
+            Workload::parse(n).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown workload {n:?}: use seq, uploads, uploads3, meta, ls or random"
+                )
+            })
+        })
+        .collect()
+}
+
+/// A progress bar on stderr over the steps of one run.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(system: &str, steps: usize) -> Self {
+        let bar = indicatif::ProgressBar::new(steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>10} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(system.to_string());
+        Self(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn step(&self, what: &str) {
+        self.0.inc(1);
+        self.0.set_message(what.to_string());
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Runs `workloads` on `dir` off the async runtime, with a progress bar.
+async fn measure(
+    system: &str,
+    dir: std::path::PathBuf,
+    sizes: &Sizes,
+    workloads: &[Workload],
+) -> Report {
+    let (system, sizes, workloads) = (system.to_string(), sizes.clone(), workloads.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let bar = Bar::new(&system, workloads.len() * (sizes.reps + 1));
+        workloads::run(&system, &dir, &sizes, &workloads, &bar)
+    })
+    .await
+    .unwrap_or_else(|e| Report {
+        errors: vec![format!("the workload thread failed: {e}")],
+        ..Report::default()
+    })
+}
+
+async fn run_bench(args: RunArgs) -> anyhow::Result<()> {
+    let workloads = parse_workloads(&args.workloads)?;
+    let mut sizes = if args.short {
+        Sizes::short()
+    } else {
+        Sizes::full()
+    };
+    if let Some(r) = args.reps {
+        anyhow::ensure!(r > 0, "--reps must be at least 1");
+        sizes.reps = r;
+    }
+    anyhow::ensure!(
+        args.dir.is_dir(),
+        "{} is not a directory",
+        args.dir.display()
+    );
+    let report = measure(&args.name, args.dir.clone(), &sizes, &workloads).await;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    anyhow::ensure!(report.errors.is_empty(), "some workloads failed");
+    Ok(())
+}
+
+/// A one-line description of this machine for BENCHMARKS.md.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |k| k / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let gluster = std::process::Command::new("glusterfs")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "GlusterFS not installed".into());
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}, all nodes on one disk; \
+         {gluster}; quizfs {commit} (release build); {date}"
+    )
+}
+
+/// Converts failover rows to the comparison's figures.
+fn failover_figures(system: &str, rows: &[quizfs_bench::failover::Row]) -> Vec<FailoverFigure> {
+    rows.iter()
+        .map(|r| {
+            let mut words = r.case.split_whitespace();
+            FailoverFigure {
+                system: system.into(),
+                fault: words.next().unwrap_or_default().into(),
+                role: words.next().unwrap_or_default().into(),
+                failed: r.failures.len(),
+                lost: r.lost.len(),
+                longest_ms: r.longest.as_secs_f64() * 1e3,
+                heal_s: r.heal.map(|h| h.as_secs_f64()),
+            }
+        })
+        .collect()
+}
+
+/// Runs the failover cases on `sys` (followers and, where the system has
+/// one, the leader).
+async fn failover_cases<S: quizfs_bench::failover::System>(
+    sys: &mut S,
+    faults: &[quizfs_bench::failover::Fault],
+    down: f64,
+) -> Vec<quizfs_bench::failover::Row> {
+    use quizfs_bench::failover::{self, Plan};
+    let plan = Plan {
+        down: std::time::Duration::from_secs_f64(down),
+        ..Plan::default()
+    };
+    let has_leader = sys.leader().await.is_some();
+    let mut rows = Vec::new();
+    for on_leader in [false, true] {
+        if on_leader && !has_leader {
+            break;
+        }
+        for &fault in faults {
+            eprintln!("{}: failover {} ...", sys.name(), fault.name());
+            let row = failover::run_case(sys, fault, on_leader, &plan).await;
+            eprintln!(
+                "{}: {} failed, longest {:?} ({})",
+                row.case,
+                row.failures.len(),
+                row.longest,
+                row.longest_what
+            );
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+async fn compare_bench(args: CompareArgs) -> anyhow::Result<()> {
+    use quizfs_bench::compare::{self, BINDFS, Bindfs, GLUSTER, LOCAL, QUIZFS, Results};
+    use quizfs_bench::failover::{Fault, Quizfs, System};
+    let workloads = parse_workloads(&args.workloads)?;
+    let mut sizes = if args.short {
+        Sizes::short()
+    } else {
+        Sizes::full()
+    };
+    if let Some(r) = args.reps {
+        anyhow::ensure!(r > 0, "--reps must be at least 1");
+        sizes.reps = r;
+    }
+    let faults = if args.faults.iter().any(|f| f == "none") {
+        Vec::new()
+    } else {
+        args.faults
+            .iter()
+            .map(|f| {
+                Fault::parse(f).ok_or_else(|| {
+                    anyhow::anyhow!("unknown fault {f:?}: use kill, freeze, cut or none")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    for s in &args.systems {
+        anyhow::ensure!(
+            ["local", "bindfs", "quizfs", "gluster"].contains(&s.as_str()),
+            "unknown system {s:?}: use local, bindfs, quizfs or gluster"
+        );
+    }
+    let mut results = Results::default();
+    for s in &args.systems {
+        eprintln!("== {s}");
+        match s.as_str() {
+            "local" => {
+                let dir = tempfile::Builder::new()
+                    .prefix("quizfs-local-")
+                    .tempdir_in(&args.scratch)?;
+                results
+                    .reports
+                    .push(measure(LOCAL, dir.path().to_path_buf(), &sizes, &workloads).await);
+            }
+            "bindfs" => match Bindfs::start(&args.scratch) {
+                Ok(b) => {
+                    results
+                        .reports
+                        .push(measure(BINDFS, b.mount.clone(), &sizes, &workloads).await);
+                }
+                Err(e) => results.errors.push(format!("bindfs: {e}")),
+            },
+            "quizfs" => {
+                let mut q = Quizfs::start().await;
+                results
+                    .reports
+                    .push(measure(QUIZFS, q.mount_dir(), &sizes, &workloads).await);
+                let rows = failover_cases(&mut q, &faults, args.down_secs).await;
+                results.failover.extend(failover_figures(QUIZFS, &rows));
+            }
+            _ => match tokio::task::spawn_blocking(quizfs_bench::gluster::Gluster::start).await? {
+                Ok(mut g) => {
+                    results
+                        .reports
+                        .push(measure(GLUSTER, g.mount_dir(), &sizes, &workloads).await);
+                    let rows = failover_cases(&mut g, &faults, args.down_secs).await;
+                    results.failover.extend(failover_figures(GLUSTER, &rows));
+                    tokio::task::spawn_blocking(move || drop(g)).await?;
+                }
+                Err(e) => results.errors.push(format!("GlusterFS: {e}")),
+            },
+        }
+    }
+    for r in &results.reports {
+        print!("{}", r.table());
+    }
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&results)?)?;
+    let rel = args.charts.display().to_string();
+    let charts = compare::charts(&results, &args.charts, &rel).map_err(anyhow::Error::msg)?;
+    let command = args
+        .command
+        .clone()
+        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    let section = compare::markdown(&results, &machine(), &command, &charts);
+    let doc = std::fs::read_to_string(&args.markdown).unwrap_or_default();
+    std::fs::write(&args.markdown, compare::splice(&doc, &section))?;
+    eprintln!(
+        "wrote {}, {} and the charts in {}",
+        args.markdown.display(),
+        args.json.display(),
+        args.charts.display()
+    );
+    Ok(())
 }
 
 async fn failover_bench(args: FailoverArgs) -> anyhow::Result<()> {

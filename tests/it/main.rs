@@ -11,6 +11,7 @@ mod t130_two_down;
 mod t140_rolling_restart;
 mod t150_crash;
 mod t15_shutdown;
+mod t160_bench;
 mod t20_namespace;
 mod t30_exactly_once;
 mod t40_corruption;

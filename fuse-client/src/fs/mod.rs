@@ -24,13 +24,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use quizfs_proto::{self as pb, meta_op::Op};
 use tokio::runtime::Handle;
@@ -93,6 +93,10 @@ impl Version {
     }
 }
 
+/// Most inodes remembered as having no extended attributes before the
+/// stale ones are dropped.
+const MAX_BARE: usize = 1 << 16;
+
 /// A directory being listed: the entries fetched so far, in name order.
 #[derive(Debug, Default)]
 struct Listing {
@@ -116,6 +120,10 @@ struct Inner {
     handles: Mutex<HashMap<u64, Handle_>>,
     next_fh: AtomicU64,
     known: Mutex<HashMap<u64, Version>>,
+    /// Inodes whose last attributes said they have no extended attributes,
+    /// and when: within the attribute timeout, getxattr answers ENODATA
+    /// here (`ls -l` asks for an ACL on every entry).
+    bare: Mutex<HashMap<u64, Instant>>,
     notifier: OnceLock<Notifier>,
 }
 
@@ -193,6 +201,7 @@ impl QuizFs {
                 handles: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 known: Mutex::new(HashMap::new()),
+                bare: Mutex::new(HashMap::new()),
                 notifier: OnceLock::new(),
             }),
             rt,
@@ -268,6 +277,18 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(a.ino, Version::of(a));
+        {
+            let mut bare = self.bare.lock().unwrap_or_else(|p| p.into_inner());
+            if a.has_xattrs {
+                bare.remove(&a.ino);
+            } else {
+                if bare.len() >= MAX_BARE {
+                    let ttl = self.opts.attr_timeout;
+                    bare.retain(|_, t| t.elapsed() < ttl);
+                }
+                bare.insert(a.ino, Instant::now());
+            }
+        }
         FileAttr {
             ino: INodeNo(a.ino),
             size,
@@ -285,6 +306,24 @@ impl Inner {
             blksize: BLKSIZE,
             flags: 0,
         }
+    }
+
+    /// True when the inode's attributes, fetched within the attribute
+    /// timeout, said it has no extended attributes.
+    fn known_bare(&self, ino: u64) -> bool {
+        let ttl = self.opts.attr_timeout;
+        self.bare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .is_some_and(|t| t.elapsed() < ttl)
+    }
+
+    fn forget_bare(&self, ino: u64) {
+        self.bare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino);
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<pb::Attr, ClientError>) {
@@ -469,10 +508,19 @@ impl Inner {
         Ok(attr)
     }
 
-    async fn readdir(&self, ino: u64, fh: u64, offset: u64, mut reply: ReplyDirectory) {
+    /// Lists directory `ino` from `offset` into `add` (name, inode, kind,
+    /// attributes when the listing carries them, next offset) until `add`
+    /// says the reply is full. Returns an errno on failure.
+    async fn list(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&[u8], u64, FileType, Option<&pb::Attr>, u64) -> bool,
+    ) -> Result<(), Errno> {
         let listing = match self.lock_handles().get(&fh) {
             Some(Handle_::Dir(l)) => l.clone(),
-            _ => return reply.error(err(libc::EBADF)),
+            _ => return Err(err(libc::EBADF)),
         };
         let mut l = listing.lock().await;
         if offset == 0 || !l.started {
@@ -485,33 +533,85 @@ impl Inner {
         // Offsets: 1 after ".", 2 after "..", k + 3 after entry k.
         let mut i = offset;
         loop {
-            let (name, child, kind): (Vec<u8>, u64, FileType) = match i {
-                0 => (b".".to_vec(), ino, FileType::Directory),
-                1 => (b"..".to_vec(), ino, FileType::Directory),
+            let full = match i {
+                0 => add(b".", ino, FileType::Directory, None, i + 1),
+                1 => add(b"..", ino, FileType::Directory, None, i + 1),
                 _ => {
                     let k = (i - 2) as usize;
                     while k >= l.entries.len() && l.more {
                         let after = l.entries.last().map(|e| e.name.clone()).unwrap_or_default();
-                        let (page, more) = match self.client().readdir(ino, &after, DIR_PAGE).await
-                        {
-                            Ok(x) => x,
-                            Err(e) => return reply.error(errno(&e)),
-                        };
+                        let (page, more) = self
+                            .client()
+                            .readdir(ino, &after, DIR_PAGE)
+                            .await
+                            .map_err(|e| errno(&e))?;
                         l.more = more && !page.is_empty();
                         l.entries.extend(page);
                     }
                     match l.entries.get(k) {
-                        Some(e) => (e.name.clone(), e.ino, kind_of(e.mode)),
+                        Some(e) => add(&e.name, e.ino, kind_of(e.mode), e.attr.as_ref(), i + 1),
                         None => break,
                     }
                 }
             };
-            if reply.add(INodeNo(child), i + 1, kind, OsStr::from_bytes(&name)) {
+            if full {
                 break;
             }
             i += 1;
         }
-        reply.ok();
+        Ok(())
+    }
+
+    async fn readdir(&self, ino: u64, fh: u64, offset: u64, mut reply: ReplyDirectory) {
+        let r = self
+            .list(ino, fh, offset, |name, child, kind, _, next| {
+                reply.add(INodeNo(child), next, kind, OsStr::from_bytes(name))
+            })
+            .await;
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// readdir with each entry's attributes, so `ls -l` of a large
+    /// directory costs one listing instead of a lookup per entry. An entry
+    /// without attributes (a server that does not send them) ends the
+    /// reply early, and the kernel looks it up as usual.
+    async fn readdirplus(&self, ino: u64, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let ttl = self.opts.entry_timeout.min(self.opts.attr_timeout);
+        let r = self
+            .list(ino, fh, offset, |name, child, _kind, attr, next| {
+                let dot = name == b"." || name == b"..";
+                let (fa, generation) = match attr {
+                    Some(a) => (self.file_attr(a), a.generation),
+                    // The kernel does not use the attributes of . and ..
+                    None if dot => (
+                        self.file_attr(&pb::Attr {
+                            ino: child,
+                            mode: libc::S_IFDIR | 0o755,
+                            nlink: 2,
+                            ..pb::Attr::default()
+                        }),
+                        0,
+                    ),
+                    None => return true,
+                };
+                let t = if dot { Duration::ZERO } else { ttl };
+                reply.add(
+                    INodeNo(child),
+                    next,
+                    OsStr::from_bytes(name),
+                    &t,
+                    &fa,
+                    Generation(generation),
+                )
+            })
+            .await;
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 }
 
@@ -559,7 +659,9 @@ impl Filesystem for QuizFs {
         let _ = config.add_capabilities(
             InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_CACHE_SYMLINKS
-                | InitFlags::FUSE_BIG_WRITES,
+                | InitFlags::FUSE_BIG_WRITES
+                | InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO,
         );
         Ok(())
     }
@@ -953,6 +1055,19 @@ impl Filesystem for QuizFs {
         });
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.spawn(move |fs| async move {
+            fs.readdirplus(ino.0, fh.0, offset, reply).await;
+        });
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -1009,6 +1124,7 @@ impl Filesystem for QuizFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.inner.forget_bare(ino.0);
         let name = name_bytes(name);
         let value = value.to_vec();
         self.spawn(move |fs| async move {
@@ -1024,6 +1140,9 @@ impl Filesystem for QuizFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.inner.known_bare(ino.0) {
+            return reply.error(err(libc::ENODATA));
+        }
         let name = name_bytes(name);
         self.spawn(move |fs| async move {
             match fs.client().getxattr(ino.0, &name).await {
@@ -1034,6 +1153,9 @@ impl Filesystem for QuizFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.inner.known_bare(ino.0) {
+            return reply_xattr(reply, Vec::new(), size);
+        }
         self.spawn(move |fs| async move {
             match fs.client().listxattr(ino.0).await {
                 Ok(names) => {
@@ -1050,6 +1172,7 @@ impl Filesystem for QuizFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.forget_bare(ino.0);
         let name = name_bytes(name);
         self.spawn(move |fs| async move {
             if let Err(e) = fs.writable() {

@@ -94,10 +94,14 @@ impl MetaReader {
                 break;
             }
             let e: DirEntryRec = decode(&v)?;
+            // The attributes ride along, so a listing needs no lookup per
+            // entry (the client answers readdirplus with them).
+            let attr = self.inode(e.ino)?.map(|i| i.attr(e.ino));
             out.push(pb::DirEntry {
                 name: name.to_vec(),
                 ino: e.ino,
                 mode: e.kind,
+                attr,
             });
         }
         Ok(Ok((out, more)))

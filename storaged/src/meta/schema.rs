@@ -112,6 +112,7 @@ impl Inode {
             ctime_ns: self.ctime_ns,
             rdev: self.rdev,
             generation: 0,
+            has_xattrs: !self.xattrs.is_empty(),
         }
     }
 }

@@ -1,0 +1,137 @@
+//! The benchmark in its short form, so it cannot rot: `quizfs-bench
+//! compare --short` on the local disk and on quizfs (its own cluster in
+//! network namespaces, a mount, every workload, a kill of a follower and
+//! of the leader), and `quizfs-bench run` on a mount of a loopback
+//! cluster. Every figure must be measured, positive and finite, and the
+//! comparison section, JSON and charts must be written.
+
+use std::process::Command;
+
+use quizfs_bench::compare::Results;
+use quizfs_bench::workloads::Report;
+use quizfs_tests::{Cluster, Mount, bin};
+
+const KEYS: [&str; 19] = [
+    "seq_write",
+    "seq_read_warm",
+    "seq_read_cold",
+    "upload_files",
+    "upload_mib",
+    "upload_p50",
+    "upload_p99",
+    "upload_readback",
+    "upload3_files",
+    "upload3_p99",
+    "meta_create",
+    "meta_stat",
+    "meta_rename",
+    "meta_unlink",
+    "ls_l",
+    "rand_read_qd1",
+    "rand_read_qd16",
+    "rand_write_qd1",
+    "rand_write_qd16",
+];
+
+fn check(report: &Report) {
+    assert!(
+        report.errors.is_empty(),
+        "{}: {:?}",
+        report.system,
+        report.errors
+    );
+    for key in KEYS {
+        let f = report
+            .figure(key)
+            .unwrap_or_else(|| panic!("{}: {key} not measured", report.system));
+        assert!(
+            f.samples.iter().all(|v| v.is_finite() && *v > 0.0),
+            "{}: {key} = {:?}",
+            report.system,
+            f.samples
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_short_comparison_measures_every_figure_and_writes_its_report() {
+    let out = tempfile::tempdir().unwrap();
+    let md = out.path().join("BENCHMARKS.md");
+    std::fs::write(&md, "# Benchmarks\n\nkept text\n").unwrap();
+    let (json, charts) = (out.path().join("c.json"), out.path().join("charts"));
+    let status = tokio::task::spawn_blocking({
+        let (md, json, charts) = (md.clone(), json.clone(), charts.clone());
+        move || {
+            Command::new(bin("quizfs-bench"))
+                .args(["compare", "--short", "--systems", "local,quizfs"])
+                .args(["--faults", "kill", "--down-secs", "2"])
+                .arg("--scratch")
+                .arg(std::env::temp_dir())
+                .arg("--markdown")
+                .arg(&md)
+                .arg("--json")
+                .arg(&json)
+                .arg("--charts")
+                .arg(&charts)
+                .status()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "quizfs-bench compare failed: {status}");
+    let results: Results = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(results.errors.is_empty(), "{:?}", results.errors);
+    assert_eq!(results.reports.len(), 2);
+    for r in &results.reports {
+        check(r);
+    }
+    // Kill of a follower and of the leader, without a failed operation.
+    assert_eq!(results.failover.len(), 2, "{:?}", results.failover);
+    for f in &results.failover {
+        assert_eq!((f.failed, f.lost), (0, 0), "{f:?}");
+        assert!(f.heal_s.is_some(), "{f:?} did not heal");
+    }
+    let doc = std::fs::read_to_string(&md).unwrap();
+    assert!(doc.contains("kept text"), "the rest of the file is kept");
+    assert!(doc.contains("| seq write 32 MiB"), "{doc}");
+    assert!(doc.contains("<!-- compare:end -->"));
+    for chart in ["seq", "uploads", "metadata", "random", "failover"] {
+        let svg = std::fs::read_to_string(charts.join(format!("{chart}.svg"))).unwrap();
+        assert!(svg.contains("<rect"), "{chart}.svg has no bars");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quizfs_bench_run_measures_a_mount() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mount = Mount::new(&cluster, 0, "").await;
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let status = Command::new(bin("quizfs-bench"))
+        .args(["run", "--short", "--name", "quizfs", "--workloads"])
+        .arg("seq,uploads,meta")
+        .arg("--json")
+        .arg(json.path())
+        .arg(&mount.path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: Report = serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report
+            .figure("upload_files")
+            .is_some_and(|f| f.median() > 0.0)
+    );
+    assert!(report.figure("random").is_none());
+    // The workloads leave nothing behind.
+    assert_eq!(std::fs::read_dir(&mount.path).unwrap().count(), 0);
+    let bad = Command::new(bin("quizfs-bench"))
+        .args(["run", "--workloads", "nope"])
+        .arg(&mount.path)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown workload"));
+    drop(mount);
+}
