@@ -203,7 +203,14 @@ async fn main() -> anyhow::Result<()> {
     // namespace it made.
     tokio::select! {
         r = work => r,
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; cleaned up"),
+        _ = tokio::signal::ctrl_c() => {
+            // The work (and with it every process, mount and namespace it
+            // made) was dropped when select! returned. A workload thread
+            // may still be in a system call on the gone mount; the runtime
+            // would wait for it, so exit here.
+            eprintln!("interrupted; cleaned up");
+            std::process::exit(130);
+        }
     }
 }
 
