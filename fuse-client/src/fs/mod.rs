@@ -123,7 +123,10 @@ struct Inner {
     /// Inodes whose last attributes said they have no extended attributes,
     /// and when: within the attribute timeout, getxattr answers ENODATA
     /// here (`ls -l` asks for an ACL on every entry).
-    bare: Mutex<HashMap<u64, Instant>>,
+    /// (true, t): bare as of t; (false, t): this mount changed its
+    /// extended attributes at t, so attributes fetched meanwhile must not
+    /// mark it bare until `attr_timeout` has passed.
+    bare: Mutex<HashMap<u64, (bool, Instant)>>,
     notifier: OnceLock<Notifier>,
 }
 
@@ -279,14 +282,17 @@ impl Inner {
             .insert(a.ino, Version::of(a));
         {
             let mut bare = self.bare.lock().unwrap_or_else(|p| p.into_inner());
+            let ttl = self.opts.attr_timeout;
+            let changed_here = matches!(bare.get(&a.ino), Some((false, t)) if t.elapsed() < ttl);
             if a.has_xattrs {
-                bare.remove(&a.ino);
-            } else {
-                if bare.len() >= MAX_BARE {
-                    let ttl = self.opts.attr_timeout;
-                    bare.retain(|_, t| t.elapsed() < ttl);
+                if !changed_here {
+                    bare.remove(&a.ino);
                 }
-                bare.insert(a.ino, Instant::now());
+            } else if !changed_here {
+                if bare.len() >= MAX_BARE {
+                    bare.retain(|_, (_, t)| t.elapsed() < ttl);
+                }
+                bare.insert(a.ino, (true, Instant::now()));
             }
         }
         FileAttr {
@@ -316,14 +322,15 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&ino)
-            .is_some_and(|t| t.elapsed() < ttl)
+            .is_some_and(|&(bare, t)| bare && t.elapsed() < ttl)
     }
 
+    /// Records that this mount is changing the inode's extended attributes.
     fn forget_bare(&self, ino: u64) {
         self.bare
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&ino);
+            .insert(ino, (false, Instant::now()));
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<pb::Attr, ClientError>) {
@@ -1135,12 +1142,16 @@ impl Filesystem for QuizFs {
                 .client()
                 .setxattr(ino.0, &name, &value, flags as u32)
                 .await;
+            fs.forget_bare(ino.0);
             reply_empty(reply, r.map_err(|e| errno(&e)));
         });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if self.inner.known_bare(ino.0) {
+        // Only the ACL names `ls -l` asks for on every entry: any other
+        // name is read from the cluster, so a setxattr on another mount
+        // shows at once.
+        if name.as_bytes().starts_with(b"system.posix_acl_") && self.inner.known_bare(ino.0) {
             return reply.error(err(libc::ENODATA));
         }
         let name = name_bytes(name);
@@ -1153,9 +1164,6 @@ impl Filesystem for QuizFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if self.inner.known_bare(ino.0) {
-            return reply_xattr(reply, Vec::new(), size);
-        }
         self.spawn(move |fs| async move {
             match fs.client().listxattr(ino.0).await {
                 Ok(names) => {
@@ -1179,6 +1187,7 @@ impl Filesystem for QuizFs {
                 return reply.error(e);
             }
             let r = fs.client().removexattr(ino.0, &name).await;
+            fs.forget_bare(ino.0);
             reply_empty(reply, r.map_err(|e| errno(&e)));
         });
     }
