@@ -53,19 +53,8 @@ struct CompareArgs {
         default_value = "local,bindfs,quizfs,gluster"
     )]
     systems: Vec<String>,
-    /// Workloads, comma-separated: seq, uploads, uploads3, meta, ls, random.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "seq,uploads,uploads3,meta,ls,random"
-    )]
-    workloads: Vec<String>,
-    /// Seconds-long sizes instead of the full ones.
-    #[arg(long)]
-    short: bool,
-    /// Repetitions (default: 3, or 1 with --short).
-    #[arg(long)]
-    reps: Option<usize>,
+    #[command(flatten)]
+    work: WorkloadArgs,
     /// Failover faults, comma-separated (kill, freeze, cut); "none" skips
     /// the failover cases.
     #[arg(long, value_delimiter = ',', default_value = "kill,freeze,cut")]
@@ -93,13 +82,9 @@ struct CompareArgs {
     command: Option<String>,
 }
 
+/// Which workloads, at which sizes: shared by `run` and `compare`.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// The directory to measure (a fresh subdirectory is used and removed).
-    dir: std::path::PathBuf,
-    /// Name of the system, for the table and the JSON.
-    #[arg(long, default_value = "system")]
-    name: String,
+struct WorkloadArgs {
     /// Workloads, comma-separated: seq, uploads, uploads3, meta, ls, random.
     #[arg(
         long,
@@ -113,6 +98,34 @@ struct RunArgs {
     /// Repetitions (default: 3, or 1 with --short).
     #[arg(long)]
     reps: Option<usize>,
+}
+
+impl WorkloadArgs {
+    /// The workloads and sizes the flags ask for.
+    fn resolve(&self) -> anyhow::Result<(Vec<Workload>, Sizes)> {
+        let workloads = parse_workloads(&self.workloads)?;
+        let mut sizes = if self.short {
+            Sizes::short()
+        } else {
+            Sizes::full()
+        };
+        if let Some(r) = self.reps {
+            anyhow::ensure!(r > 0, "--reps must be at least 1");
+            sizes.reps = r;
+        }
+        Ok((workloads, sizes))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The directory to measure (a fresh subdirectory is used and removed).
+    dir: std::path::PathBuf,
+    /// Name of the system, for the table and the JSON.
+    #[arg(long, default_value = "system")]
+    name: String,
+    #[command(flatten)]
+    work: WorkloadArgs,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -278,16 +291,7 @@ async fn measure(
 }
 
 async fn run_bench(args: RunArgs) -> anyhow::Result<()> {
-    let workloads = parse_workloads(&args.workloads)?;
-    let mut sizes = if args.short {
-        Sizes::short()
-    } else {
-        Sizes::full()
-    };
-    if let Some(r) = args.reps {
-        anyhow::ensure!(r > 0, "--reps must be at least 1");
-        sizes.reps = r;
-    }
+    let (workloads, sizes) = args.work.resolve()?;
     anyhow::ensure!(
         args.dir.is_dir(),
         "{} is not a directory",
@@ -412,16 +416,7 @@ async fn failover_cases<S: quizfs_bench::failover::System>(
 async fn compare_bench(args: CompareArgs) -> anyhow::Result<()> {
     use quizfs_bench::compare::{self, BINDFS, Bindfs, GLUSTER, LOCAL, QUIZFS, Results};
     use quizfs_bench::failover::{Fault, Quizfs, System};
-    let workloads = parse_workloads(&args.workloads)?;
-    let mut sizes = if args.short {
-        Sizes::short()
-    } else {
-        Sizes::full()
-    };
-    if let Some(r) = args.reps {
-        anyhow::ensure!(r > 0, "--reps must be at least 1");
-        sizes.reps = r;
-    }
+    let (workloads, sizes) = args.work.resolve()?;
     let faults = if args.faults.iter().any(|f| f == "none") {
         Vec::new()
     } else {
