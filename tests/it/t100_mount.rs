@@ -276,6 +276,47 @@ async fn a_10000_file_directory() {
     println!("10,000 unlinks: {:?}", start.elapsed());
 }
 
+/// `ls -l` on a second mount, with the kernel's caches dropped, is served
+/// by READDIRPLUS: every size and mode it prints must be the file's own,
+/// and the attributes it leaves in the cache (read by stat) too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_l_on_another_mount_shows_each_files_own_attributes() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start(3, &[]).await;
+    let a = Mount::new(&cluster, 0, "").await;
+    let b = Mount::new(&cluster, 2, "").await;
+    let dir = a.join("listed");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..40u32 {
+        let p = dir.join(format!("f{i:02}"));
+        std::fs::write(&p, vec![b'x'; i as usize * 37]).unwrap();
+        let mode = if i % 2 == 0 { 0o644 } else { 0o600 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let (ok, out, _) = run(Command::new("ls").arg("-ln").arg(b.join("listed")));
+    assert!(ok, "{out}");
+    let mut seen = 0;
+    for line in out.lines().filter(|l| l.starts_with('-')) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let i: usize = f[8][1..].parse().unwrap();
+        let mode = if i % 2 == 0 {
+            "-rw-r--r--"
+        } else {
+            "-rw-------"
+        };
+        assert_eq!(
+            (f[0], f[4]),
+            (mode, (i * 37).to_string().as_str()),
+            "{line}"
+        );
+        let m = std::fs::metadata(b.join(&format!("listed/f{i:02}"))).unwrap();
+        assert_eq!(m.len(), i as u64 * 37);
+        seen += 1;
+    }
+    assert_eq!(seen, 40, "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_tree_copied_with_tar() {
     let cluster = Cluster::start(3, &[]).await;

@@ -582,29 +582,19 @@ impl Inner {
     }
 
     /// readdir with each entry's attributes, so `ls -l` of a large
-    /// directory costs one listing instead of a lookup per entry. An entry
-    /// without attributes (a server that does not send them) ends the
-    /// reply early, and the kernel looks it up as usual.
+    /// directory costs one listing instead of a lookup per entry.
     async fn readdirplus(&self, ino: u64, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
         let ttl = self.opts.entry_timeout.min(self.opts.attr_timeout);
         let r = self
-            .list(ino, fh, offset, |name, child, _kind, attr, next| {
-                let dot = name == b"." || name == b"..";
-                let (fa, generation) = match attr {
-                    Some(a) => (self.file_attr(a), a.generation),
-                    // The kernel does not use the attributes of . and ..
-                    None if dot => (
-                        self.file_attr(&pb::Attr {
-                            ino: child,
-                            mode: libc::S_IFDIR | 0o755,
-                            nlink: 2,
-                            ..pb::Attr::default()
-                        }),
-                        0,
-                    ),
-                    None => return true,
+            .list(ino, fh, offset, |name, child, kind, attr, next| {
+                // Without attributes (. and .., which the kernel does not
+                // use, or an entry whose inode just went away) the entry
+                // goes with a placeholder valid for no time, so the kernel
+                // asks again before using it.
+                let (fa, generation, t) = match attr {
+                    Some(a) => (self.file_attr(a), a.generation, ttl),
+                    None => (placeholder_attr(child, kind), 0, Duration::ZERO),
                 };
-                let t = if dot { Duration::ZERO } else { ttl };
                 reply.add(
                     INodeNo(child),
                     next,
@@ -619,6 +609,27 @@ impl Inner {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// Attributes that say only the inode and its kind.
+fn placeholder_attr(ino: u64, kind: FileType) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind,
+        perm: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
     }
 }
 
