@@ -290,7 +290,7 @@ async fn ls_l_on_another_mount_shows_each_files_own_attributes() {
     for i in 0..40u32 {
         let p = dir.join(format!("f{i:02}"));
         std::fs::write(&p, vec![b'x'; i as usize * 37]).unwrap();
-        let mode = if i % 2 == 0 { 0o644 } else { 0o600 };
+        let mode = if i.is_multiple_of(2) { 0o644 } else { 0o600 };
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
@@ -300,7 +300,7 @@ async fn ls_l_on_another_mount_shows_each_files_own_attributes() {
     for line in out.lines().filter(|l| l.starts_with('-')) {
         let f: Vec<&str> = line.split_whitespace().collect();
         let i: usize = f[8][1..].parse().unwrap();
-        let mode = if i % 2 == 0 {
+        let mode = if i.is_multiple_of(2) {
             "-rw-r--r--"
         } else {
             "-rw-------"
