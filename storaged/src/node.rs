@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::meta::read::MetaReader;
 use crate::meta::state_machine::StateMachine;
 use crate::peers::PeerPool;
+use crate::raft::lease::ReadLease;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::{BasicNode, Cmd, NodeId, Raft};
@@ -81,6 +82,8 @@ pub struct NodeState {
     pub store: Arc<ChunkStore>,
     /// Channels to peers.
     pub pool: PeerPool,
+    /// Lets the leader serve reads without a read-index round.
+    pub lease: ReadLease,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -391,6 +394,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         reader: MetaReader::new(sm.tree().clone()),
         store: store.clone(),
         pool: pool.clone(),
+        // Half the election timeout: well inside the followers' leader
+        // lease (election_timeout_max), with room for a missed heartbeat.
+        lease: ReadLease::new(cfg.election / 2),
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -422,6 +428,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let _ = state.raft.set(r.clone());
+        {
+            let (state, r, stop) = (state.clone(), r.clone(), work.clone());
+            tasks.spawn(async move { state.lease.watch(r, stop).await });
+        }
         tracing::info!(node = id, "raft started");
         if joining {
             tasks.spawn(finish_join(

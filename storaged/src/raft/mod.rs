@@ -1,5 +1,6 @@
 //! openraft wiring: the type configuration and the persistent stores.
 
+pub mod lease;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;
