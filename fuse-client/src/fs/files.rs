@@ -6,7 +6,8 @@
 //! command, so another mount that opens the file afterwards sees all of it.
 //!
 //! Memory is bounded: a file keeps at most [`MAX_DIRTY`] chunks being filled
-//! and [`MAX_UPLOADING`] uploading; a full chunk starts uploading at once.
+//! and [`MAX_UPLOADING`] uploading; a chunk whose last byte is written starts
+//! uploading at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -189,7 +190,11 @@ impl OpenFile {
                 d.data.resize(within + n, 0);
             }
             d.data[within..within + n].copy_from_slice(&rest[..n]);
-            let full = d.data.len() == CHUNK_SIZE;
+            // A writer that reached the chunk's end is most likely writing
+            // sequentially: send the chunk now. A chunk that is merely full
+            // because it was read in whole for a small overwrite stays in
+            // memory for the next writes to it.
+            let full = within + n == CHUNK_SIZE;
             pos += n as u64;
             rest = &rest[n..];
             if full {
