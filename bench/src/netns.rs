@@ -119,6 +119,12 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        // The host ends of the veth pairs first: deleting one end removes
+        // the pair at once, whereas a deleted namespace lets its devices go
+        // later, and the next `Net` in this process reuses the names.
+        for i in 0..self.namespaces.len() {
+            let _ = ip(&["link", "del", &format!("qz{}n{}h", self.slot, i + 1)]);
+        }
         for ns in &self.namespaces {
             if let Err(e) = ip(&["netns", "del", ns]) {
                 eprintln!("cleanup: {e}");
