@@ -83,8 +83,14 @@ pub struct OpenFile {
     /// The last attributes the cluster gave for it: what getattr answers
     /// when the cluster has no majority (see `QuizFs::getattr`).
     pub last_attr: std::sync::Mutex<Option<pb::Attr>>,
+    /// Where the last read ended: a read that starts near it is sequential
+    /// and fetches the chunks after it ahead of time.
+    read_end: AtomicU64,
     state: Mutex<FileState>,
 }
+
+/// Chunks fetched ahead of a sequential reader.
+pub const READ_AHEAD: u64 = 3;
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -142,6 +148,7 @@ impl OpenFile {
             changed: AtomicBool::new(false),
             local_mtime: AtomicI64::new(0),
             last_attr: std::sync::Mutex::new(None),
+            read_end: AtomicU64::new(0),
             state: Mutex::new(FileState {
                 size,
                 base: chunks,
@@ -428,12 +435,19 @@ impl OpenFile {
                 let to = (end.min(start + CS) - start) as usize;
                 plan.push((from, to, Self::source(&st, index, from, to)));
             }
-            let next = match Self::source(&st, (end - 1) / CS + 1, 0, 0) {
-                Some(Source::Chunk(r)) => Some(r),
-                _ => None,
-            };
+            let last = (end - 1) / CS;
+            let next: Vec<pb::ChunkRef> = (last + 1..=last + READ_AHEAD)
+                .filter_map(|i| match Self::source(&st, i, 0, 0) {
+                    Some(Source::Chunk(r)) => Some(r),
+                    _ => None,
+                })
+                .collect();
             (plan, next, end)
         };
+        // Sequential: this read starts within a kernel read-ahead window
+        // (which may arrive slightly out of order) of where the last ended.
+        let before = self.read_end.swap(end, Ordering::Relaxed);
+        let sequential = offset.abs_diff(before) <= 2 * u64::from(super::MAX_READ_WINDOW);
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (from, to, source) in plan {
             let at = out.len();
@@ -451,9 +465,11 @@ impl OpenFile {
             }
             out.resize(at + (to - from), 0);
         }
-        // Sequential readers: fetch the next chunk while this one is used.
-        if let Some(r) = next {
-            if end % CS == 0 || end % CS > CS / 2 {
+        // Sequential readers: fetch the next chunks while this one is used
+        // (the cache joins a fetch already in flight). Random readers do
+        // not, so they fetch only what they read.
+        if sequential && (end % CS == 0 || end % CS > CS / 2) {
+            for r in next {
                 let io = io.clone();
                 tokio::spawn(async move {
                     let _ = io.chunk(&r).await;

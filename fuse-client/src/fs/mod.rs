@@ -69,6 +69,9 @@ impl Default for FsOptions {
 
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
+/// The kernel's read-ahead window: reads within twice this of where the
+/// last one ended count as sequential.
+pub const MAX_READ_WINDOW: u32 = 1 << 20;
 /// Directory entries fetched per page.
 const DIR_PAGE: u32 = 2048;
 /// Block size reported to applications (stdio and cp size buffers by it).
@@ -612,6 +615,16 @@ impl Inner {
     }
 }
 
+/// Extended attributes nobody asks for by name but that are read on every
+/// `ls -l` entry (ACLs, the SELinux label) or every write (file
+/// capabilities): for an inode known to have none, the mount answers
+/// ENODATA itself.
+fn implicit_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"system.posix_acl_")
+        || name == b"security.selinux"
+        || name == b"security.capability"
+}
+
 /// Attributes that say only the inode and its kind.
 fn placeholder_attr(ino: u64, kind: FileType) -> FileAttr {
     FileAttr {
@@ -673,7 +686,7 @@ fn may_access(a: &pb::Attr, uid: u32, gid: u32, mask: u32) -> bool {
 impl Filesystem for QuizFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_READ_WINDOW);
         let _ = config.add_capabilities(
             InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_CACHE_SYMLINKS
@@ -1159,10 +1172,10 @@ impl Filesystem for QuizFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // Only the ACL names `ls -l` asks for on every entry: any other
-        // name is read from the cluster, so a setxattr on another mount
-        // shows at once.
-        if name.as_bytes().starts_with(b"system.posix_acl_") && self.inner.known_bare(ino.0) {
+        // Only the names the kernel and `ls -l` ask for implicitly, on
+        // every entry or every write: any other name is read from the
+        // cluster, so a setxattr on another mount shows at once.
+        if implicit_xattr(name.as_bytes()) && self.inner.known_bare(ino.0) {
             return reply.error(err(libc::ENODATA));
         }
         let name = name_bytes(name);
