@@ -478,12 +478,79 @@ pub fn charts(r: &Results, dir: &Path, rel: &str) -> Result<String, String> {
 /// Replaces the text between `<!-- compare:begin -->` and
 /// `<!-- compare:end -->` in `doc` (appending the markers if missing).
 pub fn splice(doc: &str, section: &str) -> String {
-    const BEGIN: &str = "<!-- compare:begin -->";
-    const END: &str = "<!-- compare:end -->";
-    match (doc.find(BEGIN), doc.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{BEGIN}\n{section}{}", &doc[..b], &doc[e..]),
-        _ => format!("{doc}\n{BEGIN}\n{section}{END}\n"),
+    splice_at(doc, "compare", section)
+}
+
+/// Replaces what lies between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
+/// in `doc` with `section`, or appends both markers and the section.
+pub fn splice_at(doc: &str, name: &str, section: &str) -> String {
+    let begin = format!("<!-- {name}:begin -->");
+    let end = format!("<!-- {name}:end -->");
+    match (doc.find(&begin), doc.find(&end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{begin}\n{section}{}", &doc[..b], &doc[e..]),
+        _ => format!("{doc}\n{begin}\n{section}{end}\n"),
     }
+}
+
+/// The scaling table's Markdown: uploads and metadata at each volume size,
+/// then sequential throughput at each file size.
+pub fn scale_markdown(rows: &[crate::workloads::ScaleRow], machine: &str, command: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Machine: {machine}\n");
+    let _ = writeln!(s, "Command: `{command}`\n");
+    let _ = writeln!(
+        s,
+        "Each figure is the median of the repetitions (every sample in \
+         `bench/results/scale.json`). The volume holds empty files in \
+         directories of 1,000; each probe works in a fresh directory beside \
+         them.\n"
+    );
+    let get = |r: &crate::workloads::ScaleRow, key: &str| {
+        r.report
+            .figure(key)
+            .map_or_else(|| "–".to_string(), |f| fmt(f.median()))
+    };
+    let _ = writeln!(
+        s,
+        "| files in the volume | fill, s | uploads, files/s | upload p99, ms | create, ops/s | stat (cold), ops/s | rename, ops/s | unlink, ops/s |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows.iter().filter(|r| r.seq_mib == 0) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.files,
+            fmt(r.fill_secs),
+            get(r, "upload_files"),
+            get(r, "upload_p99"),
+            get(r, "meta_create"),
+            get(r, "meta_stat"),
+            get(r, "meta_rename"),
+            get(r, "meta_unlink"),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| file size | seq write + fsync, MiB/s | read warm, MiB/s | read cold, MiB/s |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|");
+    for r in rows.iter().filter(|r| r.seq_mib != 0) {
+        let _ = writeln!(
+            s,
+            "| {} MiB | {} | {} | {} |",
+            r.seq_mib,
+            get(r, "seq_write"),
+            get(r, "seq_read_warm"),
+            get(r, "seq_read_cold"),
+        );
+    }
+    for r in rows {
+        for e in &r.report.errors {
+            let _ = writeln!(s, "\nerror ({}): {e}", r.report.system);
+        }
+    }
+    s.push('\n');
+    s
 }
 
 /// A FUSE passthrough (Debian's `bindfs`) of a fresh directory: the

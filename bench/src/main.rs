@@ -8,6 +8,12 @@
 //!   needs root) and a mount, and kills, freezes and cuts a follower and the
 //!   leader under the application load; prints failed operations, longest
 //!   pause and heal time in one table.
+//! - `run`: the throughput workloads on any mounted directory.
+//! - `compare`: local disk, bindfs, quizfs and GlusterFS side by side;
+//!   writes BENCHMARKS.md's comparison section, JSON and charts.
+//! - `scale`: how uploads, metadata and sequential throughput change with
+//!   the number of files in the volume and the file size; writes
+//!   BENCHMARKS.md's scaling section and JSON.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,6 +48,43 @@ enum Cmd {
     /// Run the throughput workloads in a mounted directory (any
     /// filesystem); print a table and optionally write JSON.
     Run(RunArgs),
+    /// The scaling table: uploads and metadata with 1, 10 and 100 thousand
+    /// files in the volume, sequential throughput at 64 MiB, 1 GiB and
+    /// 4 GiB; on a quizfs cluster this command starts (root), or on --dir.
+    Scale(ScaleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ScaleArgs {
+    /// Measure this mounted directory (and remove what was made there)
+    /// instead of a quizfs cluster started for the run.
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// Files in the volume at which uploads and metadata are measured.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    levels: Vec<usize>,
+    /// Sequential file sizes, MiB.
+    #[arg(long, value_delimiter = ',', default_value = "64,1024,4096")]
+    seq_mib: Vec<u64>,
+    /// Files per upload and metadata probe.
+    #[arg(long, default_value_t = 500)]
+    probe: usize,
+    /// Repetitions of each probe and file size.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Threads that fill the volume.
+    #[arg(long, default_value_t = 4)]
+    fillers: usize,
+    /// The Markdown file whose scaling section is rewritten (between
+    /// `<!-- scale:begin -->` and `<!-- scale:end -->`).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    markdown: std::path::PathBuf,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "bench/results/scale.json")]
+    json: std::path::PathBuf,
+    /// The command line to print in BENCHMARKS.md.
+    #[arg(long)]
+    command: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -210,6 +253,7 @@ async fn main() -> anyhow::Result<()> {
             Cmd::Failover(args) => failover_bench(args).await,
             Cmd::Run(args) => run_bench(args).await,
             Cmd::Compare(args) => compare_bench(args).await,
+            Cmd::Scale(args) => scale_bench(args).await,
         }
     };
     // On Ctrl-C the work is dropped, and with it every process, mount and
@@ -497,6 +541,70 @@ async fn compare_bench(args: CompareArgs) -> anyhow::Result<()> {
         args.markdown.display(),
         args.json.display(),
         args.charts.display()
+    );
+    Ok(())
+}
+
+async fn scale_bench(args: ScaleArgs) -> anyhow::Result<()> {
+    use quizfs_bench::compare;
+    use quizfs_bench::workloads::ScaleSizes;
+    anyhow::ensure!(
+        !args.levels.is_empty() && args.levels.windows(2).all(|w| w[0] < w[1]),
+        "--levels must be increasing"
+    );
+    anyhow::ensure!(
+        args.probe > 0 && args.reps > 0,
+        "--probe and --reps must be > 0"
+    );
+    let sizes = ScaleSizes {
+        levels: args.levels.clone(),
+        seq_mib: args.seq_mib.clone(),
+        probe: args.probe,
+        reps: args.reps,
+        fillers: args.fillers,
+    };
+    let steps = sizes.levels.len() * (1 + sizes.reps) + sizes.seq_mib.len() * sizes.reps + 1;
+    let run = |dir: std::path::PathBuf, cleanup: bool| {
+        let sizes = sizes.clone();
+        tokio::task::spawn_blocking(move || {
+            let bar = Bar::new("scale", steps);
+            workloads::scale(&dir, &sizes, cleanup, &bar)
+        })
+    };
+    let rows = match &args.dir {
+        Some(dir) => {
+            anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+            run(dir.clone(), true).await?
+        }
+        None => {
+            eprintln!("== quizfs (nas1..nas3 in network namespaces)");
+            use quizfs_bench::failover::System;
+            let q = quizfs_bench::failover::Quizfs::start().await;
+            // The cluster goes with its data: nothing to remove file by file.
+            let rows = run(q.mount_dir(), false).await?;
+            drop(q);
+            rows
+        }
+    }
+    .map_err(anyhow::Error::msg)?;
+    for r in &rows {
+        print!("{}", r.report.table());
+    }
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&rows)?)?;
+    let command = args
+        .command
+        .clone()
+        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    let section = compare::scale_markdown(&rows, &machine(), &command);
+    let doc = std::fs::read_to_string(&args.markdown).unwrap_or_default();
+    std::fs::write(&args.markdown, compare::splice_at(&doc, "scale", &section))?;
+    eprintln!(
+        "wrote {} and {}",
+        args.markdown.display(),
+        args.json.display()
     );
     Ok(())
 }

@@ -1,14 +1,15 @@
 //! The benchmark in its short form, so it cannot rot: `quizfs-bench
 //! compare --short` on the local disk and on quizfs (its own cluster in
 //! network namespaces, a mount, every workload, a kill of a follower and
-//! of the leader), and `quizfs-bench run` on a mount of a loopback
-//! cluster. Every figure must be measured, positive and finite, and the
-//! comparison section, JSON and charts must be written.
+//! of the leader), and `quizfs-bench run` and `quizfs-bench scale` (in
+//! miniature) on a mount of a loopback cluster. Every figure must be
+//! measured, positive and finite, and the Markdown sections, JSON and
+//! charts must be written.
 
 use std::process::Command;
 
 use quizfs_bench::compare::Results;
-use quizfs_bench::workloads::Report;
+use quizfs_bench::workloads::{Report, ScaleRow};
 use quizfs_tests::{Cluster, Mount, bin};
 
 const KEYS: [&str; 19] = [
@@ -133,5 +134,59 @@ async fn quizfs_bench_run_measures_a_mount() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown workload"));
+
+    // The scaling table in miniature, on the same mount.
+    let scale_json = tempfile::NamedTempFile::new().unwrap();
+    let md = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        md.path(),
+        "# B\n\n<!-- scale:begin -->\nold\n<!-- scale:end -->\ntail\n",
+    )
+    .unwrap();
+    let status = Command::new(bin("quizfs-bench"))
+        .arg("scale")
+        .arg("--dir")
+        .arg(&mount.path)
+        .args(["--levels", "40,120", "--seq-mib", "2,6", "--probe", "15"])
+        .args(["--reps", "1", "--fillers", "3", "--markdown"])
+        .arg(md.path())
+        .arg("--json")
+        .arg(scale_json.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rows: Vec<ScaleRow> =
+        serde_json::from_slice(&std::fs::read(scale_json.path()).unwrap()).unwrap();
+    let levels: Vec<(usize, u64)> = rows.iter().map(|r| (r.files, r.seq_mib)).collect();
+    assert_eq!(levels, [(40, 0), (120, 0), (0, 2), (0, 6)]);
+    for r in &rows {
+        let keys: &[&str] = if r.seq_mib == 0 {
+            &[
+                "upload_files",
+                "upload_p99",
+                "meta_create",
+                "meta_stat",
+                "meta_rename",
+                "meta_unlink",
+            ]
+        } else {
+            &["seq_write", "seq_read_warm", "seq_read_cold"]
+        };
+        for k in keys {
+            let f = r.report.figure(k).unwrap_or_else(|| panic!("{k} missing"));
+            assert!(f.median() > 0.0 && f.median().is_finite(), "{k}: {f:?}");
+        }
+    }
+    let doc = std::fs::read_to_string(md.path()).unwrap();
+    assert!(
+        !doc.contains("\nold\n") && doc.ends_with("<!-- scale:end -->\ntail\n"),
+        "{doc}"
+    );
+    assert!(
+        doc.contains("| 120 |") && doc.contains("| 6 MiB |"),
+        "{doc}"
+    );
+    // It removed the fill and the probes.
+    assert_eq!(std::fs::read_dir(&mount.path).unwrap().count(), 0);
     drop(mount);
 }
