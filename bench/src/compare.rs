@@ -475,12 +475,6 @@ pub fn charts(r: &Results, dir: &Path, rel: &str) -> Result<String, String> {
     Ok(md)
 }
 
-/// Replaces the text between `<!-- compare:begin -->` and
-/// `<!-- compare:end -->` in `doc` (appending the markers if missing).
-pub fn splice(doc: &str, section: &str) -> String {
-    splice_at(doc, "compare", section)
-}
-
 /// Replaces what lies between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
 /// in `doc` with `section`, or appends both markers and the section.
 pub fn splice_at(doc: &str, name: &str, section: &str) -> String {

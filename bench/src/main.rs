@@ -523,25 +523,43 @@ async fn compare_bench(args: CompareArgs) -> anyhow::Result<()> {
     for r in &results.reports {
         print!("{}", r.table());
     }
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.json, serde_json::to_vec_pretty(&results)?)?;
+    write_json(&args.json, &results)?;
     let rel = args.charts.display().to_string();
     let charts = compare::charts(&results, &args.charts, &rel).map_err(anyhow::Error::msg)?;
-    let command = args
-        .command
-        .clone()
-        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
-    let section = compare::markdown(&results, &machine(), &command, &charts);
-    let doc = std::fs::read_to_string(&args.markdown).unwrap_or_default();
-    std::fs::write(&args.markdown, compare::splice(&doc, &section))?;
+    let section = compare::markdown(&results, &machine(), &command_line(&args.command), &charts);
+    write_section(&args.markdown, "compare", &section)?;
     eprintln!(
         "wrote {}, {} and the charts in {}",
         args.markdown.display(),
         args.json.display(),
         args.charts.display()
     );
+    Ok(())
+}
+
+/// Writes `value` as pretty JSON to `path`, creating its directory.
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)?;
+    Ok(())
+}
+
+/// The command line to print: the wrapping script's, else this process's.
+fn command_line(given: &Option<String>) -> String {
+    given
+        .clone()
+        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "))
+}
+
+/// Rewrites the `name` section (between its markers) of the Markdown file.
+fn write_section(markdown: &std::path::Path, name: &str, section: &str) -> anyhow::Result<()> {
+    let doc = std::fs::read_to_string(markdown).unwrap_or_default();
+    std::fs::write(
+        markdown,
+        quizfs_bench::compare::splice_at(&doc, name, section),
+    )?;
     Ok(())
 }
 
@@ -590,17 +608,9 @@ async fn scale_bench(args: ScaleArgs) -> anyhow::Result<()> {
     for r in &rows {
         print!("{}", r.report.table());
     }
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.json, serde_json::to_vec_pretty(&rows)?)?;
-    let command = args
-        .command
-        .clone()
-        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
-    let section = compare::scale_markdown(&rows, &machine(), &command);
-    let doc = std::fs::read_to_string(&args.markdown).unwrap_or_default();
-    std::fs::write(&args.markdown, compare::splice_at(&doc, "scale", &section))?;
+    write_json(&args.json, &rows)?;
+    let section = compare::scale_markdown(&rows, &machine(), &command_line(&args.command));
+    write_section(&args.markdown, "scale", &section)?;
     eprintln!(
         "wrote {} and {}",
         args.markdown.display(),
