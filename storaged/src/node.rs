@@ -83,7 +83,7 @@ pub struct NodeState {
     /// Channels to peers.
     pub pool: PeerPool,
     /// Lets the leader serve reads without a read-index round.
-    pub lease: ReadLease,
+    pub lease: Arc<ReadLease>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -396,7 +396,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         pool: pool.clone(),
         // Half the election timeout: well inside the followers' leader
         // lease (election_timeout_max), with room for a missed heartbeat.
-        lease: ReadLease::new(cfg.election / 2),
+        lease: Arc::new(ReadLease::new(cfg.election / 2)),
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -423,15 +423,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         let network = Network {
             self_id: id,
             pool: pool.clone(),
+            lease: state.lease.clone(),
         };
         let r = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let _ = state.raft.set(r.clone());
-        {
-            let (state, r, stop) = (state.clone(), r.clone(), work.clone());
-            tasks.spawn(async move { state.lease.watch(r, stop).await });
-        }
         tracing::info!(node = id, "raft started");
         if joining {
             tasks.spawn(finish_join(
@@ -489,6 +486,24 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     Ok(())
 }
 
+/// The connections `listener` accepts, with Nagle's algorithm off.
+/// tonic's `Server::tcp_nodelay` applies only to listeners it binds itself.
+/// With Nagle on, a reply sent as headers then body waits out the peer's
+/// delayed ACK (40 ms), which hit about one Raft round in twenty.
+fn accept_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+            conn
+        },
+    )
+}
+
 async fn serve(state: Arc<NodeState>, listener: tokio::net::TcpListener, stop: CancellationToken) {
     use tonic::transport::Server;
     let max = pb::MAX_MESSAGE_BYTES;
@@ -507,19 +522,7 @@ async fn serve(state: Arc<NodeState>, listener: tokio::net::TcpListener, stop: C
     .max_decoding_message_size(max);
     let chunks =
         pb::chunks_server::ChunksServer::new(ChunkService { state }).max_decoding_message_size(max);
-    // The builder's `tcp_nodelay` applies only to listeners it binds
-    // itself: accepted sockets are set here. With Nagle on, a reply sent as
-    // headers then body waits out the peer's delayed ACK (40 ms), which hit
-    // about one Raft round in twenty.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            if let Ok(c) = &conn {
-                let _ = c.set_nodelay(true);
-            }
-            conn
-        },
-    );
+    let incoming = accept_nodelay(listener);
     let res = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
@@ -531,5 +534,22 @@ async fn serve(state: Arc<NodeState>, listener: tokio::net::TcpListener, stop: C
         .await;
     if let Err(e) = res {
         tracing::error!(error = %e, "gRPC server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection the node serves has Nagle's algorithm off.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        use tokio_stream::StreamExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = std::pin::pin!(accept_nodelay(listener));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let conn = incoming.next().await.unwrap().unwrap();
+        assert!(conn.nodelay().unwrap());
     }
 }

@@ -17,6 +17,7 @@ mod t30_exactly_once;
 mod t40_corruption;
 mod t50_bad_input;
 mod t60_leader_kill;
+mod t65_read_lease;
 mod t70_rejoin;
 mod t80_snapshot;
 mod t85_gc;

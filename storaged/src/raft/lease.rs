@@ -3,29 +3,33 @@
 //! the heartbeat round of a read index.
 //!
 //! Why it is safe: openraft's followers refuse to vote for anyone until the
-//! leader lease (`election_timeout_max`) has passed since they last heard
-//! from the leader, and the leader counts an acknowledgement from the time
-//! it *sent* the request. So while the newest majority acknowledgement is
-//! younger than [`ReadLease::limit`] (a fraction of that lease), no other
-//! leader can exist. The leader must also have applied an entry of its own
-//! term: then everything committed before it, including every write
-//! answered by an earlier leader, is in its state machine. Writes this
-//! leader answered were applied before they were answered.
+//! leader lease (`election_timeout_max`) has passed since they last
+//! accepted an AppendEntries from the leader. The Raft network records, per
+//! follower, when it *sent* each AppendEntries that the follower accepted
+//! (any answer but "higher vote"), with the leader's term. While this
+//! leader (counting itself) has such acknowledgements younger than
+//! [`ReadLease::new`]'s limit from a majority of every voter set of its
+//! membership, no other leader can exist. The times are taken in this
+//! process when the request leaves, so a pause of the process (SIGSTOP)
+//! only makes them older. The leader must also have applied an entry of
+//! its own term: then everything committed before it, including every
+//! write answered by an earlier leader, is in its state machine. Writes
+//! this leader answered were applied before they were answered.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
-use tokio_util::sync::CancellationToken;
 
-use super::Raft;
+use super::{NodeId, Raft};
 
-/// Tracks when openraft last published its metrics, to age the
-/// acknowledgement time they carry.
+/// The newest accepted AppendEntries per follower, and the lease length.
 #[derive(Debug)]
 pub struct ReadLease {
     limit: Duration,
-    published: Mutex<Instant>,
+    /// Follower → (leader's term, when the accepted request was sent).
+    acks: Mutex<HashMap<NodeId, (u64, Instant)>>,
 }
 
 impl ReadLease {
@@ -33,42 +37,43 @@ impl ReadLease {
     pub fn new(limit: Duration) -> Self {
         Self {
             limit,
-            published: Mutex::new(Instant::now()),
+            acks: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Follows `raft`'s metrics until it stops or `stop` is cancelled.
-    pub async fn watch(&self, raft: Raft, stop: CancellationToken) {
-        let mut rx = raft.metrics();
-        loop {
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return },
-                _ = stop.cancelled() => return,
-            }
-            *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    /// Records that `follower` accepted an AppendEntries of leader term
+    /// `term` that was sent at `sent`.
+    pub fn acked(&self, follower: NodeId, term: u64, sent: Instant) {
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let e = acks.entry(follower).or_insert((term, sent));
+        if (term, sent) > *e {
+            *e = (term, sent);
         }
     }
 
     /// True when this node is the leader, has applied an entry of its
-    /// term and a majority acknowledged it within the limit.
+    /// term and a majority of every voter set accepted it within the limit.
     pub fn holds(&self, raft: &Raft) -> bool {
-        let since_published = self
-            .published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed();
         let m = raft.metrics();
         let m = m.borrow();
         if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
             return false;
         }
-        if m.last_applied.map(|l| l.leader_id.term) != Some(m.current_term) {
+        let term = m.current_term;
+        if m.last_applied.map(|l| l.leader_id.term) != Some(term) {
             return false;
         }
-        let Some(acked_ms) = m.millis_since_quorum_ack else {
-            return false;
+        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = |n: &NodeId| {
+            *n == m.id
+                || acks
+                    .get(n)
+                    .is_some_and(|&(t, sent)| t == term && sent.elapsed() < self.limit)
         };
-        // +1: the metrics round the age down to whole milliseconds.
-        Duration::from_millis(acked_ms + 1) + since_published < self.limit
+        m.membership_config
+            .membership()
+            .get_joint_config()
+            .iter()
+            .all(|voters| voters.iter().filter(|n| fresh(n)).count() * 2 > voters.len())
     }
 }

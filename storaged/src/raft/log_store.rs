@@ -45,16 +45,22 @@ impl Debug for Flush {
     }
 }
 
+/// Flushes sled on a blocking thread (sled's `flush_async` goes through
+/// its own thread pool, one more hand-off per flush).
+async fn sync(db: &sled::Db) -> Result<(), String> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+}
+
 /// Flushes sled for every batch of appends waiting, then acknowledges them
 /// in order. Ends when every store handle is gone.
 async fn flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<Flush>) {
     let mut waiting = Vec::new();
     while rx.recv_many(&mut waiting, 1024).await > 0 {
-        let db = db.clone();
-        let res = tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+        let res = sync(&db).await;
         for w in waiting.drain(..) {
             match w {
                 Flush::Appended(cb) => {
@@ -120,11 +126,9 @@ impl LogStore {
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
-        self.db
-            .flush_async()
+        sync(&self.db)
             .await
-            .map_err(|e| write_err(ErrorSubject::Logs, &e))?;
-        Ok(())
+            .map_err(|e| write_err(ErrorSubject::Logs, &std::io::Error::other(e)))
     }
 
     /// Whether this node has ever stored a vote or a log entry.

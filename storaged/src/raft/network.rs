@@ -3,7 +3,8 @@
 //! its deadline; a failed connect becomes `Unreachable`, so openraft backs
 //! off instead of hammering a dead node.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -15,6 +16,7 @@ use openraft::raft::{
 };
 use quizfs_proto::{MAX_RAFT_MESSAGE_BYTES, RaftBytes, raft_transport_client::RaftTransportClient};
 
+use super::lease::ReadLease;
 use super::{BasicNode, NodeId, TypeConfig, decode, encode};
 use crate::peers::PeerPool;
 
@@ -25,6 +27,8 @@ pub struct Network {
     pub self_id: NodeId,
     /// Shared channels.
     pub pool: PeerPool,
+    /// Where accepted AppendEntries are recorded for the read lease.
+    pub lease: Arc<ReadLease>,
 }
 
 /// A connection to one Raft peer.
@@ -34,6 +38,7 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     pool: PeerPool,
+    lease: Arc<ReadLease>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -45,6 +50,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             pool: self.pool.clone(),
+            lease: self.lease.clone(),
         }
     }
 }
@@ -107,8 +113,16 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl())
-            .await
+        let sent = Instant::now();
+        let resp = self
+            .call(RPCTypes::AppendEntries, &rpc, option.hard_ttl())
+            .await?;
+        // Any answer but a higher vote means the follower accepted this
+        // leader and restarted its leader lease.
+        if rpc.vote.committed && !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.lease.acked(self.target, rpc.vote.leader_id.term, sent);
+        }
+        Ok(resp)
     }
 
     async fn install_snapshot(
