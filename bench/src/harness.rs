@@ -118,6 +118,9 @@ impl Node {
     }
 }
 
+/// Name of the client certificate the harness issues for its mounts.
+pub const TEST_CLIENT: &str = "test";
+
 /// A cluster of real `storaged` processes.
 #[derive(Debug)]
 pub struct Cluster {
@@ -129,6 +132,10 @@ pub struct Cluster {
     pub extra: Vec<String>,
     /// The namespaces the nodes run in, if any (dropped after the nodes).
     pub net: Option<Net>,
+    /// The cluster's CA directory (`quizfs cert init`), with a read-write
+    /// client certificate for volume `nas` in `clients/test/`; `None` when
+    /// the nodes run with `--insecure`.
+    pub ca: Option<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
@@ -173,6 +180,23 @@ impl Cluster {
                 (ips, port)
             }
         };
+        // TLS unless the caller asks for plaintext, as storaged does.
+        let ca = (!extra.contains(&"--insecure")).then(|| {
+            let ca = tmp.path().join("ca");
+            let peers: Vec<String> = ips.iter().map(|ip| format!("{ip}:{port}")).collect();
+            quizfs::cert::init(&ca, &peers, 30, 30).expect("create the cluster's certificates");
+            quizfs::cert::Ca::open(&ca)
+                .and_then(|c| {
+                    c.issue_client(
+                        TEST_CLIENT,
+                        false,
+                        &["nas".into()],
+                        quizfs::cert::Validity::days(30),
+                    )
+                })
+                .expect("issue the test client's certificate");
+            ca
+        });
         let nodes = ips
             .iter()
             .enumerate()
@@ -188,6 +212,7 @@ impl Cluster {
             port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             net,
+            ca,
             _tmp: tmp,
         };
         for i in 0..n {
@@ -195,6 +220,42 @@ impl Cluster {
         }
         c.wait_healthy(Duration::from_secs(30)).await;
         c
+    }
+
+    /// The TLS directory of the test client (read-write, volume `nas`).
+    pub fn client_tls_dir(&self) -> Option<PathBuf> {
+        self.ca
+            .as_ref()
+            .map(|ca| ca.join("clients").join(TEST_CLIENT))
+    }
+
+    /// How a client dials this cluster: the test client's certificate, or
+    /// plaintext when the nodes run with `--insecure`.
+    pub fn transport(&self) -> pb::tls::Transport {
+        match self.client_tls_dir() {
+            Some(dir) => pb::tls::Transport::Tls(std::sync::Arc::new(
+                pb::tls::TlsFiles::load(&dir, pb::tls::Role::Client, "-o insecure")
+                    .expect("load the test client's certificate"),
+            )),
+            None => pb::tls::Transport::Insecure,
+        }
+    }
+
+    /// The mount options (`tls_dir=...` or `insecure`) and the `quizfs
+    /// status` flags that reach this cluster.
+    pub fn mount_tls_option(&self) -> String {
+        match self.client_tls_dir() {
+            Some(dir) => format!("tls_dir={}", dir.display()),
+            None => "insecure".into(),
+        }
+    }
+
+    /// `quizfs status` / `heal info` flags that reach this cluster.
+    pub fn cli_tls_args(&self) -> Vec<String> {
+        match self.client_tls_dir() {
+            Some(dir) => vec!["--tls-dir".into(), dir.display().to_string()],
+            None => vec!["--insecure".into()],
+        }
     }
 
     /// `--peers` value.
@@ -230,6 +291,12 @@ impl Cluster {
             .arg(format!("{}:{}", node.ip, self.port))
             .arg("--data-dir")
             .arg(&node.dir)
+            .args(self.ca.iter().flat_map(|ca| {
+                [
+                    "--tls-dir".into(),
+                    ca.join("nodes").join(&node.ip).into_os_string(),
+                ]
+            }))
             .args(&self.extra)
             .env(
                 "RUST_LOG",
@@ -312,8 +379,9 @@ impl Cluster {
         self.client_with(ClientOptions::default()).await
     }
 
-    /// A client with the given options.
-    pub async fn client_with(&self, opts: ClientOptions) -> ClusterClient {
+    /// A client with the given options, and this cluster's transport.
+    pub async fn client_with(&self, mut opts: ClientOptions) -> ClusterClient {
+        opts.transport = self.transport();
         let servers: Vec<String> = (0..self.nodes.len()).map(|i| self.addr(i)).collect();
         ClusterClient::connect(&servers, opts)
             .await
@@ -322,7 +390,7 @@ impl Cluster {
 
     /// Node `i`'s own status, if it answers within a second.
     pub async fn status(&self, i: usize) -> Option<pb::NodeStatusReply> {
-        let ch = quizfs::client::membership::channel(&self.addr(i)).ok()?;
+        let ch = quizfs::client::membership::channel(&self.addr(i), &self.transport()).ok()?;
         let mut rpc = ClusterRpc::new(ch);
         let r = tokio::time::timeout(
             Duration::from_secs(1),
@@ -496,9 +564,16 @@ pub struct Mount {
 
 impl Mount {
     /// Mounts `SERVER:/nas` (SERVER = node `server` of `cluster`) with
-    /// `options` (`-o`), in the foreground, and waits until it is mounted.
+    /// `options` (`-o`) and the cluster's client certificate, in the
+    /// foreground, and waits until it is mounted.
     pub async fn new(cluster: &Cluster, server: usize, options: &str) -> Self {
-        Self::with_spec(&format!("{}:/nas", cluster.addr(server)), options).await
+        let tls = cluster.mount_tls_option();
+        let options = if options.is_empty() {
+            tls
+        } else {
+            format!("{options},{tls}")
+        };
+        Self::with_spec(&format!("{}:/nas", cluster.addr(server)), &options).await
     }
 
     /// Mounts `spec` with `options`, and waits until it is mounted.

@@ -1,5 +1,6 @@
 //! `quizfs`: the command line of the quizfs client: `mount`, `umount`,
-//! `status`, `heal info`; also `mount.quizfs`, the helper mount(8) runs for `-t quizfs`.
+//! `status`, `heal info`, `cert`; also `mount.quizfs`, the helper mount(8)
+//! runs for `-t quizfs`.
 
 mod mount;
 
@@ -54,11 +55,19 @@ enum Cmd {
         /// How long to wait for each node.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Self-heal: what each node still has to fetch.
     Heal {
         #[command(subcommand)]
         cmd: HealCmd,
+    },
+    /// Certificates: the cluster's CA, node and client certificates,
+    /// revocation.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
     },
 }
 
@@ -77,6 +86,89 @@ enum HealCmd {
         /// How long to wait for each node.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+}
+
+/// How `status` and `heal` reach the nodes.
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// Directory with ca.crt, client.crt and client.key.
+    #[arg(long, default_value = pb::tls::DEFAULT_TLS_DIR)]
+    tls_dir: PathBuf,
+    /// Plaintext, without certificates (only for nodes run with --insecure).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl TlsArgs {
+    fn transport(&self) -> anyhow::Result<pb::tls::Transport> {
+        if self.insecure {
+            return Ok(pb::tls::Transport::Insecure);
+        }
+        let files = pb::tls::TlsFiles::load(&self.tls_dir, pb::tls::Role::Client, "--insecure")?;
+        Ok(pb::tls::Transport::Tls(std::sync::Arc::new(files)))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCmd {
+    /// Create the cluster's CA and a certificate for every storage node, in
+    /// OUT/nodes/HOST/ (copy each to its node's --tls-dir).
+    Init {
+        /// Every storage node, as given to storaged --peers.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peers: Vec<String>,
+        /// The CA directory to create.
+        #[arg(long, default_value = pb::tls::DEFAULT_CA_DIR)]
+        out: PathBuf,
+        /// Days the CA certificate is valid.
+        #[arg(long, default_value_t = 3650)]
+        ca_days: u32,
+        /// Days the node certificates are valid.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Issue a certificate for one more storage node (HOST as in --peers),
+    /// in CA/nodes/HOST/.
+    Node {
+        /// The node's host[:port] as in --peers.
+        peer: String,
+        /// The CA directory.
+        #[arg(long, default_value = pb::tls::DEFAULT_CA_DIR)]
+        ca: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Issue a client certificate (for a web server), in CA/clients/NAME/:
+    /// copy that directory to the client's /etc/quizfs.
+    Client {
+        /// The client's name, e.g. s1.
+        name: String,
+        /// Only reads: writes are refused with EACCES.
+        #[arg(long)]
+        read_only: bool,
+        /// Volumes the client may mount, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "nas")]
+        volumes: Vec<String>,
+        /// The CA directory.
+        #[arg(long, default_value = pb::tls::DEFAULT_CA_DIR)]
+        ca: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Revoke every certificate issued to a client: writes CA/crl.pem (and
+    /// the copies in CA/nodes/*/); nodes reload it within a second of it
+    /// changing in their --tls-dir.
+    Revoke {
+        /// The client's name.
+        name: String,
+        /// The CA directory.
+        #[arg(long, default_value = pb::tls::DEFAULT_CA_DIR)]
+        ca: PathBuf,
     },
 }
 
@@ -117,6 +209,15 @@ fn main() -> ExitCode {
             };
         }
         Cmd::Umount { mountpoint } => return mount::umount(&mountpoint),
+        Cmd::Cert { cmd } => {
+            return match cert(cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("quizfs: cert: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Cmd::Status { .. } | Cmd::Heal { .. } => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -140,16 +241,29 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Status { host, timeout_ms } => status(&host, Duration::from_millis(timeout_ms)).await,
+        Cmd::Status {
+            host,
+            timeout_ms,
+            tls,
+        } => status(&host, Duration::from_millis(timeout_ms), &tls.transport()?).await,
         Cmd::Heal {
             cmd:
                 HealCmd::Info {
                     host,
                     limit,
                     timeout_ms,
+                    tls,
                 },
-        } => heal_info(&host, limit, Duration::from_millis(timeout_ms)).await,
-        Cmd::Mount { .. } | Cmd::Umount { .. } => Ok(ExitCode::SUCCESS),
+        } => {
+            heal_info(
+                &host,
+                limit,
+                Duration::from_millis(timeout_ms),
+                &tls.transport()?,
+            )
+            .await
+        }
+        Cmd::Mount { .. } | Cmd::Umount { .. } | Cmd::Cert { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -168,11 +282,78 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// `quizfs cert ...`.
+fn cert(cmd: CertCmd) -> Result<(), quizfs::cert::CertError> {
+    use quizfs::cert::{Ca, Validity};
+    match cmd {
+        CertCmd::Init {
+            peers,
+            out,
+            ca_days,
+            days,
+        } => {
+            let dirs = quizfs::cert::init(&out, &peers, ca_days, days)?;
+            println!("created the cluster CA in {}", out.display());
+            println!(
+                "keep {} secret: whoever holds it can make certificates for this cluster",
+                out.join(pb::tls::CA_KEY).display()
+            );
+            for d in dirs {
+                println!(
+                    "node certificate: {} (copy to that node's --tls-dir, default {})",
+                    d.display(),
+                    pb::tls::DEFAULT_TLS_DIR
+                );
+            }
+        }
+        CertCmd::Node { peer, ca, days } => {
+            let d = Ca::open(&ca)?.issue_node(&peer, Validity::days(days))?;
+            println!(
+                "node certificate: {} (copy to that node's --tls-dir)",
+                d.display()
+            );
+        }
+        CertCmd::Client {
+            name,
+            read_only,
+            volumes,
+            ca,
+            days,
+        } => {
+            let d =
+                Ca::open(&ca)?.issue_client(&name, read_only, &volumes, Validity::days(days))?;
+            println!(
+                "client certificate for {name} ({}, volumes {}): {} (copy to the client's {} or pass -o tls_dir=DIR)",
+                if read_only { "read-only" } else { "read-write" },
+                volumes.join(","),
+                d.display(),
+                pb::tls::DEFAULT_TLS_DIR
+            );
+        }
+        CertCmd::Revoke { name, ca } => {
+            let ca = Ca::open(&ca)?;
+            let n = ca.revoke_client(&name)?;
+            let files = ca.write_crl()?;
+            println!("revoked {n} certificate(s) of {name}; revocation list written to:");
+            for f in files {
+                println!("  {}", f.display());
+            }
+            println!("copy crl.pem to every node's --tls-dir: nodes reload it within a second");
+        }
+    }
+    Ok(())
+}
+
 /// The members of the cluster `host` belongs to, any volume.
-async fn cluster_members(host: &str, timeout: Duration) -> anyhow::Result<pb::MembersReply> {
+async fn cluster_members(
+    host: &str,
+    timeout: Duration,
+    transport: &pb::tls::Transport,
+) -> anyhow::Result<pb::MembersReply> {
     let opts = ClientOptions {
         call_timeout: timeout,
         volume: String::new(),
+        transport: transport.clone(),
         ..ClientOptions::default()
     };
     let addr = with_port(host);
@@ -181,13 +362,17 @@ async fn cluster_members(host: &str, timeout: Duration) -> anyhow::Result<pb::Me
         .with_context(|| format!("cannot reach {addr}"))
 }
 
-async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let members = cluster_members(host, timeout).await?;
+async fn status(
+    host: &str,
+    timeout: Duration,
+    transport: &pb::tls::Transport,
+) -> anyhow::Result<ExitCode> {
+    let members = cluster_members(host, timeout, transport).await?;
     let asks = members.members.iter().map(|m| {
         let addr = m.addr.clone();
         async move {
             let reply = async {
-                let mut rpc = ClusterRpc::new(channel(&addr).ok()?);
+                let mut rpc = ClusterRpc::new(channel(&addr, transport).ok()?);
                 tokio::time::timeout(timeout, rpc.node_status(pb::NodeStatusRequest {}))
                     .await
                     .ok()?
@@ -207,12 +392,14 @@ async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
         "NODE", "ADDRESS", "STATE", "ROLE", "TERM", "APPLIED", "CHUNKS", "BYTES", "HEAL"
     );
     let mut leaders = 0;
+    let mut insecure = transport.is_insecure();
     for (m, (addr, reply)) in members.members.iter().zip(rows) {
         match reply {
             Some(r) => {
                 if r.role == "leader" {
                     leaders += 1;
                 }
+                insecure |= r.insecure;
                 println!(
                     "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>5}",
                     r.node_id,
@@ -233,6 +420,11 @@ async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
             None => println!("{:<5} {:<22} {:<5}", m.id, addr, "down"),
         }
     }
+    if insecure {
+        println!(
+            "WARNING: insecure: the cluster runs without TLS (--insecure); anyone on its network can read and change every file"
+        );
+    }
     if leaders == 0 {
         eprintln!("quizfs: the cluster has no leader");
         return Ok(ExitCode::from(1));
@@ -240,12 +432,17 @@ async fn status(host: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn heal_info(host: &str, limit: u32, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let members = cluster_members(host, timeout).await?;
+async fn heal_info(
+    host: &str,
+    limit: u32,
+    timeout: Duration,
+    transport: &pb::tls::Transport,
+) -> anyhow::Result<ExitCode> {
+    let members = cluster_members(host, timeout, transport).await?;
     let mut clean = true;
     for m in &members.members {
         let reply = async {
-            let mut rpc = ClusterRpc::new(channel(&m.addr).ok()?);
+            let mut rpc = ClusterRpc::new(channel(&m.addr, transport).ok()?);
             tokio::time::timeout(timeout, rpc.heal_info(pb::HealInfoRequest { limit }))
                 .await
                 .ok()?

@@ -34,6 +34,8 @@ Mount options (-o, comma-separated):
   chunk_cache=MIB        MiB of file data cached for reads (default 64)
   write_buffers=N        4 MiB buffers the mount may fill before uploading (default 16)
   log=PATH               write the background process's log to PATH
+  tls_dir=DIR            where ca.crt, client.crt and client.key are (default /etc/quizfs)
+  insecure               plaintext without certificates, for local experiments only
   defaults, _netdev, auto, noauto, nofail, user, nouser, exec, noexec, suid, nosuid,
   dev, nodev, atime, noatime, relatime, default_permissions, x-*: accepted, ignored";
 
@@ -60,6 +62,8 @@ pub(crate) struct MountRequest {
     pub(crate) log: Option<PathBuf>,
     /// The -o options as given, for the background process.
     pub(crate) raw_options: String,
+    /// TLS with the client certificate, or plaintext (`insecure`).
+    pub(crate) transport: quizfs_proto::tls::Transport,
 }
 
 /// Splits `SERVER:/VOLUME` (the server may carry a port).
@@ -111,7 +115,10 @@ pub(crate) fn parse(
         allow_other: running_as_root(),
         log: None,
         raw_options: options.join(","),
+        transport: quizfs_proto::tls::Transport::Insecure,
     };
+    let mut tls_dir = PathBuf::from(quizfs_proto::tls::DEFAULT_TLS_DIR);
+    let mut insecure = false;
     let mut in_backup = false;
     for opt in options.iter().flat_map(|o| o.split(',')) {
         let opt = opt.trim();
@@ -163,6 +170,8 @@ pub(crate) fn parse(
                 in_backup = true;
             }
             "log" => req.log = Some(PathBuf::from(need()?)),
+            "tls_dir" => tls_dir = PathBuf::from(need()?),
+            "insecure" => insecure = true,
             "defaults"
             | "_netdev"
             | "auto"
@@ -202,6 +211,17 @@ pub(crate) fn parse(
             }
         }
     }
+    req.transport = if insecure {
+        quizfs_proto::tls::Transport::Insecure
+    } else {
+        let files = quizfs_proto::tls::TlsFiles::load(
+            &tls_dir,
+            quizfs_proto::tls::Role::Client,
+            "-o insecure",
+        )
+        .map_err(|e| e.to_string())?;
+        quizfs_proto::tls::Transport::Tls(std::sync::Arc::new(files))
+    };
     Ok(req)
 }
 
@@ -293,10 +313,16 @@ fn serve(req: MountRequest) -> Result<(), String> {
         .thread_name("quizfs-io")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    if req.transport.is_insecure() {
+        tracing::warn!(
+            "insecure: plaintext traffic without certificates; anyone on the network can read and change this volume"
+        );
+    }
     let copts = ClientOptions {
         volume: req.volume.clone(),
         ping_timeout: req.ping_timeout,
         op_timeout: req.op_timeout,
+        transport: req.transport.clone(),
         ..ClientOptions::default()
     };
     let client = rt.block_on(async {
@@ -424,14 +450,19 @@ mod tests {
         let r = parse(
             "nas1:/nas",
             Path::new("/mnt/nas"),
-            &["ro,backup_servers=nas2,nas3,ping_timeout=0.5,_netdev".into()],
+            &["ro,backup_servers=nas2,nas3,ping_timeout=0.5,_netdev,insecure".into()],
         )
         .expect("parses");
         assert_eq!(r.servers, ["nas1", "nas2", "nas3"]);
         assert_eq!(r.volume, "nas");
         assert!(r.fs.read_only);
         assert_eq!(r.ping_timeout, Duration::from_millis(500));
-        let r = parse("127.0.0.21:7420:/web", Path::new("/m"), &[]).expect("parses");
+        let r = parse(
+            "127.0.0.21:7420:/web",
+            Path::new("/m"),
+            &["insecure".into()],
+        )
+        .expect("parses");
         assert_eq!(r.servers, ["127.0.0.21:7420"]);
         assert_eq!(r.volume, "web");
         for bad in ["nas1", ":/nas", "nas1:/", "nas1:/a/b"] {
@@ -449,5 +480,14 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn without_certificates_the_error_names_the_command_that_makes_them() {
+        let dir = std::env::temp_dir().join(format!("quizfs-no-tls-{}", std::process::id()));
+        let opt = format!("tls_dir={}", dir.display());
+        let err = parse("nas1:/nas", Path::new("/m"), &[opt]).expect_err("no certificates");
+        assert!(err.contains("quizfs cert client"), "{err}");
+        assert!(err.contains("-o insecure"), "{err}");
     }
 }

@@ -8,6 +8,8 @@ mod generated {
 
 pub use generated::*;
 
+pub mod tls;
+
 /// Default TCP port of `storaged` when a peer is given as a bare host.
 pub const DEFAULT_PORT: u16 = 7420;
 

@@ -64,6 +64,14 @@ pub struct Args {
     /// client I/O keeps its speed (0: no limit).
     #[arg(long, default_value_t = 64)]
     pub heal_rate_mib: u64,
+    /// Directory with this node's TLS files: ca.crt, node.crt, node.key and
+    /// optionally crl.pem (made by `quizfs cert init`).
+    #[arg(long, default_value = quizfs_proto::tls::DEFAULT_TLS_DIR)]
+    pub tls_dir: PathBuf,
+    /// Plaintext, without certificates: for local experiments only. Anyone
+    /// who can reach the port can read and change everything.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// A configuration problem, reported in one line before exiting.
@@ -87,6 +95,9 @@ pub enum ConfigError {
     /// A flag value is out of range.
     #[error("{0}")]
     BadValue(&'static str),
+    /// The TLS files are missing or unreadable.
+    #[error(transparent)]
+    Tls(#[from] quizfs_proto::tls::TlsError),
 }
 
 /// One storage node as named in `--peers`.
@@ -153,6 +164,8 @@ pub struct Config {
     pub heal_interval: Duration,
     /// Heal fetch limit in bytes per second (0: none).
     pub heal_rate: u64,
+    /// TLS files, or `None` with `--insecure`.
+    pub tls: Option<quizfs_proto::tls::TlsFiles>,
 }
 
 impl Config {
@@ -234,7 +247,17 @@ impl Config {
         if args.snapshot_logs == 0 {
             return Err(ConfigError::BadValue("--snapshot-logs must be at least 1"));
         }
+        let tls = if args.insecure {
+            None
+        } else {
+            Some(quizfs_proto::tls::TlsFiles::load(
+                &args.tls_dir,
+                quizfs_proto::tls::Role::Node,
+                "--insecure",
+            )?)
+        };
         Ok(Self {
+            tls,
             peers,
             self_index,
             listen,

@@ -6,6 +6,7 @@
 //! - [`meta`]: the metadata state machine: schema, commands, namespace operations.
 //! - [`chunk`]: the content-addressed chunk store, garbage collection, healing.
 //! - [`rpc`]: the gRPC services and the one mapping of errors to gRPC status.
+//! - [`tls`]: mutual TLS on accepted connections and per-RPC authorization.
 
 // openraft's StorageError and tonic's Status are the error types those
 // APIs require; boxing them at every call would only add noise.
@@ -18,3 +19,4 @@ pub mod node;
 pub mod peers;
 pub mod raft;
 pub mod rpc;
+pub mod tls;

@@ -64,6 +64,9 @@ pub enum StartError {
     /// Raft failed to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(crate::tls::TlsSetupError),
 }
 
 /// What the services of a node share.
@@ -385,7 +388,24 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         .map_err(|e| StartError::Io("snapshots".into(), e))?;
     let store =
         Arc::new(ChunkStore::open(&data).map_err(|e| StartError::Io("chunk store".into(), e))?);
-    let pool = PeerPool::default();
+    let (transport, tls) = match &cfg.tls {
+        Some(files) => {
+            let tls = crate::tls::ServerTls::new(files, &cfg.volume, &cfg.me().host)
+                .map_err(StartError::Tls)?;
+            (
+                quizfs_proto::tls::Transport::Tls(Arc::new(files.clone())),
+                Some(Arc::new(tls)),
+            )
+        }
+        None => {
+            tracing::warn!(
+                "--insecure: plaintext traffic, no certificates; anyone who can reach {} can read and change every file",
+                cfg.listen
+            );
+            (quizfs_proto::tls::Transport::Insecure, None)
+        }
+    };
+    let pool = PeerPool::new(transport);
     let state = Arc::new(NodeState {
         cfg: cfg.clone(),
         raft: OnceLock::new(),
@@ -404,7 +424,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         .map_err(|e| StartError::Bind(cfg.listen, e))?;
     tracing::info!(listen = %cfg.listen, me = %cfg.me().addr(), volume = %cfg.volume, "storaged serving");
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(serve(state.clone(), listener, server_stop.clone()));
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch_crl(server_stop.clone()));
+    }
+    let incoming = crate::tls::incoming(accept_nodelay(listener), tls.clone(), server_stop.clone());
+    let server = tokio::spawn(serve(state.clone(), incoming, tls, server_stop.clone()));
 
     let tasks = TaskTracker::new();
     let work = CancellationToken::new();
@@ -504,7 +528,13 @@ fn accept_nodelay(
     )
 }
 
-async fn serve(state: Arc<NodeState>, listener: tokio::net::TcpListener, stop: CancellationToken) {
+async fn serve(
+    state: Arc<NodeState>,
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<crate::tls::Conn>>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    stop: CancellationToken,
+) {
+    use crate::tls::Authorized;
     use tonic::transport::Server;
     let max = pb::MAX_MESSAGE_BYTES;
     let raft = pb::raft_transport_server::RaftTransportServer::new(RaftService {
@@ -522,14 +552,13 @@ async fn serve(state: Arc<NodeState>, listener: tokio::net::TcpListener, stop: C
     .max_decoding_message_size(max);
     let chunks =
         pb::chunks_server::ChunksServer::new(ChunkService { state }).max_decoding_message_size(max);
-    let incoming = accept_nodelay(listener);
     let res = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .add_service(raft)
-        .add_service(cluster)
-        .add_service(meta)
-        .add_service(chunks)
+        .add_service(Authorized::new(raft, tls.clone()))
+        .add_service(Authorized::new(cluster, tls.clone()))
+        .add_service(Authorized::new(meta, tls.clone()))
+        .add_service(Authorized::new(chunks, tls.clone()))
         .serve_with_incoming_shutdown(incoming, stop.cancelled())
         .await;
     if let Err(e) = res {

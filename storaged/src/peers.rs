@@ -5,15 +5,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use quizfs_proto::tls::Transport;
+use tonic::transport::Channel;
 
 /// How long a TCP connect to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Channels to peers, keyed by `host:port`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    transport: Transport,
 }
 
 /// A peer address that is not a valid URI.
@@ -27,6 +29,14 @@ pub struct BadAddr {
 }
 
 impl PeerPool {
+    /// A pool dialing with `transport` (this node's certificate, or plaintext).
+    pub fn new(transport: Transport) -> Self {
+        Self {
+            channels: Arc::default(),
+            transport,
+        }
+    }
+
     /// The channel to `addr`, created on first use. tonic reconnects it by
     /// itself after a failure.
     pub fn channel(&self, addr: &str) -> Result<Channel, BadAddr> {
@@ -35,7 +45,9 @@ impl PeerPool {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = self
+            .transport
+            .endpoint(addr)
             .map_err(|source| BadAddr {
                 addr: addr.to_string(),
                 source,

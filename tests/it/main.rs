@@ -12,6 +12,7 @@ mod t140_rolling_restart;
 mod t150_crash;
 mod t15_shutdown;
 mod t160_bench;
+mod t170_tls;
 mod t20_namespace;
 mod t30_exactly_once;
 mod t40_corruption;

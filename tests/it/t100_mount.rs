@@ -55,6 +55,7 @@ async fn mount_and_unmount_every_way() {
     let mp = tmp.path().join("nas");
     std::fs::create_dir(&mp).unwrap();
     let spec = format!("{}:/nas", cluster.addr(0));
+    let tls = cluster.mount_tls_option();
 
     // `quizfs mount` returns once usable and serves in the background;
     // `quizfs umount`, umount(8) and `fusermount3 -u` each unmount it.
@@ -77,7 +78,11 @@ async fn mount_and_unmount_every_way() {
         }),
     ];
     for (what, unmount) in ways {
-        let (ok, out, took) = run(Command::new(bin("quizfs")).arg("mount").arg(&spec).arg(&mp));
+        let (ok, out, took) = run(Command::new(bin("quizfs"))
+            .arg("mount")
+            .arg(&spec)
+            .arg(&mp)
+            .args(["-o", &tls]));
         assert!(ok, "quizfs mount failed: {out}");
         assert!(is_mounted(&mp), "mounted when quizfs mount returns");
         println!("quizfs mount returned after {took:?}");
@@ -92,7 +97,7 @@ async fn mount_and_unmount_every_way() {
     let (ok, out, _) = run(Command::new("mount")
         .args(["-t", "quizfs", &spec])
         .arg(&mp)
-        .args(["-o", "attr_timeout=0.5,_netdev"]));
+        .args(["-o", &format!("attr_timeout=0.5,_netdev,{tls}")]));
     assert!(ok, "mount -t quizfs failed: {out}");
     let m = mp.clone();
     blocking(move || roundtrip(&m, "helper.bin")).await;
@@ -101,7 +106,10 @@ async fn mount_and_unmount_every_way() {
     let fstab = tmp.path().join("fstab");
     std::fs::write(
         &fstab,
-        format!("{spec} {} quizfs defaults,_netdev 0 0\n", mp.display()),
+        format!(
+            "{spec} {} quizfs defaults,_netdev,{tls} 0 0\n",
+            mp.display()
+        ),
     )
     .unwrap();
     let (ok, out, _) = run(Command::new("mount").arg("-T").arg(&fstab).arg(&mp));
@@ -133,7 +141,11 @@ async fn mount_and_unmount_every_way() {
         ("nas1", &mp, "SERVER:/VOLUME"),
     ];
     for (spec, path, want) in bad {
-        let (ok, out, took) = run(Command::new(bin("quizfs")).arg("mount").arg(spec).arg(path));
+        let (ok, out, took) = run(Command::new(bin("quizfs"))
+            .arg("mount")
+            .arg(spec)
+            .arg(path)
+            .args(["-o", &tls]));
         assert!(!ok, "mounting {spec} on {} succeeded", path.display());
         assert!(
             out.contains(want),
@@ -146,7 +158,7 @@ async fn mount_and_unmount_every_way() {
     let (ok, out, _) = run(Command::new(bin("quizfs"))
         .args(["mount", &spec])
         .arg(&mp)
-        .args(["-o", "bogus_option"]));
+        .args(["-o", &format!("bogus_option,{tls}")]));
     assert!(!ok && out.contains("unknown mount option"), "{out}");
 
     // The named server is only the first contact: with it down, the

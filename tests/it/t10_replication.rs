@@ -66,6 +66,7 @@ async fn file_written_via_nas1_reads_back_from_every_node() {
     // `quizfs status` shows three nodes up and one leader, with chunks.
     let out = Command::new(bin("quizfs"))
         .args(["status", &cluster.addr(1)])
+        .args(cluster.cli_tls_args())
         .output()
         .expect("run quizfs status");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -93,6 +94,7 @@ async fn status_exits_nonzero_without_a_leader() {
     cluster.kill(1);
     cluster.kill(2);
     let addr = cluster.addr(0);
+    let tls = cluster.cli_tls_args();
     // Once nas1 has noticed it lost its majority, it stops leading.
     wait_until(
         Duration::from_secs(20),
@@ -100,6 +102,7 @@ async fn status_exits_nonzero_without_a_leader() {
         || async {
             let out = Command::new(bin("quizfs"))
                 .args(["status", &addr])
+                .args(&tls)
                 .output()
                 .map_err(|e| e.to_string())?;
             let text = String::from_utf8_lossy(&out.stdout).to_string();

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use quizfs_tests::{Cluster, Mount, bin, pattern, wait_node_has_all_chunks, wait_until};
 
-fn quizfs(args: &[&str]) -> (i32, String) {
+fn quizfs(cluster: &Cluster, args: &[&str]) -> (i32, String) {
     let out = Command::new(bin("quizfs"))
         .args(args)
+        .args(cluster.cli_tls_args())
         .output()
         .expect("run quizfs");
     (
@@ -32,7 +33,7 @@ async fn a_returning_node_heals_itself_and_status_shows_the_backlog() {
     for i in 0..40u64 {
         std::fs::write(dir.join(format!("img{i:02}.jpg")), pattern(i, 512 * 1024)).expect("write");
     }
-    let (code, out) = quizfs(&["heal", "info", &cluster.addr(0)]);
+    let (code, out) = quizfs(&cluster, &["heal", "info", &cluster.addr(0)]);
     assert_eq!(code, 1, "a node is down, so heal info is not clean:\n{out}");
     assert!(out.contains("down"), "{out}");
 
@@ -44,8 +45,11 @@ async fn a_returning_node_heals_itself_and_status_shows_the_backlog() {
         Duration::from_secs(30),
         "nas3 to report a heal backlog",
         || {
-            let (code, out) = quizfs(&["heal", "info", &cluster.addr(0), "--limit", "3"]);
-            let (_, status) = quizfs(&["status", &cluster.addr(0)]);
+            let (code, out) = quizfs(
+                &cluster,
+                &["heal", "info", &cluster.addr(0), "--limit", "3"],
+            );
+            let (_, status) = quizfs(&cluster, &["status", &cluster.addr(0)]);
             let nas3_addr = nas3_addr.clone();
             async move {
                 let line = out
@@ -84,7 +88,7 @@ async fn a_returning_node_heals_itself_and_status_shows_the_backlog() {
         Duration::from_secs(60),
         "heal info to come back clean",
         || {
-            let (code, out) = quizfs(&["heal", "info", &cluster.addr(0)]);
+            let (code, out) = quizfs(&cluster, &["heal", "info", &cluster.addr(0)]);
             async move { if code == 0 { Ok(()) } else { Err(out) } }
         },
     )

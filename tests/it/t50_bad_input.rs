@@ -96,7 +96,7 @@ async fn hostile_requests_are_refused_and_change_nothing() {
     assert_eq!(c.readdir_all(ROOT_INO).await.unwrap(), before);
 
     // A chunk whose content does not match its hash is refused, not stored.
-    let ch = quizfs::client::membership::channel(&cluster.addr(0)).unwrap();
+    let ch = quizfs::client::membership::channel(&cluster.addr(0), &cluster.transport()).unwrap();
     let mut chunks = ChunksClient::new(ch);
     let claimed = ChunkHash::of(b"the real content");
     let lie = tokio_stream::iter(vec![pb::PutPiece {
@@ -180,4 +180,37 @@ fn storaged_refuses_bad_flags_in_one_line() {
     let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", "--bogus"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--bogus"), "{err}");
+
+    // Without certificates a node refuses to start, and says how to make
+    // them; with another node's certificate it refuses too.
+    let none = tmp.path().join("no-tls");
+    let (code, err, _) = run_storaged(&[
+        "--peers",
+        "127.0.0.21",
+        "--listen",
+        "127.0.0.21",
+        "--data-dir",
+        dir,
+        "--tls-dir",
+        none.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("quizfs cert init"), "{err}");
+    assert!(err.contains("--insecure"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let ca = tmp.path().join("ca");
+    quizfs::cert::init(&ca, &["127.0.0.21".into(), "127.0.0.22".into()], 1, 1).unwrap();
+    let other = ca.join("nodes").join("127.0.0.22");
+    let (code, err, _) = run_storaged(&[
+        "--peers",
+        "127.0.0.21,127.0.0.22",
+        "--listen",
+        "127.0.0.21",
+        "--data-dir",
+        dir,
+        "--tls-dir",
+        other.to_str().unwrap(),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("node 127.0.0.22's"), "{err}");
 }

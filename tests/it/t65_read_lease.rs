@@ -16,7 +16,8 @@ async fn a_thawed_old_leader_never_answers_from_its_old_state() {
     for round in 0..3 {
         let old = cluster.leader().await.unwrap();
         let name = format!("made-while-frozen-{round}");
-        let mut direct = MetaClient::new(membership::channel(&cluster.addr(old)).unwrap());
+        let mut direct =
+            MetaClient::new(membership::channel(&cluster.addr(old), &cluster.transport()).unwrap());
         let lookup = pb::LookupRequest {
             parent: ROOT_INO,
             name: name.clone().into_bytes(),

@@ -79,6 +79,7 @@ async fn put_to(
         Ok(Err(s)) => Err(PutFailure {
             fatal: match s.code() {
                 tonic::Code::ResourceExhausted => Some(libc::ENOSPC),
+                tonic::Code::PermissionDenied => Some(libc::EACCES),
                 tonic::Code::InvalidArgument => Some(libc::EIO),
                 _ => None,
             },
@@ -260,7 +261,7 @@ impl ClusterClient {
     ) -> Result<Vec<u8>, ClientError> {
         let channel = match self.node(addr) {
             Some(n) => n.channel.clone(),
-            None => super::membership::channel(addr)?,
+            None => super::membership::channel(addr, &self.inner.opts.transport)?,
         };
         get_from(
             channel,

@@ -94,6 +94,10 @@ impl ClientError {
                 code: tonic::Code::InvalidArgument,
                 ..
             } => libc::EINVAL,
+            Self::Refused {
+                code: tonic::Code::PermissionDenied,
+                ..
+            } => libc::EACCES,
             _ => libc::EIO,
         }
     }

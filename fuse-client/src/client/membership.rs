@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use quizfs_proto::tls::Transport;
 use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{ClientError, ClientOptions, ClusterClient};
 
@@ -53,9 +54,10 @@ pub fn with_port(server: &str) -> String {
     }
 }
 
-/// A channel to `addr` that connects on first use.
-pub fn channel(addr: &str) -> Result<Channel, ClientError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+/// A channel to `addr` that connects on first use, over `transport`.
+pub fn channel(addr: &str, transport: &Transport) -> Result<Channel, ClientError> {
+    Ok(transport
+        .endpoint(addr)
         .map_err(|_| ClientError::BadAddress(addr.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -67,7 +69,7 @@ pub fn channel(addr: &str) -> Result<Channel, ClientError> {
 
 /// Asks `addr` for the members of the cluster.
 pub async fn members_of(addr: &str, opts: &ClientOptions) -> Result<pb::MembersReply, ClientError> {
-    let mut rpc = ClusterRpc::new(channel(addr)?);
+    let mut rpc = ClusterRpc::new(channel(addr, &opts.transport)?);
     let req = pb::MembersRequest {
         volume: opts.volume.clone(),
     };
@@ -83,9 +85,26 @@ pub async fn members_of(addr: &str, opts: &ClientOptions) -> Result<pb::MembersR
         }),
         Ok(Err(s)) => Err(ClientError::NoServer {
             servers: addr.into(),
-            detail: s.message().into(),
+            detail: status_detail(&s),
         }),
     }
+}
+
+/// A status's message with the chain of errors under it: a transport
+/// error's message alone ("transport error") does not say that, for
+/// example, the node refused the client's certificate.
+pub fn status_detail(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 /// Tries each server in turn until one lists the members.
@@ -99,6 +118,7 @@ pub async fn discover(
             Ok(m) if !m.members.is_empty() => return Ok(m),
             Ok(_) => detail.push(format!("{s}: cluster not initialized yet")),
             Err(e @ ClientError::UnknownVolume { .. }) => return Err(e),
+            Err(ClientError::NoServer { detail: d, .. }) => detail.push(format!("{s}: {d}")),
             Err(e) => detail.push(format!("{s}: {e}")),
         }
     }
@@ -118,7 +138,7 @@ impl ClusterClient {
                 None => nodes.push(Arc::new(NodeHandle {
                     id: AtomicU64::new(member.id),
                     addr: member.addr.clone(),
-                    channel: channel(&member.addr)?,
+                    channel: channel(&member.addr, &self.inner.opts.transport)?,
                     up: AtomicBool::new(true),
                     went_down: tokio::sync::Notify::new(),
                 })),

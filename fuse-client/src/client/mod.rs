@@ -49,6 +49,8 @@ pub struct ClientOptions {
     /// Longest an operation keeps retrying before it fails (with
     /// ETIMEDOUT): the bound on how long a write waits for a majority.
     pub op_timeout: Duration,
+    /// TLS with this client's certificate, or plaintext.
+    pub transport: quizfs_proto::tls::Transport,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +60,7 @@ impl Default for ClientOptions {
             ping_timeout: DEFAULT_PING_TIMEOUT,
             call_timeout: Duration::from_secs(6),
             op_timeout: DEFAULT_OP_TIMEOUT,
+            transport: quizfs_proto::tls::Transport::Insecure,
         }
     }
 }
@@ -103,14 +106,23 @@ impl ClusterClient {
         });
         let client = Self { inner };
         client.update_members(&members)?;
-        let reply = client
+        let registered = client
             .apply_raw(
                 "register",
                 pb::meta_op::Op::RegisterClient(pb::RegisterClient {}),
                 false,
             )
-            .await?;
-        client.inner.client_id.store(reply.value, Ordering::Relaxed);
+            .await;
+        match registered {
+            Ok(reply) => client.inner.client_id.store(reply.value, Ordering::Relaxed),
+            // A read-only certificate may not register a session; it needs
+            // none, since it changes nothing (every change gets EACCES).
+            Err(ClientError::Refused {
+                code: tonic::Code::PermissionDenied,
+                ..
+            }) => tracing::info!("read-only certificate: reading without a session"),
+            Err(e) => return Err(e),
+        }
         tokio::spawn(health::run(Arc::downgrade(&client.inner)));
         Ok(client)
     }

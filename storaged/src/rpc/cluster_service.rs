@@ -139,6 +139,7 @@ impl Cluster for ClusterService {
             healed_total: self.state.healer.get().map_or(0, |h| h.healed_total()),
             disk_free,
             disk_total,
+            insecure: self.state.cfg.tls.is_none(),
             ..Default::default()
         };
         if let Some(raft) = self.state.raft.get() {
