@@ -30,7 +30,15 @@ fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
         Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded
-    )
+    ) || transport_failure(s)
+}
+
+/// Whether the status comes from the connection rather than from a node's
+/// answer: tonic reports some HTTP/2 failures (a node closing its TLS
+/// connections as it shuts down) as INTERNAL, with the HTTP/2 error as the
+/// source. A status a node sent has no source.
+fn transport_failure(s: &Status) -> bool {
+    s.code() == Code::Internal && std::error::Error::source(s).is_some()
 }
 
 impl ClusterClient {
@@ -168,5 +176,20 @@ impl ClusterClient {
                 _ = moved => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_retried_and_node_answers_are_not() {
+        assert!(retryable(&Status::unavailable("down")));
+        assert!(!retryable(&Status::internal("a node's own error")));
+        assert!(!retryable(&Status::permission_denied("read-only")));
+        let mut h2 = Status::internal("h2 protocol error: http2 error");
+        h2.set_source(Arc::new(std::io::Error::other("connection closed")));
+        assert!(retryable(&h2));
     }
 }

@@ -143,7 +143,12 @@ pub struct QuizFs {
 type OpResult<T> = Result<T, Errno>;
 
 fn errno(e: &ClientError) -> Errno {
-    Errno::from_i32(e.errno())
+    let code = e.errno();
+    // EIO says nothing by itself: the log keeps why.
+    if code == libc::EIO {
+        tracing::warn!(error = %e, "answering EIO");
+    }
+    Errno::from_i32(code)
 }
 
 fn err(code: i32) -> Errno {
