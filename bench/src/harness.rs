@@ -136,6 +136,9 @@ pub struct Cluster {
     /// client certificate for volume `nas` in `clients/test/`; `None` when
     /// the nodes run with `--insecure`.
     pub ca: Option<PathBuf>,
+    /// Data directories that are size-limited tmpfs mounts, unmounted when
+    /// the cluster is dropped.
+    pub small_disks: Vec<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
@@ -157,17 +160,23 @@ impl Cluster {
     /// Starts `n` nodes on 127.0.0.21.. with `extra` flags and waits until
     /// they have a leader and every node has applied the bootstrap.
     pub async fn start(n: usize, extra: &[&str]) -> Self {
-        Self::start_with(n, extra, None).await
+        Self::start_with(n, extra, None, None).await
+    }
+
+    /// Starts `n` nodes whose data directories are each a tmpfs of `mib`
+    /// MiB, so that a full disk can be tested. Needs root.
+    pub async fn start_with_small_disks(n: usize, extra: &[&str], mib: u64) -> Self {
+        Self::start_with(n, extra, None, Some(mib)).await
     }
 
     /// Starts `n` nodes each in its own network namespace (see [`Net`]),
     /// so that a node can be cut off the network. Needs root.
     pub async fn start_in_netns(n: usize, extra: &[&str]) -> Self {
         let net = Net::create(n).unwrap_or_else(|e| panic!("network namespaces: {e}"));
-        Self::start_with(n, extra, Some(net)).await
+        Self::start_with(n, extra, Some(net), None).await
     }
 
-    async fn start_with(n: usize, extra: &[&str], net: Option<Net>) -> Self {
+    async fn start_with(n: usize, extra: &[&str], net: Option<Net>, disk_mib: Option<u64>) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("quizfs-it-")
             .tempdir()
@@ -213,8 +222,26 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             net,
             ca,
+            small_disks: Vec::new(),
             _tmp: tmp,
         };
+        if let Some(mib) = disk_mib {
+            for i in 0..n {
+                let dir = c.nodes[i].dir.clone();
+                std::fs::create_dir_all(&dir).expect("create a data directory");
+                let ok = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                    .arg(&dir)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(
+                    ok,
+                    "mount a {mib} MiB tmpfs on {} (needs root)",
+                    dir.display()
+                );
+                c.small_disks.push(dir);
+            }
+        }
         for i in 0..n {
             c.spawn(i);
         }
@@ -515,6 +542,9 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+        for d in &self.small_disks {
+            let _ = Command::new("umount").arg("-l").arg(d).status();
+        }
         if std::thread::panicking() {
             for i in 0..self.nodes.len() {
                 let log = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
@@ -665,6 +695,16 @@ impl Drop for Mount {
             }
         }
         if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let problems: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            eprintln!(
+                "----- client warnings and errors ({}) -----\n{}",
+                self.path.display(),
+                problems[problems.len().saturating_sub(40)..].join("\n")
+            );
             eprintln!(
                 "----- client log tail ({}) -----\n{}",
                 self.path.display(),

@@ -68,6 +68,11 @@ pub struct Args {
     /// optionally crl.pem (made by `quizfs cert init`).
     #[arg(long, default_value = quizfs_proto::tls::DEFAULT_TLS_DIR)]
     pub tls_dir: PathBuf,
+    /// MiB that must stay free on the data directory's disk: chunk uploads
+    /// are refused with ENOSPC before they would eat into it, so metadata
+    /// can always be written (0: no reserve).
+    #[arg(long, default_value_t = 128)]
+    pub reserve_mib: u64,
     /// Plaintext, without certificates: for local experiments only. Anyone
     /// who can reach the port can read and change everything.
     #[arg(long)]
@@ -166,6 +171,8 @@ pub struct Config {
     pub heal_rate: u64,
     /// TLS files, or `None` with `--insecure`.
     pub tls: Option<quizfs_proto::tls::TlsFiles>,
+    /// Free bytes chunk uploads must leave on the disk.
+    pub reserve: u64,
 }
 
 impl Config {
@@ -258,6 +265,7 @@ impl Config {
         };
         Ok(Self {
             tls,
+            reserve: args.reserve_mib.saturating_mul(1024 * 1024),
             peers,
             self_index,
             listen,

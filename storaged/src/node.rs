@@ -87,7 +87,28 @@ pub struct NodeState {
     pub pool: PeerPool,
     /// Lets the leader serve reads without a read-index round.
     pub lease: Arc<ReadLease>,
+    /// Chunk uploads received at once (each holds a temp file).
+    pub uploads: tokio::sync::Semaphore,
+    /// Chunk uploads received at once per peer (by certificate name, or by
+    /// address in plaintext), so one client cannot take every upload slot.
+    pub uploads_per_peer:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Chunk downloads served at once (each holds a chunk in memory).
+    pub downloads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most chunk uploads a node receives at once; more wait their turn.
+pub const MAX_UPLOADS: usize = 64;
+/// Most chunk uploads a node receives at once from one peer.
+pub const MAX_UPLOADS_PER_PEER: usize = 16;
+/// Longest a chunk upload may wait for its next piece before it is dropped
+/// (a stalled sender must not hold an upload slot and a temp file).
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most chunk downloads a node serves at once (up to 4 MiB of memory each).
+pub const MAX_DOWNLOADS: usize = 32;
+/// Most concurrent requests (HTTP/2 streams) on one connection: a client
+/// asking for more waits on its side.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 impl std::fmt::Debug for NodeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -386,8 +407,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     let node_meta = db.open_tree("node").map_err(db_err)?;
     let sm = StateMachine::open(&db, &data.join("snapshots"))
         .map_err(|e| StartError::Io("snapshots".into(), e))?;
-    let store =
-        Arc::new(ChunkStore::open(&data).map_err(|e| StartError::Io("chunk store".into(), e))?);
+    let store = Arc::new(
+        ChunkStore::open(&data)
+            .map_err(|e| StartError::Io("chunk store".into(), e))?
+            .with_reserve(cfg.reserve),
+    );
     let (transport, tls) = match &cfg.tls {
         Some(files) => {
             let tls = crate::tls::ServerTls::new(files, &cfg.volume, &cfg.me().host)
@@ -417,6 +441,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         // Half the election timeout: well inside the followers' leader
         // lease (election_timeout_max), with room for a missed heartbeat.
         lease: Arc::new(ReadLease::new(cfg.election / 2)),
+        uploads: tokio::sync::Semaphore::new(MAX_UPLOADS),
+        uploads_per_peer: std::sync::Mutex::default(),
+        downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -553,6 +580,7 @@ async fn serve(
     let chunks =
         pb::chunks_server::ChunksServer::new(ChunkService { state }).max_decoding_message_size(max);
     let res = Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .add_service(Authorized::new(raft, tls.clone()))

@@ -13,6 +13,8 @@ mod t150_crash;
 mod t15_shutdown;
 mod t160_bench;
 mod t170_tls;
+mod t175_limits;
+mod t180_full_disk;
 mod t20_namespace;
 mod t30_exactly_once;
 mod t40_corruption;

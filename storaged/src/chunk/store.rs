@@ -71,6 +71,9 @@ pub struct ChunkStore {
     tmp_seq: AtomicU64,
     /// Serialises "refresh an existing chunk's age" with garbage collection.
     gc_lock: Mutex<()>,
+    /// Free bytes a new chunk must leave on the disk, so that the metadata
+    /// (sled, the Raft log) can always still be written.
+    reserve: u64,
 }
 
 impl ChunkStore {
@@ -109,7 +112,25 @@ impl ChunkStore {
             bytes: AtomicU64::new(bytes),
             tmp_seq: AtomicU64::new(0),
             gc_lock: Mutex::new(()),
+            reserve: 0,
         })
+    }
+
+    /// Refuses new chunks (with [`ChunkError::NoSpace`]) once storing one
+    /// would leave less than `bytes` free on the disk.
+    pub fn with_reserve(mut self, bytes: u64) -> Self {
+        self.reserve = bytes;
+        self
+    }
+
+    /// Whether a new chunk would eat into the reserve.
+    fn short_of_space(&self) -> bool {
+        if self.reserve == 0 {
+            return false;
+        }
+        let (total, free) = crate::node::disk_space(&self.root);
+        // total 0: statvfs failed; let the write itself find out.
+        total > 0 && free < self.reserve + CHUNK_SIZE as u64
     }
 
     /// Path of a chunk's file.
@@ -155,6 +176,14 @@ impl ChunkStore {
 
     /// Starts receiving a chunk that claims to hash to `hash`.
     pub async fn writer(&self, hash: ChunkHash) -> Result<ChunkWriter<'_>, ChunkError> {
+        let present = self
+            .present
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&hash);
+        if !present && self.short_of_space() {
+            return Err(ChunkError::NoSpace(hash));
+        }
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{}.{n}", hash.to_hex()));
         let file = tokio::fs::File::create(&path)

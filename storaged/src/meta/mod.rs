@@ -14,3 +14,6 @@ pub mod sessions;
 pub mod state_machine;
 pub mod txn;
 pub mod validate;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -27,8 +27,39 @@ impl Chunks for ChunkService {
         &self,
         req: Request<Streaming<pb::PutPiece>>,
     ) -> Result<Response<pb::PutReply>, Status> {
+        // Bounds the temp files and disk writes open at once: per sender,
+        // so that one cannot take every slot, and in all.
+        let peer = req
+            .extensions()
+            .get::<crate::tls::PeerInfo>()
+            .map(|p| match &p.id {
+                Some(id) => id.name().to_string(),
+                None => p.remote.map(|a| a.ip().to_string()).unwrap_or_default(),
+            })
+            .unwrap_or_default();
+        let per_peer = self
+            .state
+            .uploads_per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer)
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    crate::node::MAX_UPLOADS_PER_PEER,
+                ))
+            })
+            .clone();
+        let closed = |_| Status::unavailable("shutting down");
+        let _mine = per_peer.acquire().await.map_err(closed)?;
+        let _all = self.state.uploads.acquire().await.map_err(closed)?;
         let mut stream = req.into_inner();
-        let Some(first) = stream.message().await? else {
+        let idle = crate::node::UPLOAD_IDLE_TIMEOUT;
+        let stalled = || Status::deadline_exceeded(format!("no data for {idle:?}"));
+        let mut next = async || match tokio::time::timeout(idle, stream.message()).await {
+            Ok(r) => r,
+            Err(_) => Err(stalled()),
+        };
+        let Some(first) = next().await? else {
             return Err(Status::invalid_argument("empty chunk upload"));
         };
         let hash = ChunkHash::from_slice(&first.hash)
@@ -43,7 +74,7 @@ impl Chunks for ChunkService {
             .write(&first.data)
             .await
             .map_err(|e| status::chunk_error(&e))?;
-        while let Some(piece) = stream.message().await? {
+        while let Some(piece) = next().await? {
             writer
                 .write(&piece.data)
                 .await
@@ -67,6 +98,15 @@ impl Chunks for ChunkService {
     ) -> Result<Response<PieceStream>, Status> {
         let hash = ChunkHash::from_slice(&req.get_ref().hash)
             .ok_or_else(|| Status::invalid_argument("chunk hash must be 32 bytes"))?;
+        // Bounds the chunks held in memory for downloads: the permit goes
+        // with the reply stream and is released when it ends.
+        let permit = self
+            .state
+            .downloads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
         let data = match self.state.store.get(&hash).await {
             Ok(d) => d,
             Err(e) => {
@@ -85,6 +125,10 @@ impl Chunks for ChunkService {
                 .map(|p| Ok(pb::ChunkPiece { data: p.to_vec() }))
                 .collect()
         };
-        Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+        let stream = tokio_stream::StreamExt::map(tokio_stream::iter(pieces), move |p| {
+            let _held = &permit;
+            p
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
