@@ -86,6 +86,11 @@ enum HealCmd {
         /// How long to wait for each node.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Keep asking for up to this many seconds until every node has
+        /// nothing pending and has scanned up to the index the cluster had
+        /// applied when the command started (works under steady writes).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -252,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     host,
                     limit,
                     timeout_ms,
+                    wait,
                     tls,
                 },
         } => {
@@ -259,6 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &host,
                 limit,
                 Duration::from_millis(timeout_ms),
+                Duration::from_secs(wait),
                 &tls.transport()?,
             )
             .await
@@ -436,10 +443,55 @@ async fn heal_info(
     host: &str,
     limit: u32,
     timeout: Duration,
+    wait: Duration,
     transport: &pb::tls::Transport,
 ) -> anyhow::Result<ExitCode> {
     let members = cluster_members(host, timeout, transport).await?;
-    let mut clean = true;
+    // How far the cluster has applied now: a node whose scan has not
+    // reached it may still lack chunks it does not know about yet (a node
+    // just back from a cut has an empty backlog until its log catches up).
+    // Fixed here, so that --wait ends under a steady stream of writes.
+    let mut target = 0;
+    for m in &members.members {
+        let status = async {
+            let mut rpc = ClusterRpc::new(channel(&m.addr, transport).ok()?);
+            tokio::time::timeout(timeout, rpc.node_status(pb::NodeStatusRequest {}))
+                .await
+                .ok()?
+                .ok()
+        }
+        .await;
+        if let Some(st) = status {
+            target = target.max(st.into_inner().last_applied);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let replies = heal_round(&members, limit, timeout, transport).await;
+        let clean = replies.iter().all(|(_, r)| {
+            r.as_ref()
+                .is_some_and(|r| r.backlog == 0 && r.scanned_index >= target)
+        });
+        if clean || tokio::time::Instant::now() >= deadline {
+            print_heal(&replies, target);
+            return Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every member's heal state (`None`: it did not answer).
+async fn heal_round(
+    members: &pb::MembersReply,
+    limit: u32,
+    timeout: Duration,
+    transport: &pb::tls::Transport,
+) -> Vec<(pb::Member, Option<pb::HealInfoReply>)> {
+    let mut out = Vec::new();
     for m in &members.members {
         let reply = async {
             let mut rpc = ClusterRpc::new(channel(&m.addr, transport).ok()?);
@@ -449,35 +501,36 @@ async fn heal_info(
                 .ok()
         }
         .await;
-        match reply {
-            None => {
-                clean = false;
-                println!("node {} {}: down (its backlog is unknown)", m.id, m.addr);
-            }
-            Some(r) => {
-                let r = r.into_inner();
-                if r.backlog > 0 {
-                    clean = false;
-                }
-                println!(
-                    "node {} {}: {} chunks pending, {} healed since start, scanned to index {}",
-                    m.id, m.addr, r.backlog, r.healed_total, r.scanned_index
-                );
-                for h in &r.pending {
-                    match pb::ChunkHash::from_slice(h) {
-                        Some(h) => println!("  {}", h.to_hex()),
-                        None => println!("  (malformed hash)"),
-                    }
-                }
-                if (r.pending.len() as u64) < r.backlog {
-                    println!("  ... and {} more", r.backlog - r.pending.len() as u64);
-                }
+        out.push((m.clone(), reply.map(|r| r.into_inner())));
+    }
+    out
+}
+
+fn print_heal(replies: &[(pb::Member, Option<pb::HealInfoReply>)], target: u64) {
+    for (m, reply) in replies {
+        let Some(r) = reply else {
+            println!("node {} {}: down (its backlog is unknown)", m.id, m.addr);
+            continue;
+        };
+        let behind = r.scanned_index < target;
+        println!(
+            "node {} {}: {} chunks pending, {} healed since start, scanned to index {} of {}{}",
+            m.id,
+            m.addr,
+            r.backlog,
+            r.healed_total,
+            r.scanned_index,
+            target,
+            if behind { " (catching up)" } else { "" }
+        );
+        for h in &r.pending {
+            match pb::ChunkHash::from_slice(h) {
+                Some(h) => println!("  {}", h.to_hex()),
+                None => println!("  (malformed hash)"),
             }
         }
+        if (r.pending.len() as u64) < r.backlog {
+            println!("  ... and {} more", r.backlog - r.pending.len() as u64);
+        }
     }
-    Ok(if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
