@@ -3,7 +3,8 @@
 # (unit tests and the integration tests that start real storaged processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+# The reference deployment test (t190) needs HAProxy, nftables and b3sum.
+scripts/install-deps.sh haproxy nftables b3sum curl
 cargo fmt --all -- --check
 cargo clippy --all-targets --workspace -- -D warnings
 # The integration tests run the binaries: build them first, once, in the

@@ -15,6 +15,7 @@ mod t160_bench;
 mod t170_tls;
 mod t175_limits;
 mod t180_full_disk;
+mod t190_scenario;
 mod t20_namespace;
 mod t30_exactly_once;
 mod t40_corruption;
