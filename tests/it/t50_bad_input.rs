@@ -92,6 +92,36 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         errno(c.commit_write(keep.ino, too_many, 10).await),
         libc::EINVAL
     );
+    // Sizes beyond the largest file, an oversized xattr value.
+    let too_big = pb::MAX_FILE_SIZE + 1;
+    assert_eq!(
+        errno(
+            c.setattr(pb::SetAttr {
+                ino: keep.ino,
+                size: Some(too_big),
+                ..Default::default()
+            })
+            .await
+        ),
+        libc::EFBIG
+    );
+    assert_eq!(
+        errno(c.commit_write(keep.ino, vec![], too_big).await),
+        libc::EFBIG
+    );
+    assert_eq!(
+        errno(c.commit_write(keep.ino, vec![], u64::MAX).await),
+        libc::EFBIG
+    );
+    assert_eq!(
+        errno(
+            c.setxattr(keep.ino, b"user.big", &vec![0; 65 * 1024], 0)
+                .await
+        ),
+        libc::E2BIG
+    );
+    assert!(c.listxattr(keep.ino).await.unwrap().is_empty());
+    assert_eq!(c.getattr(keep.ino).await.unwrap().size, 4);
     assert_eq!(c.read_file(keep.ino).await.unwrap(), b"kept");
     assert_eq!(c.readdir_all(ROOT_INO).await.unwrap(), before);
 
