@@ -76,7 +76,7 @@ impl ServerTls {
         if roots.is_empty() {
             return Err(bad("ca.crt", &"no certificate"));
         }
-        match node_identity(&certs[0]) {
+        match identity_of(&certs[0]) {
             Some(CertIdentity::Node { name }) if name == me => {}
             Some(CertIdentity::Node { name }) => {
                 return Err(bad(
@@ -127,7 +127,7 @@ impl ServerTls {
             .map_err(|e| format!("bad certificate: {e}"))?
             .serial()
             .to_vec();
-        let id = node_identity(cert).ok_or("certificate carries no quizfs identity")?;
+        let id = identity_of(cert).ok_or("certificate carries no quizfs identity")?;
         if let CertIdentity::Client { volumes, .. } = &id {
             if !volumes.contains(&self.volume) {
                 return Err(format!(
@@ -147,8 +147,9 @@ impl ServerTls {
 }
 
 /// The identity a certificate's URI names, if any.
-fn node_identity(cert: &CertificateDer<'_>) -> Option<CertIdentity> {
+fn identity_of(cert: &CertificateDer<'_>) -> Option<CertIdentity> {
     let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    // Bound to a local: the iterator borrows `ee`, which must outlive it.
     let found = ee.valid_uri_names().find_map(CertIdentity::from_uri);
     found
 }
