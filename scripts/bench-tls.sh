@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What mutual TLS costs: the same workloads on a local three-node cluster
 # (127.0.0.21-23, release build) with TLS (the default) and with --insecure,
-# one after the other. Prints both tables; JSON in $OUT/{tls,insecure}.json.
+# one after the other. Prints both tables; JSON and logs in
+# $OUT/{tls,insecure}.json and $OUT/*.log (the nodes' data is removed).
 # Usage: scripts/bench-tls.sh [WORKLOADS] [REPS]   (default: seq,uploads,meta 3)
 # Everything it starts is stopped, by PID, when it ends, also on Ctrl-C.
 set -euo pipefail
@@ -51,4 +52,8 @@ for mode in tls insecure; do
   "$BIN/quizfs-bench" run "$MNT" --name "quizfs-$mode" --workloads "$WORKLOADS" \
     --reps "$REPS" --json "$OUT/$mode.json"
   cleanup
+  # The nodes' data (gigabytes after the sequential workload) goes; the
+  # JSON and the logs stay.
+  rm -rf "${OUT:?}/$mode" "$MNT"
+  MNT=""
 done
