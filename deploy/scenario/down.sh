@@ -34,29 +34,28 @@ stop() {
   return 0
 }
 
-if [ -d "$SCENARIO_DIR" ]; then
-  # Web applications first, then their mounts (SIGTERM unmounts), HAProxy,
-  # then the storage nodes.
-  apps=()
-  for s in "${WEBS[@]}"; do
-    f="$SCENARIO_DIR/pids/$s-app"
-    [ -f "$f" ] && apps+=("$(cat "$f")")
+# The PIDs up.sh recorded in pids/NAME, for each NAME given.
+recorded() {
+  local n
+  for n in "$@"; do
+    [ -f "$SCENARIO_DIR/pids/$n" ] && cat "$SCENARIO_DIR/pids/$n"
   done
+  return 0
+}
+
+if [ -d "$SCENARIO_DIR" ]; then
+  # Web applications first, then HAProxy, the mounts (SIGTERM unmounts),
+  # then the storage nodes.
+  mapfile -t apps < <(recorded s1-app s2-app s3-app)
   stop "${apps[@]}"
-  if [ -f "$SCENARIO_DIR/pids/haproxy" ]; then
-    mapfile -t hp <"$SCENARIO_DIR/pids/haproxy"
-    stop "${hp[@]}"
-  fi
+  mapfile -t hp < <(recorded haproxy)
+  stop "${hp[@]}"
   mounts=()
   for p in $(ours); do
     tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "quizfs mount" && mounts+=("$p")
   done
   stop "${mounts[@]}"
-  nodes=()
-  for n in "${NODES[@]}"; do
-    f="$SCENARIO_DIR/pids/$n"
-    [ -f "$f" ] && nodes+=("$(cat "$f")")
-  done
+  mapfile -t nodes < <(recorded "${NODES[@]}")
   stop "${nodes[@]}"
   # Anything else still naming the scenario's directory.
   mapfile -t rest < <(ours)

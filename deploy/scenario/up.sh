@@ -83,9 +83,12 @@ echo "  client: the outside world, no rules of its own"
 for s in "${WEBS[@]}"; do "$BIN/quizfs" cert client "$s" --ca "$SCENARIO_DIR/ca" >/dev/null; done
 
 # --- storage nodes
+# Started with `ip netns exec` itself, not through in_ns: a backgrounded
+# shell function runs in a subshell, and $! would be that subshell's PID
+# rather than the daemon's, which down.sh signals.
 for n in "${NODES[@]}"; do
   mkdir -p "$SCENARIO_DIR/$n/data"
-  in_ns "$n" nohup "$BIN/storaged" --peers nas1,nas2,nas3 --name "$n" \
+  ip netns exec "$n" nohup "$BIN/storaged" --peers nas1,nas2,nas3 --name "$n" \
     --data-dir "$SCENARIO_DIR/$n/data" --tls-dir "$SCENARIO_DIR/ca/nodes/$n" \
     --heal-interval-ms 500 >>"$SCENARIO_DIR/logs/$n.log" 2>&1 &
   echo $! >"$SCENARIO_DIR/pids/$n"
@@ -102,7 +105,7 @@ for s in "${WEBS[@]}"; do
   mkdir -p "$up"
   # One session per web server: `ip netns exec` gives it a private mount
   # namespace, which the mount and the application share.
-  in_ns "$s" nohup bash -c '
+  ip netns exec "$s" nohup bash -c '
     mount -t quizfs nas1:/nas "$1" -o "_netdev,backup_servers=nas2:nas3,tls_dir=$2,log=$3" || exit 1
     exec python3 "$4" --dir "$1" --name "$5" --port 80' _ \
     "$up" "$SCENARIO_DIR/ca/clients/$s" "$SCENARIO_DIR/logs/$s-mount.log" "$HERE/app.py" "$s" \
