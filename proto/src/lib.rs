@@ -8,6 +8,7 @@ mod generated {
 
 pub use generated::*;
 
+pub mod range;
 pub mod tls;
 
 /// Default TCP port of `storaged` when a peer is given as a bare host.
@@ -18,6 +19,10 @@ pub const CHUNK_SIZE: usize = 4 * 1024 * 1024;
 
 /// Size of one streamed piece of a chunk in `Chunks.Put` / `Chunks.Get`.
 pub const PIECE_SIZE: usize = 256 * 1024;
+
+/// Largest range a `Chunks.GetRange` call may ask for; a larger read
+/// fetches the whole chunk.
+pub const MAX_RANGE_BYTES: u32 = 256 * 1024;
 
 /// Largest gRPC message a client-facing service accepts.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;

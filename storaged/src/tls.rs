@@ -523,7 +523,7 @@ fn need(path: &str) -> Need {
     let service = service.rsplit('.').next().unwrap_or(service);
     match (service, method) {
         ("Meta", "Apply") | ("Chunks", "Put") => Need::Write,
-        ("Meta", _) | ("Chunks", "Get") => Need::Read,
+        ("Meta", _) | ("Chunks", "Get" | "GetRange") => Need::Read,
         ("Cluster", "Probe" | "Members" | "Ping" | "NodeStatus" | "HealInfo") => Need::Read,
         _ => Need::Node,
     }
@@ -653,6 +653,7 @@ mod tests {
             ("/quizfs.v1.Meta/Lookup", [true, true, true, true]),
             ("/quizfs.v1.Chunks/Put", [true, true, false, true]),
             ("/quizfs.v1.Chunks/Get", [true, true, true, true]),
+            ("/quizfs.v1.Chunks/GetRange", [true, true, true, true]),
             ("/quizfs.v1.Unknown/Thing", [true, false, false, true]),
         ];
         for (path, want) in cases {

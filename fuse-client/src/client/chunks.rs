@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use quizfs_proto::{self as pb, ChunkHash, PIECE_SIZE, chunks_client::ChunksClient};
+use quizfs_proto::{self as pb, ChunkHash, PIECE_SIZE, chunks_client::ChunksClient, range};
 use tonic::transport::Channel;
 
 use super::{ClientError, ClusterClient, NodeHandle};
@@ -120,6 +120,40 @@ async fn get_from(
         return Err("content does not match the hash".into());
     }
     Ok(data)
+}
+
+/// Asks one node for a verified range (see `ClusterClient::get_range`).
+async fn range_from(
+    channel: Channel,
+    hash: ChunkHash,
+    from: u64,
+    to: u64,
+    wait: Duration,
+) -> Result<(u64, Vec<u8>), String> {
+    let mut c = ChunksClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES);
+    let req = pb::GetRangeRequest {
+        hash: hash.0.to_vec(),
+        offset: from,
+        len: u32::try_from(to.saturating_sub(from)).unwrap_or(u32::MAX),
+    };
+    let r = match tokio::time::timeout(wait, c.get_range(req)).await {
+        Err(_) => return Err(format!("no range within {wait:?}")),
+        Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    let proof: Option<Vec<[u8; 32]>> = r
+        .proof
+        .iter()
+        .map(|p| <[u8; 32]>::try_from(p.as_slice()).ok())
+        .collect();
+    if !proof.is_some_and(|p| range::verify(&hash.0, r.chunk_len, r.start, &r.data, &p)) {
+        tracing::warn!(hash = ?hash, "a range does not match its chunk's hash; not used");
+        return Err("range does not match the chunk's hash".into());
+    }
+    if r.start > from || r.start.saturating_add(r.data.len() as u64) < to {
+        return Err(format!("range does not cover [{from}, {to})"));
+    }
+    Ok((r.start, r.data))
 }
 
 impl ClusterClient {
@@ -251,6 +285,55 @@ impl ClusterClient {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Reads bytes `[from, to)` of chunk `hash` (which has at least `to`
+    /// bytes) from one node that is up, checked against the hash with the
+    /// node's proof (`quizfs_proto::range`). Returns where the bytes start
+    /// in the chunk; they cover `[from, to)`. One node and one try, within
+    /// twice the hedge delay: the caller falls back to the hedged read of
+    /// the whole chunk.
+    pub async fn get_range(
+        &self,
+        hash: ChunkHash,
+        from: u64,
+        to: u64,
+    ) -> Result<(u64, Vec<u8>), ClientError> {
+        let mut nodes = self.nodes();
+        let n = nodes.len().max(1);
+        nodes.rotate_left(self.inner.next_reader.fetch_add(1, Ordering::Relaxed) as usize % n);
+        let Some(node) = nodes.into_iter().find(|x| x.is_up()) else {
+            return Err(ClientError::ChunkUnavailable {
+                hash,
+                detail: "no node is up".into(),
+            });
+        };
+        range_from(node.channel.clone(), hash, from, to, self.hedge_delay() * 2)
+            .await
+            .map_err(|detail| ClientError::ChunkUnavailable {
+                hash,
+                detail: format!("{}: {detail}", node.addr),
+            })
+    }
+
+    /// [`Self::get_range`] from one given node (for checks and tests).
+    pub async fn get_range_from(
+        &self,
+        addr: &str,
+        hash: ChunkHash,
+        from: u64,
+        to: u64,
+    ) -> Result<(u64, Vec<u8>), ClientError> {
+        let channel = match self.node(addr) {
+            Some(n) => n.channel.clone(),
+            None => super::membership::channel(addr, &self.inner.opts.transport)?,
+        };
+        range_from(channel, hash, from, to, self.inner.opts.call_timeout)
+            .await
+            .map_err(|detail| ClientError::ChunkUnavailable {
+                hash,
+                detail: format!("{addr}: {detail}"),
+            })
     }
 
     /// Reads a chunk from one given node, verified (for checks and tests).

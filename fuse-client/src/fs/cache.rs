@@ -134,6 +134,11 @@ impl ChunkCache {
         }
     }
 
+    /// Whether the chunk is held or being downloaded.
+    pub fn contains(&self, hash: &ChunkHash) -> bool {
+        self.lock().entries.contains_key(hash)
+    }
+
     /// Bytes currently held.
     pub fn bytes(&self) -> usize {
         self.lock().bytes

@@ -6,13 +6,14 @@
 //! whenever it is read; a file whose content does not match its name is moved
 //! to `quarantine/` and never returned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
+use quizfs_proto::range::{self, GROUP};
 use quizfs_proto::{CHUNK_SIZE, ChunkHash};
 use tokio::io::AsyncWriteExt;
 
@@ -74,6 +75,50 @@ pub struct ChunkStore {
     /// Free bytes a new chunk must leave on the disk, so that the metadata
     /// (sled, the Raft log) can always still be written.
     reserve: u64,
+    /// Outboards of chunks read by range lately (8 KiB for a 4 MiB chunk).
+    outboards: Mutex<Outboards>,
+}
+
+/// Outboards kept in memory at most: 32 MiB for 4 MiB chunks.
+const MAX_OUTBOARDS: usize = 4096;
+
+/// The group chaining values of recently range-read chunks, oldest first
+/// out. Content-addressed, so an entry never goes stale.
+#[derive(Debug, Default)]
+struct Outboards {
+    map: HashMap<ChunkHash, std::sync::Arc<Outboard>>,
+    order: VecDeque<ChunkHash>,
+}
+
+/// A chunk's length and the chaining value of each of its groups.
+#[derive(Debug)]
+struct Outboard {
+    len: u64,
+    cvs: Vec<[u8; 32]>,
+}
+
+/// Part of a chunk, checked on this node, with the proof that lets the
+/// reader check it against the chunk's hash (see `quizfs_proto::range`).
+#[derive(Debug)]
+pub struct ChunkRange {
+    /// The whole chunk's length.
+    pub len: u64,
+    /// Where `data` begins in the chunk.
+    pub start: u64,
+    /// Whole groups, or the whole chunk when it is one group.
+    pub data: Vec<u8>,
+    /// The proof, empty for a whole chunk.
+    pub proof: Vec<[u8; 32]>,
+}
+
+fn beyond(hash: &ChunkHash, from: u64, len: u64) -> ChunkError {
+    ChunkError::Io {
+        hash: *hash,
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("offset {from} is beyond the chunk's {len} bytes"),
+        ),
+    }
 }
 
 impl ChunkStore {
@@ -113,6 +158,7 @@ impl ChunkStore {
             tmp_seq: AtomicU64::new(0),
             gc_lock: Mutex::new(()),
             reserve: 0,
+            outboards: Mutex::new(Outboards::default()),
         })
     }
 
@@ -224,6 +270,139 @@ impl ChunkStore {
         Ok(data)
     }
 
+    /// Reads the groups of a chunk that hold bytes `[from, to)`, checked
+    /// against the chunk's outboard, which is made (from the whole chunk,
+    /// verified) the first time. A corrupt file is quarantined.
+    pub async fn get_range(
+        &self,
+        hash: &ChunkHash,
+        from: u64,
+        to: u64,
+    ) -> Result<ChunkRange, ChunkError> {
+        let cached = self
+            .outboards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .get(hash)
+            .cloned();
+        let Some(ob) = cached else {
+            let data = self.read_file(hash).await?;
+            let len = data.len() as u64;
+            if len <= GROUP {
+                if ChunkHash::of(&data) != *hash {
+                    return Err(self.corrupt(hash).await);
+                }
+                return Ok(ChunkRange {
+                    len,
+                    start: 0,
+                    data,
+                    proof: Vec::new(),
+                });
+            }
+            // The outboard's root is the whole chunk's hash: one pass both
+            // checks the chunk and makes the outboard.
+            let cvs = range::outboard(&data);
+            if range::root(&cvs, len) != Some(hash.0) {
+                return Err(self.corrupt(hash).await);
+            }
+            let (start, end) = range::aligned(from, to, len);
+            if start >= end {
+                return Err(beyond(hash, from, len));
+            }
+            let proof = range::prove(&cvs, len, start, end).ok_or(ChunkError::Io {
+                hash: *hash,
+                source: io::Error::other(format!("no proof for [{start}, {end}) of {len}")),
+            })?;
+            self.keep_outboard(*hash, Outboard { len, cvs });
+            return Ok(ChunkRange {
+                len,
+                start,
+                data: data[start as usize..end as usize].to_vec(),
+                proof,
+            });
+        };
+        let (len, cvs) = (ob.len, &ob.cvs);
+        if from >= len {
+            return Err(beyond(hash, from, len));
+        }
+        let path = self.path(hash);
+        // The file's length is needed for the last group: read it with the
+        // bytes, in one blocking call.
+        let read = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u8>, u64)> {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(&path)?;
+            let real = f.metadata()?.len();
+            let (start, end) = range::aligned(from, to, len);
+            let mut buf = vec![0; (end - start) as usize];
+            f.read_exact_at(&mut buf, start)?;
+            Ok((real, buf, start))
+        })
+        .await
+        .map_err(|e| ChunkError::io(*hash, io::Error::other(e)))?;
+        let (real, data, start) = match read {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(hash);
+                return Err(ChunkError::NotFound(*hash));
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(self.corrupt(hash).await);
+            }
+            Err(e) => return Err(ChunkError::io(*hash, e)),
+        };
+        // Every group read must be the one the outboard names.
+        let intact = real == len
+            && data.chunks(GROUP as usize).enumerate().all(|(i, g)| {
+                let at = start + i as u64 * GROUP;
+                range::group_cv(at, g) == cvs[(at / GROUP) as usize]
+            });
+        if !intact {
+            return Err(self.corrupt(hash).await);
+        }
+        let end = start + data.len() as u64;
+        let proof = range::prove(cvs, len, start, end).ok_or(ChunkError::Io {
+            hash: *hash,
+            source: io::Error::other(format!("no proof for [{start}, {end}) of {len}")),
+        })?;
+        Ok(ChunkRange {
+            len,
+            start,
+            data,
+            proof,
+        })
+    }
+
+    fn keep_outboard(&self, hash: ChunkHash, ob: Outboard) {
+        let mut o = self.outboards.lock().unwrap_or_else(|p| p.into_inner());
+        if o.map.insert(hash, std::sync::Arc::new(ob)).is_none() {
+            o.order.push_back(hash);
+        }
+        while o.order.len() > MAX_OUTBOARDS {
+            if let Some(old) = o.order.pop_front() {
+                o.map.remove(&old);
+            }
+        }
+    }
+
+    /// Reads a chunk file whole, unchecked.
+    async fn read_file(&self, hash: &ChunkHash) -> Result<Vec<u8>, ChunkError> {
+        match tokio::fs::read(self.path(hash)).await {
+            Ok(d) => Ok(d),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(hash);
+                Err(ChunkError::NotFound(*hash))
+            }
+            Err(e) => Err(ChunkError::io(*hash, e)),
+        }
+    }
+
+    /// Quarantines a chunk found corrupt; the error to return.
+    async fn corrupt(&self, hash: &ChunkHash) -> ChunkError {
+        self.quarantine(hash).await;
+        ChunkError::Corrupt(*hash)
+    }
+
     async fn quarantine(&self, hash: &ChunkHash) {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let to = self.quarantine.join(format!("{}.{n}", hash.to_hex()));
@@ -236,6 +415,10 @@ impl ChunkStore {
             }
         }
         self.forget(hash);
+        let mut o = self.outboards.lock().unwrap_or_else(|p| p.into_inner());
+        if o.map.remove(hash).is_some() {
+            o.order.retain(|h| h != hash);
+        }
     }
 
     /// Deletes a chunk if `still_garbage` holds for it and it is older than

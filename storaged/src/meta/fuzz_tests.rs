@@ -368,6 +368,8 @@ proptest! {
         let _ = pb::StatFsRequest::decode(b);
         let _ = pb::PutPiece::decode(b);
         let _ = pb::GetChunkRequest::decode(b);
+        let _ = pb::GetRangeRequest::decode(b);
+        let _ = pb::RangeReply::decode(b);
         let _ = pb::MembersRequest::decode(b);
         let _ = pb::PingRequest::decode(b);
         let _ = pb::ProbeRequest::decode(b);
@@ -381,5 +383,18 @@ proptest! {
         let _ = decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(b);
         let _ = decode::<openraft::raft::VoteRequest<NodeId>>(b);
         let _ = decode::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(b);
+    }
+
+    /// A range reply made up by a hostile node (any length, place, bytes
+    /// and proof) never panics the reader and is never taken as the chunk's.
+    #[test]
+    fn any_range_reply_is_refused(
+        len in prop_oneof![0..40_000u64, any::<u64>()],
+        start in prop_oneof![0..40_000u64, any::<u64>()],
+        data in prop::collection::vec(any::<u8>(), 0..40_000),
+        proof in prop::collection::vec(any::<[u8; 32]>(), 0..12),
+    ) {
+        let hash = *blake3::hash(b"a chunk none of these bytes are").as_bytes();
+        prop_assert!(!quizfs_proto::range::verify(&hash, len, start, &data, &proof));
     }
 }

@@ -89,6 +89,50 @@ impl Chunks for ChunkService {
         Ok(Response::new(pb::PutReply { already_present }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn get_range(
+        &self,
+        req: Request<pb::GetRangeRequest>,
+    ) -> Result<Response<pb::RangeReply>, Status> {
+        let r = req.get_ref();
+        let hash = ChunkHash::from_slice(&r.hash)
+            .ok_or_else(|| Status::invalid_argument("chunk hash must be 32 bytes"))?;
+        if r.len == 0 || r.len > pb::MAX_RANGE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a range is 1 to {} bytes",
+                pb::MAX_RANGE_BYTES
+            )));
+        }
+        if r.offset >= pb::CHUNK_SIZE as u64 {
+            return Err(Status::out_of_range("offset beyond any chunk"));
+        }
+        // A range holds at most a whole small chunk in memory: the same
+        // bound as downloads.
+        let _permit = self
+            .state
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        let to = r.offset + u64::from(r.len);
+        match self.state.store.get_range(&hash, r.offset, to).await {
+            Ok(c) => Ok(Response::new(pb::RangeReply {
+                chunk_len: c.len,
+                start: c.start,
+                data: c.data,
+                proof: c.proof.iter().map(|p| p.to_vec()).collect(),
+            })),
+            Err(e) => {
+                if let ChunkError::Corrupt(h) = e {
+                    if let Some(healer) = self.state.healer.get() {
+                        healer.request(h);
+                    }
+                }
+                Err(status::chunk_error(&e))
+            }
+        }
+    }
+
     type GetStream = PieceStream;
 
     #[tracing::instrument(skip_all)]
