@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
-use quizfs_proto::range::{self, GROUP};
+use quizfs_proto::range::{self, GROUP, Outboard};
 use quizfs_proto::{CHUNK_SIZE, ChunkHash};
 use tokio::io::AsyncWriteExt;
 
@@ -75,11 +75,11 @@ pub struct ChunkStore {
     /// Free bytes a new chunk must leave on the disk, so that the metadata
     /// (sled, the Raft log) can always still be written.
     reserve: u64,
-    /// Outboards of chunks read by range lately (8 KiB for a 4 MiB chunk).
+    /// Outboards of chunks read by range lately (16 KiB for a 4 MiB chunk).
     outboards: Mutex<Outboards>,
 }
 
-/// Outboards kept in memory at most: 32 MiB for 4 MiB chunks.
+/// Outboards kept in memory at most: 64 MiB for 4 MiB chunks.
 const MAX_OUTBOARDS: usize = 4096;
 
 /// The group chaining values of recently range-read chunks, oldest first
@@ -88,13 +88,6 @@ const MAX_OUTBOARDS: usize = 4096;
 struct Outboards {
     map: HashMap<ChunkHash, std::sync::Arc<Outboard>>,
     order: VecDeque<ChunkHash>,
-}
-
-/// A chunk's length and the chaining value of each of its groups.
-#[derive(Debug)]
-struct Outboard {
-    len: u64,
-    cvs: Vec<[u8; 32]>,
 }
 
 /// Part of a chunk, checked on this node, with the proof that lets the
@@ -302,19 +295,19 @@ impl ChunkStore {
             }
             // The outboard's root is the whole chunk's hash: one pass both
             // checks the chunk and makes the outboard.
-            let cvs = range::outboard(&data);
-            if range::root(&cvs, len) != Some(hash.0) {
+            let ob = Outboard::new(&data);
+            if ob.root() != Some(hash.0) {
                 return Err(self.corrupt(hash).await);
             }
             let (start, end) = range::aligned(from, to, len);
             if start >= end {
                 return Err(beyond(hash, from, len));
             }
-            let proof = range::prove(&cvs, len, start, end).ok_or(ChunkError::Io {
+            let proof = ob.prove(start, end).ok_or(ChunkError::Io {
                 hash: *hash,
                 source: io::Error::other(format!("no proof for [{start}, {end}) of {len}")),
             })?;
-            self.keep_outboard(*hash, Outboard { len, cvs });
+            self.keep_outboard(*hash, ob);
             return Ok(ChunkRange {
                 len,
                 start,
@@ -322,7 +315,7 @@ impl ChunkStore {
                 proof,
             });
         };
-        let (len, cvs) = (ob.len, &ob.cvs);
+        let len = ob.len();
         if from >= len {
             return Err(beyond(hash, from, len));
         }
@@ -355,13 +348,13 @@ impl ChunkStore {
         let intact = real == len
             && data.chunks(GROUP as usize).enumerate().all(|(i, g)| {
                 let at = start + i as u64 * GROUP;
-                range::group_cv(at, g) == cvs[(at / GROUP) as usize]
+                ob.group((at / GROUP) as usize) == Some(&range::group_cv(at, g))
             });
         if !intact {
             return Err(self.corrupt(hash).await);
         }
         let end = start + data.len() as u64;
-        let proof = range::prove(cvs, len, start, end).ok_or(ChunkError::Io {
+        let proof = ob.prove(start, end).ok_or(ChunkError::Io {
             hash: *hash,
             source: io::Error::other(format!("no proof for [{start}, {end}) of {len}")),
         })?;
