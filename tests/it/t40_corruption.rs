@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use quizfs_proto::ROOT_INO;
+use quizfs_proto::{ChunkHash, ROOT_INO};
 use quizfs_tests::{Cluster, Mount, chunk_hashes, pattern, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,6 +55,18 @@ async fn corrupt_chunk_is_never_served_and_is_healed() {
     assert!(c.get_chunk_from(&cluster.addr(victim), hash).await.unwrap() == data);
 }
 
+/// Waits until node `i` holds every one of `hashes`, intact.
+async fn wait_good_chunks(cluster: &Cluster, i: usize, hashes: &[ChunkHash], what: &str) {
+    wait_until(Duration::from_secs(20), what, || async {
+        if hashes.iter().all(|h| cluster.has_good_chunk(i, h)) {
+            Ok(())
+        } else {
+            Err("missing or corrupt".into())
+        }
+    })
+    .await;
+}
+
 /// Reads `len` bytes at `off` of a file with O_DIRECT, so they come from the
 /// mount and not the kernel's page cache.
 fn read_direct(path: &std::path::Path, off: u64, len: usize) -> Vec<u8> {
@@ -82,18 +94,7 @@ async fn range_reads_are_verified_and_a_corrupt_group_is_never_served() {
     let hashes = chunk_hashes(&c, attr.ino).await;
     let (h0, h1) = (hashes[0], hashes[1]);
     for i in 0..3 {
-        wait_until(
-            Duration::from_secs(20),
-            "every chunk on every node",
-            || async {
-                if cluster.has_good_chunk(i, &h0) && cluster.has_good_chunk(i, &h1) {
-                    Ok(())
-                } else {
-                    Err("absent".into())
-                }
-            },
-        )
-        .await;
+        wait_good_chunks(&cluster, i, &[h0, h1], "every chunk on every node").await;
     }
     // Every node serves verified ranges of the 4 MiB chunk: one group, a
     // range across groups, the last bytes.
@@ -159,16 +160,11 @@ async fn range_reads_are_verified_and_a_corrupt_group_is_never_served() {
             assert!(read_direct(&path, off as u64, 4096) == data[off..off + 4096]);
         }
     }
-    wait_until(
-        Duration::from_secs(20),
+    wait_good_chunks(
+        &cluster,
+        victim,
+        &[h0, h1],
         "the healer to restore both chunks",
-        || async {
-            if cluster.has_good_chunk(victim, &h0) && cluster.has_good_chunk(victim, &h1) {
-                Ok(())
-            } else {
-                Err("still missing or corrupt".into())
-            }
-        },
     )
     .await;
     let (start, got) = c
