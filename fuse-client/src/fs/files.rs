@@ -129,22 +129,36 @@ pub struct Io {
     pub budget: Arc<Semaphore>,
 }
 
-/// The hash a committed chunk reference names (checked by `wants_range`).
-fn hash_of(r: &pb::ChunkRef) -> ChunkHash {
-    ChunkHash::from_slice(&r.hash).unwrap_or(ChunkHash([0; 32]))
-}
-
 impl Io {
-    /// Whether a random read of bytes `[from, to)` of chunk `r` should
-    /// fetch only the groups that hold them: the chunk is longer than one
-    /// group, the read is small, and the chunk is not cached or coming.
-    fn wants_range(&self, r: &pb::ChunkRef, from: usize, to: usize) -> bool {
-        let Some(h) = ChunkHash::from_slice(&r.hash) else {
-            return false;
-        };
-        r.len > quizfs_proto::range::GROUP
+    /// Bytes `[from, to)` of chunk `r` for a random read, fetched as a
+    /// verified range: only when the chunk is longer than one group, the
+    /// read is small and the chunk is neither cached nor coming. `None`
+    /// when not wanted or when the range read fails (the caller reads the
+    /// whole chunk). Bytes past the chunk's used length are left out.
+    async fn read_range(&self, r: &pb::ChunkRef, from: usize, to: usize) -> Option<Vec<u8>> {
+        let h = ChunkHash::from_slice(&r.hash)?;
+        let wanted = r.len > quizfs_proto::range::GROUP
             && to - from <= quizfs_proto::MAX_RANGE_BYTES as usize
-            && !self.cache.contains(&h)
+            && !self.cache.contains(&h);
+        if !wanted {
+            return None;
+        }
+        let to = to.min(r.len as usize);
+        if from >= to {
+            return Some(Vec::new());
+        }
+        match self.client.get_range(h, from as u64, to as u64).await {
+            Ok((start, mut data)) => {
+                let at = (from as u64 - start) as usize;
+                data.truncate(at + (to - from));
+                data.drain(..at);
+                Some(data)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "range read failed; reading the whole chunk");
+                None
+            }
+        }
     }
 
     /// The bytes of a committed chunk that the file uses (`len` of them).
@@ -479,34 +493,20 @@ impl OpenFile {
             match source {
                 // Already cut to [from, to), or shorter: the rest is zeros.
                 Some(Source::Bytes(b)) => out.extend_from_slice(&b),
-                Some(Source::Chunk(r)) if !sequential && io.wants_range(&r, from, to) => {
-                    let to = to.min(r.len as usize);
-                    if from < to {
-                        match io
-                            .client
-                            .get_range(hash_of(&r), from as u64, to as u64)
-                            .await
-                        {
-                            Ok((start, data)) => {
-                                let at = (from as u64 - start) as usize;
-                                out.extend_from_slice(&data[at..at + (to - from)]);
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "range read failed; reading the whole chunk");
-                                let blob = io.chunk(&r).await?;
-                                let used = (r.len as usize).min(blob.len());
-                                if used > from {
-                                    out.extend_from_slice(&blob[from..used.min(to)]);
-                                }
-                            }
-                        }
-                    }
-                }
                 Some(Source::Chunk(r)) => {
-                    let blob = io.chunk(&r).await?;
-                    let used = (r.len as usize).min(blob.len());
-                    if used > from {
-                        out.extend_from_slice(&blob[from..used.min(to)]);
+                    let ranged = if sequential {
+                        None
+                    } else {
+                        io.read_range(&r, from, to).await
+                    };
+                    if let Some(bytes) = ranged {
+                        out.extend_from_slice(&bytes);
+                    } else {
+                        let blob = io.chunk(&r).await?;
+                        let used = (r.len as usize).min(blob.len());
+                        if used > from {
+                            out.extend_from_slice(&blob[from..used.min(to)]);
+                        }
                     }
                 }
                 None => {}

@@ -104,16 +104,6 @@ pub struct ChunkRange {
     pub proof: Vec<[u8; 32]>,
 }
 
-fn beyond(hash: &ChunkHash, from: u64, len: u64) -> ChunkError {
-    ChunkError::Io {
-        hash: *hash,
-        source: io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("offset {from} is beyond the chunk's {len} bytes"),
-        ),
-    }
-}
-
 impl ChunkStore {
     /// Opens (creating) the store under `data_dir`, indexing what is there.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
@@ -247,18 +237,9 @@ impl ChunkStore {
 
     /// Reads and verifies a chunk. A corrupt file is quarantined.
     pub async fn get(&self, hash: &ChunkHash) -> Result<Vec<u8>, ChunkError> {
-        let path = self.path(hash);
-        let data = match tokio::fs::read(&path).await {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.forget(hash);
-                return Err(ChunkError::NotFound(*hash));
-            }
-            Err(e) => return Err(ChunkError::io(*hash, e)),
-        };
+        let data = self.read_file(hash).await?;
         if ChunkHash::of(&data) != *hash {
-            self.quarantine(hash).await;
-            return Err(ChunkError::Corrupt(*hash));
+            return Err(self.corrupt(hash).await);
         }
         Ok(data)
     }
@@ -279,61 +260,80 @@ impl ChunkStore {
             .map
             .get(hash)
             .cloned();
-        let Some(ob) = cached else {
-            let data = self.read_file(hash).await?;
-            let len = data.len() as u64;
-            if len <= GROUP {
-                if ChunkHash::of(&data) != *hash {
+        let (ob, start, data) = match cached {
+            // The first range read of this chunk here: read it whole. The
+            // outboard's root is the chunk's hash, so one pass both checks
+            // the chunk and makes the outboard.
+            None => {
+                let data = self.read_file(hash).await?;
+                let len = data.len() as u64;
+                if len <= GROUP {
+                    if ChunkHash::of(&data) != *hash {
+                        return Err(self.corrupt(hash).await);
+                    }
+                    return Ok(ChunkRange {
+                        len,
+                        start: 0,
+                        data,
+                        proof: Vec::new(),
+                    });
+                }
+                let ob = Outboard::new(&data);
+                if ob.root() != Some(hash.0) {
                     return Err(self.corrupt(hash).await);
                 }
-                return Ok(ChunkRange {
-                    len,
-                    start: 0,
-                    data,
-                    proof: Vec::new(),
-                });
+                let (start, end) = range::aligned(from, to, len);
+                let part = data[start as usize..end as usize].to_vec();
+                (self.keep_outboard(*hash, ob), start, part)
             }
-            // The outboard's root is the whole chunk's hash: one pass both
-            // checks the chunk and makes the outboard.
-            let ob = Outboard::new(&data);
-            if ob.root() != Some(hash.0) {
-                return Err(self.corrupt(hash).await);
+            // Later ones read only the groups asked for, each checked
+            // against the outboard.
+            Some(ob) => {
+                let (start, data) = self.read_groups(hash, &ob, from, to).await?;
+                (ob, start, data)
             }
-            let (start, end) = range::aligned(from, to, len);
-            if start >= end {
-                return Err(beyond(hash, from, len));
-            }
-            let proof = ob.prove(start, end).ok_or(ChunkError::Io {
-                hash: *hash,
-                source: io::Error::other(format!("no proof for [{start}, {end}) of {len}")),
-            })?;
-            self.keep_outboard(*hash, ob);
-            return Ok(ChunkRange {
-                len,
-                start,
-                data: data[start as usize..end as usize].to_vec(),
-                proof,
-            });
         };
+        let end = start + data.len() as u64;
         let len = ob.len();
-        if from >= len {
-            return Err(beyond(hash, from, len));
-        }
+        let proof = ob.prove(start, end).ok_or_else(|| ChunkError::Io {
+            hash: *hash,
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no range [{from}, {to}) in the chunk's {len} bytes"),
+            ),
+        })?;
+        Ok(ChunkRange {
+            len,
+            start,
+            data,
+            proof,
+        })
+    }
+
+    /// Reads the groups that hold bytes `[from, to)` of a chunk whose
+    /// outboard is known, checking each; returns where they start.
+    async fn read_groups(
+        &self,
+        hash: &ChunkHash,
+        ob: &Outboard,
+        from: u64,
+        to: u64,
+    ) -> Result<(u64, Vec<u8>), ChunkError> {
+        let len = ob.len();
+        let (start, end) = range::aligned(from, to, len);
         let path = self.path(hash);
-        // The file's length is needed for the last group: read it with the
-        // bytes, in one blocking call.
-        let read = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u8>, u64)> {
+        // The file's length too: a file that changed length is corrupt.
+        let read = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u8>)> {
             use std::os::unix::fs::FileExt;
             let f = std::fs::File::open(&path)?;
             let real = f.metadata()?.len();
-            let (start, end) = range::aligned(from, to, len);
-            let mut buf = vec![0; (end - start) as usize];
+            let mut buf = vec![0; end.saturating_sub(start) as usize];
             f.read_exact_at(&mut buf, start)?;
-            Ok((real, buf, start))
+            Ok((real, buf))
         })
         .await
         .map_err(|e| ChunkError::io(*hash, io::Error::other(e)))?;
-        let (real, data, start) = match read {
+        let (real, data) = match read {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.forget(hash);
@@ -344,7 +344,6 @@ impl ChunkStore {
             }
             Err(e) => return Err(ChunkError::io(*hash, e)),
         };
-        // Every group read must be the one the outboard names.
         let intact = real == len
             && data.chunks(GROUP as usize).enumerate().all(|(i, g)| {
                 let at = start + i as u64 * GROUP;
@@ -353,22 +352,14 @@ impl ChunkStore {
         if !intact {
             return Err(self.corrupt(hash).await);
         }
-        let end = start + data.len() as u64;
-        let proof = ob.prove(start, end).ok_or(ChunkError::Io {
-            hash: *hash,
-            source: io::Error::other(format!("no proof for [{start}, {end}) of {len}")),
-        })?;
-        Ok(ChunkRange {
-            len,
-            start,
-            data,
-            proof,
-        })
+        Ok((start, data))
     }
 
-    fn keep_outboard(&self, hash: ChunkHash, ob: Outboard) {
+    /// Keeps an outboard in memory (oldest out) and returns it shared.
+    fn keep_outboard(&self, hash: ChunkHash, ob: Outboard) -> std::sync::Arc<Outboard> {
+        let ob = std::sync::Arc::new(ob);
         let mut o = self.outboards.lock().unwrap_or_else(|p| p.into_inner());
-        if o.map.insert(hash, std::sync::Arc::new(ob)).is_none() {
+        if o.map.insert(hash, ob.clone()).is_none() {
             o.order.push_back(hash);
         }
         while o.order.len() > MAX_OUTBOARDS {
@@ -376,6 +367,7 @@ impl ChunkStore {
                 o.map.remove(&old);
             }
         }
+        ob
     }
 
     /// Reads a chunk file whole, unchecked.

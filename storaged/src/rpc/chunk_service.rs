@@ -18,6 +18,19 @@ pub struct ChunkService {
     pub state: Arc<NodeState>,
 }
 
+impl ChunkService {
+    /// The status for a failed read; a chunk found corrupt goes to the
+    /// healer first.
+    fn read_failed(&self, e: &ChunkError) -> Status {
+        if let ChunkError::Corrupt(h) = e {
+            if let Some(healer) = self.state.healer.get() {
+                healer.request(*h);
+            }
+        }
+        status::chunk_error(e)
+    }
+}
+
 type PieceStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkPiece, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -122,14 +135,7 @@ impl Chunks for ChunkService {
                 data: c.data,
                 proof: c.proof.iter().map(|p| p.to_vec()).collect(),
             })),
-            Err(e) => {
-                if let ChunkError::Corrupt(h) = e {
-                    if let Some(healer) = self.state.healer.get() {
-                        healer.request(h);
-                    }
-                }
-                Err(status::chunk_error(&e))
-            }
+            Err(e) => Err(self.read_failed(&e)),
         }
     }
 
@@ -153,14 +159,7 @@ impl Chunks for ChunkService {
             .map_err(|_| Status::unavailable("shutting down"))?;
         let data = match self.state.store.get(&hash).await {
             Ok(d) => d,
-            Err(e) => {
-                if let ChunkError::Corrupt(h) = e {
-                    if let Some(healer) = self.state.healer.get() {
-                        healer.request(h);
-                    }
-                }
-                return Err(status::chunk_error(&e));
-            }
+            Err(e) => return Err(self.read_failed(&e)),
         };
         let pieces: Vec<Result<pb::ChunkPiece, Status>> = if data.is_empty() {
             vec![Ok(pb::ChunkPiece { data: Vec::new() })]
