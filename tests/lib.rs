@@ -20,11 +20,10 @@ pub use quizfs_bench::load::content as pattern;
 
 /// The chunk hashes of a file, from its layout.
 pub async fn chunk_hashes(client: &ClusterClient, ino: u64) -> Vec<ChunkHash> {
-    let (_, chunks) = client.layout(ino).await.expect("layout");
-    chunks
-        .iter()
-        .filter_map(|c| ChunkHash::from_slice(&c.hash))
-        .collect()
+    let (_, extents) = client.layout(ino).await.expect("layout");
+    let mut hashes: Vec<ChunkHash> = extents.iter().map(|(_, p)| p.src).collect();
+    hashes.dedup();
+    hashes
 }
 
 /// An endless-looking stream of pseudo-random bytes of a set length, for

@@ -8,6 +8,7 @@ mod generated {
 
 pub use generated::*;
 
+pub mod extent;
 pub mod range;
 pub mod tls;
 
@@ -51,7 +52,9 @@ pub const RAFT_TARGET_KEY: &str = "x-quizfs-raft-target";
 pub const ROOT_INO: u64 = 1;
 
 /// The blake3 hash that names a chunk.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ChunkHash(pub [u8; 32]);
 
 impl ChunkHash {

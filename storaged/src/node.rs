@@ -67,6 +67,9 @@ pub enum StartError {
     /// The TLS files cannot be used.
     #[error(transparent)]
     Tls(crate::tls::TlsSetupError),
+    /// The data directory holds another metadata format.
+    #[error(transparent)]
+    Format(crate::meta::format::FormatError),
 }
 
 /// What the services of a node share.
@@ -405,6 +408,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     let db_err = |e| StartError::Db(data.display().to_string(), e);
     let log = LogStore::open(&db).map_err(db_err)?;
     let node_meta = db.open_tree("node").map_err(db_err)?;
+    crate::meta::format::check(&node_meta, db.was_recovered(), &data.display().to_string())
+        .map_err(StartError::Format)?;
     let sm = StateMachine::open(&db, &data.join("snapshots"))
         .map_err(|e| StartError::Io("snapshots".into(), e))?;
     let store = Arc::new(

@@ -71,26 +71,36 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         libc::ENOENT
     );
     assert_eq!(
-        errno(c.commit_write(424_242, vec![], 0).await),
+        errno(c.commit_extents(424_242, vec![], 0, false).await),
         libc::ENOENT
     );
-    // A chunk list that does not fit the size, and a malformed hash.
+    // Extents that reach past the size or their chunk, overlap, or name a
+    // malformed hash; more extents than one commit may carry.
     let keep = c.lookup(ROOT_INO, b"keep.jpg").await.unwrap();
-    let bad = vec![pb::ChunkRef {
-        hash: vec![1; 7],
-        len: 10,
-    }];
-    assert_eq!(errno(c.commit_write(keep.ino, bad, 10).await), libc::EINVAL);
-    let too_many = vec![
-        pb::ChunkRef {
-            hash: vec![1; 32],
-            len: 10
-        };
-        3
+    let ext = |offset, len, at, hash: Vec<u8>| pb::Extent {
+        offset,
+        len,
+        hash,
+        at,
+    };
+    let bad_lists = [
+        vec![ext(0, 10, 0, vec![1; 7])],
+        vec![ext(0, 11, 0, vec![1; 32])],
+        vec![ext(0, 10, (4 << 20) - 4, vec![1; 32])],
+        vec![ext(0, 6, 0, vec![1; 32]), ext(5, 4, 0, vec![1; 32])],
+        vec![ext(0, 0, 0, vec![1; 32])],
     ];
+    for bad in bad_lists {
+        assert_eq!(
+            errno(c.commit_extents(keep.ino, bad.clone(), 10, false).await),
+            libc::EINVAL,
+            "{bad:?}"
+        );
+    }
+    let too_many: Vec<pb::Extent> = (0..8193).map(|i| ext(i, 1, 0, vec![1; 32])).collect();
     assert_eq!(
-        errno(c.commit_write(keep.ino, too_many, 10).await),
-        libc::EINVAL
+        errno(c.commit_extents(keep.ino, too_many, 9000, false).await),
+        libc::E2BIG
     );
     // Sizes beyond the largest file, an oversized xattr value.
     let too_big = pb::MAX_FILE_SIZE + 1;
@@ -106,11 +116,11 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         libc::EFBIG
     );
     assert_eq!(
-        errno(c.commit_write(keep.ino, vec![], too_big).await),
+        errno(c.commit_extents(keep.ino, vec![], too_big, false).await),
         libc::EFBIG
     );
     assert_eq!(
-        errno(c.commit_write(keep.ino, vec![], u64::MAX).await),
+        errno(c.commit_extents(keep.ino, vec![], u64::MAX, false).await),
         libc::EFBIG
     );
     assert_eq!(

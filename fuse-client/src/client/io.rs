@@ -54,15 +54,22 @@ impl ClusterClient {
         while !running.is_empty() {
             collect(&mut running, &mut results).await?;
         }
-        let refs = results
-            .into_iter()
-            .zip(chunks)
-            .map(|(h, len)| pb::ChunkRef {
-                hash: h.map(|h| h.0.to_vec()).unwrap_or_default(),
+        let mut extents = Vec::with_capacity(chunks.len());
+        for (i, (h, len)) in results.into_iter().zip(chunks).enumerate() {
+            let Some(h) = h else {
+                return Err(ClientError::Posix {
+                    op: "write",
+                    errno: libc::EIO,
+                });
+            };
+            extents.push(pb::Extent {
+                offset: i as u64 * CHUNK_SIZE as u64,
                 len,
-            })
-            .collect();
-        self.commit_write(ino, refs, size).await
+                hash: h.0.to_vec(),
+                at: 0,
+            });
+        }
+        self.commit_extents(ino, extents, size, true).await
     }
 
     /// Replaces the content of file `ino` with `data`.
@@ -87,28 +94,36 @@ impl ClusterClient {
         ino: u64,
         mut dst: W,
     ) -> Result<u64, ClientError> {
-        let (attr, chunks) = self.layout(ino).await?;
-        let mut written = 0u64;
-        for (i, c) in chunks.iter().enumerate() {
-            let start = i as u64 * CHUNK_SIZE as u64;
-            if start >= attr.size {
-                break;
-            }
-            let span = (attr.size - start).min(CHUNK_SIZE as u64) as usize;
-            let mut piece = self.chunk_bytes(c).await?;
-            piece.resize(span, 0);
-            dst.write_all(&piece).await?;
-            written += span as u64;
-        }
-        // Past the last chunk, the file is a hole.
+        let (attr, extents) = self.layout(ino).await?;
         let zeros = vec![0u8; 64 * 1024];
-        while written < attr.size {
-            let n = (attr.size - written).min(zeros.len() as u64) as usize;
-            dst.write_all(&zeros[..n]).await?;
-            written += n as u64;
+        let mut last: Option<(ChunkHash, Vec<u8>)> = None;
+        for span in extents.lookup(0, attr.size) {
+            match span.data {
+                None => {
+                    let mut left = span.len;
+                    while left > 0 {
+                        let n = left.min(zeros.len() as u64) as usize;
+                        dst.write_all(&zeros[..n]).await?;
+                        left -= n as u64;
+                    }
+                }
+                Some((hash, at)) => {
+                    if last.as_ref().is_none_or(|(h, _)| *h != hash) {
+                        last = Some((hash, self.get_chunk(hash).await?));
+                    }
+                    let Some((_, data)) = &last else { continue };
+                    let piece = data.get(at as usize..(at + span.len) as usize).ok_or(
+                        ClientError::Posix {
+                            op: "read",
+                            errno: libc::EIO,
+                        },
+                    )?;
+                    dst.write_all(piece).await?;
+                }
+            }
         }
         dst.flush().await?;
-        Ok(written)
+        Ok(attr.size)
     }
 
     /// Reads a whole file into memory (for small files).
@@ -116,16 +131,6 @@ impl ClusterClient {
         let mut out = Vec::new();
         self.read_to(ino, &mut out).await?;
         Ok(out)
-    }
-
-    /// The bytes of one chunk entry that the file uses.
-    async fn chunk_bytes(&self, c: &pb::ChunkRef) -> Result<Vec<u8>, ClientError> {
-        let Some(hash) = ChunkHash::from_slice(&c.hash) else {
-            return Ok(vec![0; c.len as usize]);
-        };
-        let mut data = self.get_chunk(hash).await?;
-        data.truncate(c.len as usize);
-        Ok(data)
     }
 }
 

@@ -3,9 +3,13 @@
 
 use std::sync::atomic::Ordering;
 
-use quizfs_proto::{self as pb, meta_client::MetaClient, meta_op::Op};
+use quizfs_proto::extent::ExtentMap;
+use quizfs_proto::{self as pb, ChunkHash, meta_client::MetaClient, meta_op::Op};
 
 use super::{ClientError, ClusterClient};
+
+/// A file's committed content, as the cluster's layout gives it.
+pub type Extents = ExtentMap<ChunkHash>;
 
 /// RENAME_NOREPLACE for [`ClusterClient::rename`].
 pub const RENAME_NOREPLACE: u32 = 1;
@@ -208,40 +212,48 @@ impl ClusterClient {
         attr_of("setattr", self.apply("setattr", Op::SetAttr(set)).await?)
     }
 
-    /// Commits a new chunk list and size for a file.
-    pub async fn commit_write(
+    /// Commits extents of chunks already durable on a majority and the
+    /// file's new size; with `replace`, they become the whole content.
+    pub async fn commit_extents(
         &self,
         ino: u64,
-        chunks: Vec<pb::ChunkRef>,
+        extents: Vec<pb::Extent>,
         size: u64,
+        replace: bool,
     ) -> Result<pb::Attr, ClientError> {
         let op = Op::CommitWrite(pb::CommitWrite {
             ino,
-            chunks,
+            extents,
             size,
             mtime_ns: None,
-            indices: Vec::new(),
+            replace,
         });
         attr_of("write", self.apply("write", op).await?)
     }
 
-    /// Commits new chunks at the given indices (the others stay) and the
-    /// new size of a file.
-    pub async fn commit_chunks(
+    /// fallocate(2) on a file (see `pb::Fallocate` for the modes).
+    pub async fn fallocate(
         &self,
         ino: u64,
-        indices: Vec<u64>,
-        chunks: Vec<pb::ChunkRef>,
-        size: u64,
+        offset: u64,
+        len: u64,
+        mode: u32,
     ) -> Result<pb::Attr, ClientError> {
-        let op = Op::CommitWrite(pb::CommitWrite {
+        let op = Op::Fallocate(pb::Fallocate {
             ino,
-            chunks,
-            size,
-            mtime_ns: None,
-            indices,
+            offset,
+            len,
+            mode,
         });
-        attr_of("write", self.apply("write", op).await?)
+        attr_of("fallocate", self.apply("fallocate", op).await?)
+    }
+
+    /// copy_file_range(2) as shared extents: returns the destination's
+    /// attributes and the bytes copied.
+    pub async fn copy_range(&self, c: pb::CopyRange) -> Result<(pb::Attr, u64), ClientError> {
+        let r = self.apply("copy_file_range", Op::CopyRange(c)).await?;
+        let copied = r.value;
+        Ok((attr_of("copy_file_range", r)?, copied))
     }
 
     /// Removes the inode this client kept open through its last unlink.
@@ -310,8 +322,9 @@ impl ClusterClient {
         })
     }
 
-    /// Reads attributes and the chunk list.
-    pub async fn layout(&self, ino: u64) -> Result<(pb::Attr, Vec<pb::ChunkRef>), ClientError> {
+    /// Reads attributes and the extent map (checked as the state machine
+    /// checks a commit: a node that sends a malformed map gets EIO).
+    pub async fn layout(&self, ino: u64) -> Result<(pb::Attr, Extents), ClientError> {
         let r = self
             .leader_call("layout", |ch| {
                 let r = pb::InodeRequest { ino };
@@ -319,13 +332,16 @@ impl ClusterClient {
             })
             .await?;
         check("layout", r.errno)?;
-        Ok((
-            r.attr.ok_or(ClientError::Posix {
-                op: "layout",
-                errno: libc::EIO,
-            })?,
-            r.chunks,
-        ))
+        let eio = || ClientError::Posix {
+            op: "layout",
+            errno: libc::EIO,
+        };
+        let attr = r.attr.ok_or_else(eio)?;
+        let extents = ExtentMap::from_wire(&r.extents, attr.size).map_err(|e| {
+            tracing::warn!(ino, error = %e, "malformed layout");
+            eio()
+        })?;
+        Ok((attr, extents))
     }
 
     /// Lists a directory from after `after`.

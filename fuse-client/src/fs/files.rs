@@ -1,67 +1,90 @@
-//! The state of a file open on this mount, shared by every descriptor of
-//! it: the chunk list it was opened with, the chunks written since (in
-//! memory, uploading, or uploaded), and the size. Writes land in memory and
-//! reach the cluster as whole chunks; `flush` (close, fsync) waits for every
-//! chunk to be durable on a majority and commits them with one metadata
-//! command, so another mount that opens the file afterwards sees all of it.
+//! The state of a file open on this mount: one per inode, shared by every
+//! descriptor and mapping of it, so a read by any process sees every write
+//! made on this mount, committed or not.
 //!
-//! Memory is bounded: a file keeps at most [`MAX_DIRTY`] chunks being filled
-//! and [`MAX_UPLOADING`] uploading; a chunk whose last byte is written starts
-//! uploading at once.
+//! The state is the committed content (an extent map and its version, as
+//! the cluster last gave it) and, on top of it, the writes made here and
+//! not committed yet: a second extent map whose sources are chunks already
+//! durable on a majority or buffers still in memory. Both maps follow the
+//! rules of `quizfs_proto::extent`, the ones the state machine applies.
+//!
+//! Writes are appended to the file's open buffer (an overwrite of bytes
+//! that only that buffer holds changes them in place); a full buffer, or
+//! the buffer at `flush`, becomes one chunk, so a small write costs a small
+//! chunk. `flush` (close, fsync) waits for every chunk to be durable and
+//! commits the pending extents with one metadata command. The buffers of
+//! all files take their memory from the mount's write budget, which a
+//! writer waits on only while uploads that give it back are under way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
 
+use quizfs_proto::extent::{ExtentMap, Piece};
 use quizfs_proto::{self as pb, CHUNK_SIZE, ChunkHash};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::cache::ChunkCache;
+use crate::client::meta::Extents;
 use crate::client::{ClientError, ClusterClient};
 
-/// Chunks of one file being filled in memory before the oldest is uploaded.
-pub const MAX_DIRTY: usize = 4;
 /// Chunk uploads of one file in flight at once.
 pub const MAX_UPLOADING: usize = 3;
-/// How long a writer waits for the mount-wide write budget before it goes
-/// ahead anyway (the budget is a soft bound; a stuck writer is worse).
-const BUDGET_WAIT: Duration = Duration::from_secs(10);
+/// Pending extents after which a writer commits without waiting for
+/// close, so one commit stays within a metadata command's bounds.
+pub const MAX_PENDING_EXTENTS: usize = 4096;
+/// Chunks fetched ahead of a sequential reader.
+pub const READ_AHEAD: u64 = 3;
+/// The write budget counts memory in units of this many bytes.
+pub const BUDGET_UNIT: usize = 1024;
 
 const CS: u64 = CHUNK_SIZE as u64;
 
-/// A chunk being filled: bytes `[index * CHUNK_SIZE, + data.len())`.
+/// Where bytes written here and not committed are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    /// In buffer number n (open, or uploading).
+    Buf(u64),
+    /// In a chunk durable on a majority.
+    Chunk(ChunkHash),
+}
+
+/// The buffer writes are appended to.
 #[derive(Debug)]
-struct Dirty {
+struct OpenBuf {
+    id: u64,
     data: Vec<u8>,
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-/// A chunk on its way to the nodes.
+/// A full buffer on its way to the nodes; `task` is `None` after a failed
+/// upload, which the next flush starts again.
 #[derive(Debug)]
-struct Uploading {
-    index: u64,
+struct Sealed {
+    id: u64,
     data: Arc<Vec<u8>>,
-    task: JoinHandle<Result<ChunkHash, ClientError>>,
-    _permit: Option<OwnedSemaphorePermit>,
+    task: Option<JoinHandle<Result<ChunkHash, ClientError>>>,
 }
 
-/// Where the bytes of one chunk of a read come from.
+/// One part of a read, in order.
 #[derive(Debug)]
-enum Source {
+enum Part {
+    Zeros(u64),
     Bytes(Vec<u8>),
-    Chunk(pb::ChunkRef),
+    Chunk { hash: ChunkHash, at: u64, len: u64 },
 }
 
 /// The mutable part of an open file.
 #[derive(Debug, Default)]
 pub struct FileState {
     size: u64,
-    base: Vec<pb::ChunkRef>,
-    dirty: BTreeMap<u64, Dirty>,
-    uploading: Vec<Uploading>,
-    uploaded: BTreeMap<u64, pb::ChunkRef>,
+    version: u64,
+    base: Extents,
+    pending: ExtentMap<Src>,
+    open: Option<OpenBuf>,
+    sealed: VecDeque<Sealed>,
+    next_buf: u64,
     changed: bool,
 }
 
@@ -91,30 +114,16 @@ pub struct OpenFile {
     state: Mutex<FileState>,
 }
 
-/// Chunks fetched ahead of a sequential reader.
-pub const READ_AHEAD: u64 = 3;
-
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-fn chunk_ref(hash: ChunkHash, len: usize) -> pb::ChunkRef {
-    pb::ChunkRef {
-        hash: hash.0.to_vec(),
-        len: len as u64,
-    }
-}
-
-/// Cuts a chunk list to `size`, the way the state machine does.
-fn cut(chunks: &mut Vec<pb::ChunkRef>, size: u64) {
-    chunks.truncate(size.div_ceil(CS) as usize);
-    for (i, c) in chunks.iter_mut().enumerate() {
-        c.len = c.len.min(size.saturating_sub(i as u64 * CS));
-    }
-    while chunks.last().is_some_and(|c| c.hash.is_empty()) {
-        chunks.pop();
+fn eio(op: &'static str) -> ClientError {
+    ClientError::Posix {
+        op,
+        errno: libc::EIO,
     }
 }
 
@@ -125,121 +134,132 @@ pub struct Io {
     pub client: ClusterClient,
     /// The mount's chunk cache.
     pub cache: Arc<ChunkCache>,
-    /// The mount-wide budget of chunk buffers.
+    /// The mount-wide budget of written bytes held in memory, in
+    /// [`BUDGET_UNIT`]s.
     pub budget: Arc<Semaphore>,
+    /// The budget's size in units (a reservation is capped at it).
+    pub budget_units: u32,
 }
 
 impl Io {
-    /// Bytes `[from, to)` of chunk `r` for a random read, fetched as a
-    /// verified range: only when the chunk is longer than one group, the
-    /// read is small and the chunk is neither cached nor coming. `None`
-    /// when not wanted or when the range read fails (the caller reads the
-    /// whole chunk). Bytes past the chunk's used length are left out.
-    async fn read_range(&self, r: &pb::ChunkRef, from: usize, to: usize) -> Option<Vec<u8>> {
-        let h = ChunkHash::from_slice(&r.hash)?;
-        let wanted = r.len > quizfs_proto::range::GROUP
-            && to - from <= quizfs_proto::MAX_RANGE_BYTES as usize
-            && !self.cache.contains(&h);
-        if !wanted {
-            return None;
-        }
-        let to = to.min(r.len as usize);
-        if from >= to {
-            return Some(Vec::new());
-        }
-        match self.client.get_range(h, from as u64, to as u64).await {
-            Ok((start, mut data)) => {
-                let at = (from as u64 - start) as usize;
-                data.truncate(at + (to - from));
-                data.drain(..at);
-                Some(data)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "range read failed; reading the whole chunk");
-                None
-            }
-        }
+    /// Units of budget that `len` bytes take.
+    pub fn units(&self, len: usize) -> u32 {
+        let units = len.div_ceil(BUDGET_UNIT).max(1);
+        u32::try_from(units)
+            .unwrap_or(u32::MAX)
+            .min(self.budget_units)
     }
 
-    /// The bytes of a committed chunk that the file uses (`len` of them).
-    async fn chunk(&self, r: &pb::ChunkRef) -> Result<Arc<Vec<u8>>, ClientError> {
-        match ChunkHash::from_slice(&r.hash) {
-            None => Ok(Arc::new(Vec::new())),
-            Some(h) => self.cache.get(&self.client, h).await,
+    /// `len` bytes at `at` of chunk `hash`: a verified range for a small
+    /// random read of a chunk that is not cached, else from the whole
+    /// chunk (cached, and shared with other readers).
+    async fn piece(
+        &self,
+        hash: ChunkHash,
+        at: u64,
+        len: u64,
+        sequential: bool,
+    ) -> Result<Vec<u8>, ClientError> {
+        let ranged = !sequential
+            && len <= u64::from(quizfs_proto::MAX_RANGE_BYTES)
+            && !self.cache.contains(&hash);
+        if ranged {
+            match self.client.get_range(hash, at, at + len).await {
+                Ok((start, mut data)) => {
+                    let from = (at - start) as usize;
+                    if data.len() >= from + len as usize {
+                        data.truncate(from + len as usize);
+                        data.drain(..from);
+                        return Ok(data);
+                    }
+                    tracing::debug!(?hash, "short range reply; reading the whole chunk");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "range read failed; reading the whole chunk");
+                }
+            }
         }
+        let blob = self.cache.get(&self.client, hash).await?;
+        blob.get(at as usize..(at + len) as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                tracing::warn!(?hash, at, len, chunk = blob.len(), "extent past its chunk");
+                eio("read")
+            })
     }
 }
 
 impl OpenFile {
-    /// A file opened with the given size and chunk list.
-    pub fn new(ino: u64, size: u64, chunks: Vec<pb::ChunkRef>) -> Self {
+    /// A file opened with the given attributes and committed content.
+    pub fn new(attr: &pb::Attr, base: Extents) -> Self {
         Self {
-            ino,
+            ino: attr.ino,
             opens: AtomicU64::new(0),
             orphan: AtomicBool::new(false),
-            local_size: AtomicU64::new(size),
+            local_size: AtomicU64::new(attr.size),
             changed: AtomicBool::new(false),
             local_mtime: AtomicI64::new(0),
             last_attr: std::sync::Mutex::new(None),
             read_end: AtomicU64::new(0),
             read_near: AtomicBool::new(false),
             state: Mutex::new(FileState {
-                size,
-                base: chunks,
+                size: attr.size,
+                version: attr.content_version,
+                base,
                 ..FileState::default()
             }),
         }
     }
 
-    /// Replaces the committed view (at open, when nothing is pending here).
-    /// Returns false when local writes are pending and the view was kept.
-    pub async fn refresh(&self, size: u64, chunks: Vec<pb::ChunkRef>) -> bool {
+    /// Takes a newer committed view (at open). A view older than the one
+    /// held is ignored: it was read before a commit this mount has seen.
+    /// Writes pending here stay on top of whichever view is held.
+    pub async fn refresh(&self, attr: &pb::Attr, base: Extents) {
         let mut st = self.state.lock().await;
-        if st.changed {
-            return false;
+        if attr.content_version <= st.version {
+            return;
         }
-        st.size = size;
-        st.base = chunks;
-        self.local_size.store(size, Ordering::Relaxed);
-        true
+        Self::install(&mut st, attr, base);
+        self.local_size.store(st.size, Ordering::Relaxed);
     }
 
-    /// Writes `data` at `offset`.
-    pub async fn write(&self, io: &Io, offset: u64, data: &[u8]) -> Result<(), ClientError> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= pb::MAX_FILE_SIZE)
-            .ok_or(ClientError::Posix {
-                op: "write",
-                errno: libc::EFBIG,
-            })?;
+    fn install(st: &mut FileState, attr: &pb::Attr, base: Extents) {
+        st.version = attr.content_version;
+        st.base = base;
+        st.size = if st.changed {
+            attr.size.max(st.pending.end())
+        } else {
+            attr.size
+        };
+    }
+
+    /// Writes `data` at `offset`; `permit` is the budget for its bytes.
+    pub async fn write(
+        &self,
+        io: &Io,
+        offset: u64,
+        data: &[u8],
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), ClientError> {
+        let end = offset + data.len() as u64;
         let mut st = self.state.lock().await;
-        let mut pos = offset;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let index = pos / CS;
-            let within = (pos % CS) as usize;
-            let n = rest.len().min(CHUNK_SIZE - within);
-            self.ensure_dirty(io, &mut st, index, within, n).await?;
-            let Some(d) = st.dirty.get_mut(&index) else {
-                return Err(ClientError::Posix {
-                    op: "write",
-                    errno: libc::EIO,
-                });
-            };
-            if d.data.len() < within + n {
-                d.data.resize(within + n, 0);
+        for span in st.pending.lookup(offset, end) {
+            let from = (span.offset - offset) as usize;
+            let bytes = &data[from..from + span.len as usize];
+            // Bytes only the open buffer holds are changed there. (The
+            // open buffer may change as appends fill it: asked each time.)
+            let open_id = st.open.as_ref().map(|b| b.id);
+            match (span.data, st.open.as_mut()) {
+                (Some((Src::Buf(id), at)), Some(buf)) if Some(id) == open_id => {
+                    buf.data[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+                }
+                _ => self.append(io, &mut st, span.offset, bytes).await?,
             }
-            d.data[within..within + n].copy_from_slice(&rest[..n]);
-            // A writer that reached the chunk's end is most likely writing
-            // sequentially: send the chunk now. A chunk that is merely full
-            // because it was read in whole for a small overwrite stays in
-            // memory for the next writes to it.
-            let full = within + n == CHUNK_SIZE;
-            pos += n as u64;
-            rest = &rest[n..];
-            if full {
-                self.start_upload(io, &mut st, index).await?;
+        }
+        if let Some(buf) = st.open.as_mut() {
+            match buf.permit.as_mut() {
+                Some(p) => p.merge(permit),
+                None => buf.permit = Some(permit),
             }
         }
         st.size = st.size.max(end);
@@ -247,302 +267,350 @@ impl OpenFile {
         self.local_size.store(st.size, Ordering::Relaxed);
         self.local_mtime.store(now_ns(), Ordering::Relaxed);
         self.changed.store(true, Ordering::Relaxed);
-        // Keep the number of partly filled chunks bounded (random writes).
-        while st.dirty.len() > MAX_DIRTY {
-            let Some(&oldest) = st.dirty.keys().next() else {
-                break;
-            };
-            self.start_upload(io, &mut st, oldest).await?;
+        if st.pending.len() > MAX_PENDING_EXTENTS {
+            self.commit(io, &mut st).await?;
         }
         Ok(())
     }
 
-    /// Makes sure chunk `index` has an in-memory buffer holding its current
-    /// content (unless the write replaces all of it).
-    async fn ensure_dirty(
+    /// Appends `bytes` (file offset `pos`) to the open buffer, sealing it
+    /// whenever it fills.
+    async fn append(
         &self,
         io: &Io,
         st: &mut FileState,
-        index: u64,
-        within: usize,
-        n: usize,
+        mut pos: u64,
+        mut bytes: &[u8],
     ) -> Result<(), ClientError> {
-        if st.dirty.contains_key(&index) {
-            return Ok(());
-        }
-        // The current content: the newest upload of this chunk, else its
-        // committed (or uploaded, uncommitted) blob.
-        let chunk_start = index * CS;
-        let valid = st.size.saturating_sub(chunk_start).min(CS) as usize;
-        let mut data = if let Some(u) = st.uploading.iter().rev().find(|u| u.index == index) {
-            u.data.as_ref().clone()
-        } else {
-            let r = st
-                .uploaded
-                .get(&index)
-                .or_else(|| st.base.get(index as usize))
-                .cloned();
-            match r {
-                Some(r) if !(r.hash.is_empty() || within == 0 && n >= valid) => {
-                    let blob = io.chunk(&r).await?;
-                    let used = (r.len as usize).min(blob.len());
-                    blob[..used].to_vec()
+        while !bytes.is_empty() {
+            let buf = match &mut st.open {
+                Some(b) => b,
+                None => {
+                    let id = st.next_buf;
+                    st.next_buf += 1;
+                    st.open.insert(OpenBuf {
+                        id,
+                        data: Vec::new(),
+                        permit: None,
+                    })
                 }
-                _ => Vec::new(),
+            };
+            let at = buf.data.len();
+            let n = bytes.len().min(CHUNK_SIZE - at);
+            // Grow by doubling, but never past one chunk.
+            let want = (at + n).max((2 * at).min(CHUNK_SIZE));
+            buf.data.reserve_exact(want - at);
+            buf.data.extend_from_slice(&bytes[..n]);
+            let piece = Piece {
+                len: n as u64,
+                src: Src::Buf(buf.id),
+                at: at as u64,
+            };
+            let full = buf.data.len() == CHUNK_SIZE;
+            st.pending.splice(pos, piece);
+            pos += n as u64;
+            bytes = &bytes[n..];
+            // A full buffer goes now: a sequential writer's data streams.
+            if full {
+                self.seal_locked(io, st).await?;
             }
-        };
-        data.truncate(valid);
-        let permit = self.permit(io, st).await?;
-        data.reserve_exact(CHUNK_SIZE.saturating_sub(data.len()).min(within + n));
-        st.dirty.insert(
-            index,
-            Dirty {
-                data,
-                _permit: permit,
-            },
-        );
+        }
         Ok(())
     }
 
-    /// Takes one chunk buffer from the mount-wide budget; when it is spent,
-    /// first pushes this file's own buffers out, then waits a bounded time.
-    async fn permit(
-        &self,
-        io: &Io,
-        st: &mut FileState,
-    ) -> Result<Option<OwnedSemaphorePermit>, ClientError> {
-        if let Ok(p) = io.budget.clone().try_acquire_owned() {
-            return Ok(Some(p));
-        }
-        let own: Vec<u64> = st.dirty.keys().copied().collect();
-        for index in own {
-            self.start_upload(io, st, index).await?;
-        }
-        self.drain(st).await?;
-        Ok(
-            tokio::time::timeout(BUDGET_WAIT, io.budget.clone().acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok),
-        )
+    /// Sends the open buffer on its way (it becomes a chunk), so that its
+    /// budget comes back once the upload is done.
+    pub async fn seal(&self, io: &Io) -> Result<(), ClientError> {
+        let mut st = self.state.lock().await;
+        self.seal_locked(io, &mut st).await
     }
 
-    /// Starts uploading chunk `index` (if it is in memory), waiting for the
-    /// oldest upload when too many are in flight.
-    async fn start_upload(
-        &self,
-        io: &Io,
-        st: &mut FileState,
-        index: u64,
-    ) -> Result<(), ClientError> {
-        let Some(d) = st.dirty.remove(&index) else {
+    async fn seal_locked(&self, io: &Io, st: &mut FileState) -> Result<(), ClientError> {
+        let Some(buf) = st.open.take() else {
             return Ok(());
         };
-        while st.uploading.len() >= MAX_UPLOADING {
+        if buf.data.is_empty() {
+            return Ok(());
+        }
+        while st.sealed.len() >= MAX_UPLOADING {
             self.finish_oldest(st).await?;
         }
-        let data = Arc::new(d.data);
-        let client = io.client.clone();
-        let cache = io.cache.clone();
-        let payload = data.clone();
-        let task = tokio::spawn(async move {
-            let hash = client.put_chunk(payload.clone()).await?;
-            cache.insert(hash, payload);
-            Ok(hash)
-        });
-        st.uploading.push(Uploading {
-            index,
+        let data = Arc::new(buf.data);
+        let task = upload(io, data.clone(), buf.permit);
+        st.sealed.push_back(Sealed {
+            id: buf.id,
             data,
-            task,
-            _permit: d._permit,
+            task: Some(task),
         });
         Ok(())
     }
 
-    /// Waits for the oldest upload. On failure its data goes back to memory
-    /// (unless newer data for that chunk is there), so nothing is lost and
-    /// a later flush retries it.
+    /// Waits for the oldest upload; its pending extents then name the
+    /// chunk. A failed upload stays, to be sent again by the next flush.
     async fn finish_oldest(&self, st: &mut FileState) -> Result<(), ClientError> {
-        if st.uploading.is_empty() {
+        let Some(mut s) = st.sealed.pop_front() else {
             return Ok(());
-        }
-        let u = st.uploading.remove(0);
-        let result = match u.task.await {
-            Ok(r) => r,
-            Err(e) => Err(ClientError::Source(std::io::Error::other(e))),
+        };
+        let result = match s.task.take() {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(ClientError::Source(std::io::Error::other(e)))),
+            None => Err(eio("write")),
         };
         match result {
             Ok(hash) => {
-                st.uploaded.insert(u.index, chunk_ref(hash, u.data.len()));
+                let id = s.id;
+                st.pending
+                    .replace_sources(|src| (*src == Src::Buf(id)).then_some(Src::Chunk(hash)));
                 Ok(())
             }
             Err(e) => {
-                let newer = st.dirty.contains_key(&u.index)
-                    || st.uploading.iter().any(|x| x.index == u.index);
-                if !newer {
-                    st.dirty.insert(
-                        u.index,
-                        Dirty {
-                            data: Arc::try_unwrap(u.data).unwrap_or_else(|a| a.as_ref().clone()),
-                            _permit: u._permit,
-                        },
-                    );
-                }
+                st.sealed.push_front(s);
                 Err(e)
             }
         }
     }
 
-    /// Waits for every upload in flight.
-    async fn drain(&self, st: &mut FileState) -> Result<(), ClientError> {
-        while !st.uploading.is_empty() {
-            self.finish_oldest(st).await?;
-        }
-        Ok(())
-    }
-
-    /// Makes every write durable and commits it: the chunks on a majority of
-    /// nodes, then one metadata command with the new chunks and size.
-    /// Returns the attributes after the commit, `None` if nothing changed.
+    /// Makes every write durable and commits it. Returns the attributes
+    /// after the commit, `None` if nothing changed.
     pub async fn flush(&self, io: &Io) -> Result<Option<pb::Attr>, ClientError> {
         let mut st = self.state.lock().await;
+        self.commit(io, &mut st).await
+    }
+
+    async fn commit(&self, io: &Io, st: &mut FileState) -> Result<Option<pb::Attr>, ClientError> {
         if !st.changed {
             return Ok(None);
         }
-        let indices: Vec<u64> = st.dirty.keys().copied().collect();
-        for index in indices {
-            self.start_upload(io, &mut st, index).await?;
+        self.seal_locked(io, st).await?;
+        // Uploads that failed before are sent again.
+        for s in st.sealed.iter_mut().filter(|s| s.task.is_none()) {
+            s.task = Some(upload(io, s.data.clone(), None));
         }
-        self.drain(&mut st).await?;
-        let count = st.size.div_ceil(CS);
-        let (indices, refs): (Vec<u64>, Vec<pb::ChunkRef>) = st
-            .uploaded
-            .iter()
-            .filter(|(i, _)| **i < count)
-            .map(|(i, r)| (*i, r.clone()))
-            .unzip();
-        tracing::debug!(ino = self.ino, ?indices, size = st.size, "commit");
-        let attr = io
-            .client
-            .commit_chunks(self.ino, indices, refs, st.size)
-            .await?;
-        let uploaded = std::mem::take(&mut st.uploaded);
-        for (i, r) in uploaded {
-            let i = i as usize;
-            if st.base.len() <= i {
-                st.base.resize(i + 1, pb::ChunkRef::default());
-            }
-            st.base[i] = r;
+        while !st.sealed.is_empty() {
+            self.finish_oldest(st).await?;
         }
+        let done = st
+            .pending
+            .map_sources(|s| match s {
+                Src::Chunk(h) => Some(*h),
+                Src::Buf(_) => None,
+            })
+            .ok_or_else(|| eio("write"))?;
+        let wire = done.to_wire();
         let size = st.size;
-        cut(&mut st.base, size);
+        let mut attr = None;
+        let mut batches = 0u64;
+        for batch in wire.chunks(MAX_PENDING_EXTENTS).map(<[_]>::to_vec) {
+            tracing::debug!(ino = self.ino, extents = batch.len(), size, "commit");
+            attr = Some(
+                io.client
+                    .commit_extents(self.ino, batch, size, false)
+                    .await?,
+            );
+            batches += 1;
+        }
+        if wire.is_empty() {
+            attr = Some(
+                io.client
+                    .commit_extents(self.ino, Vec::new(), size, false)
+                    .await?,
+            );
+            batches = 1;
+        }
+        let attr = attr.ok_or_else(|| eio("write"))?;
+        let mut base = std::mem::take(&mut st.base);
+        base.overlay(&done);
+        base.cut(size);
+        st.pending = ExtentMap::new();
         st.changed = false;
         self.changed.store(false, Ordering::Relaxed);
+        self.settle(io, st, &attr, base, batches).await?;
         Ok(Some(attr))
     }
 
-    /// Forgets local state after a truncation that went to the cluster
-    /// (the caller flushed first): the new committed view.
-    pub async fn truncated(&self, size: u64, chunks: Vec<pb::ChunkRef>) {
+    /// After this mount's own change: `base` is the content it expects the
+    /// cluster to hold now. If the cluster's version says another mount
+    /// changed the file in between, the cluster's layout is read instead.
+    async fn settle(
+        &self,
+        io: &Io,
+        st: &mut FileState,
+        attr: &pb::Attr,
+        base: Extents,
+        steps: u64,
+    ) -> Result<(), ClientError> {
+        if attr.content_version == st.version + steps {
+            st.base = base;
+            st.version = attr.content_version;
+            st.size = attr.size.max(if st.changed { st.pending.end() } else { 0 });
+        } else {
+            let (a, fresh) = io.client.layout(self.ino).await?;
+            Self::install(st, &a, fresh);
+        }
+        self.local_size.store(st.size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A setattr that changes the size: pending writes are committed
+    /// first, then the cluster cuts (or extends) the file, all under the
+    /// file's lock so no write slips in between.
+    pub async fn truncate(&self, io: &Io, set: pb::SetAttr) -> Result<pb::Attr, ClientError> {
         let mut st = self.state.lock().await;
-        st.size = size;
-        st.base = chunks;
-        st.dirty.clear();
-        st.uploaded.clear();
-        st.changed = false;
-        self.local_size.store(size, Ordering::Relaxed);
-        self.changed.store(false, Ordering::Relaxed);
+        self.commit(io, &mut st).await?;
+        let size = set.size.unwrap_or(st.size);
+        let attr = io.client.setattr(set).await?;
+        let mut base = std::mem::take(&mut st.base);
+        base.cut(size);
+        self.settle(io, &mut st, &attr, base, 1).await?;
+        Ok(attr)
+    }
+
+    /// Commits pending writes, runs `change` on the cluster (a fallocate
+    /// or a copy into this file), then reads the file's new layout.
+    pub async fn change_content<F, Fut, T>(&self, io: &Io, change: F) -> Result<T, ClientError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut st = self.state.lock().await;
+        self.commit(io, &mut st).await?;
+        let out = change().await?;
+        let (a, fresh) = io.client.layout(self.ino).await?;
+        Self::install(&mut st, &a, fresh);
+        self.local_size.store(st.size, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset`, over this mount's
+    /// view; ENXIO at or past the end, or when no data follows.
+    pub async fn seek(&self, offset: u64, data: bool) -> Result<u64, i32> {
+        let st = self.state.lock().await;
+        if offset >= st.size {
+            return Err(libc::ENXIO);
+        }
+        if data {
+            let next = [st.pending.next_data(offset), st.base.next_data(offset)]
+                .into_iter()
+                .flatten()
+                .min();
+            return next.filter(|&d| d < st.size).ok_or(libc::ENXIO);
+        }
+        // A hole in both maps; each step moves past data in one of them.
+        let mut pos = offset;
+        loop {
+            let next = st.base.next_hole(st.pending.next_hole(pos));
+            if next == pos || next >= st.size {
+                return Ok(next.min(st.size));
+            }
+            pos = next;
+        }
     }
 
     /// Reads up to `len` bytes at `offset`, zeros in holes.
     pub async fn read(&self, io: &Io, offset: u64, len: u32) -> Result<Vec<u8>, ClientError> {
-        let (plan, next, end) = {
+        let (parts, next, end) = {
             let st = self.state.lock().await;
             let end = st.size.min(offset.saturating_add(u64::from(len)));
             if offset >= end {
                 return Ok(Vec::new());
             }
-            let mut plan = Vec::new();
-            for index in offset / CS..=(end - 1) / CS {
-                let start = index * CS;
-                let from = (offset.max(start) - start) as usize;
-                let to = (end.min(start + CS) - start) as usize;
-                plan.push((from, to, Self::source(&st, index, from, to)));
+            let mut parts = Vec::new();
+            for span in st.pending.lookup(offset, end) {
+                match span.data {
+                    Some((Src::Buf(id), at)) => {
+                        let bytes = Self::buffer(&st, id)
+                            .and_then(|b| b.get(at as usize..(at + span.len) as usize))
+                            .ok_or_else(|| eio("read"))?;
+                        parts.push(Part::Bytes(bytes.to_vec()));
+                    }
+                    Some((Src::Chunk(hash), at)) => parts.push(Part::Chunk {
+                        hash,
+                        at,
+                        len: span.len,
+                    }),
+                    None => {
+                        for s in st.base.lookup(span.offset, span.offset + span.len) {
+                            parts.push(match s.data {
+                                Some((hash, at)) => Part::Chunk {
+                                    hash,
+                                    at,
+                                    len: s.len,
+                                },
+                                None => Part::Zeros(s.len),
+                            });
+                        }
+                    }
+                }
             }
-            let last = (end - 1) / CS;
-            let next: Vec<pb::ChunkRef> = (last + 1..=last + READ_AHEAD)
-                .filter_map(|i| match Self::source(&st, i, 0, 0) {
-                    Some(Source::Chunk(r)) => Some(r),
-                    _ => None,
-                })
+            let ahead = end.saturating_add(READ_AHEAD * CS).min(st.size);
+            let next: BTreeSet<ChunkHash> = st
+                .base
+                .lookup(end, ahead)
+                .into_iter()
+                .filter_map(|s| s.data.map(|(h, _)| h))
                 .collect();
-            (plan, next, end)
+            (parts, next, end)
         };
         // Sequential: this read starts at 0, or it and the one before it
         // each started within a kernel read-ahead window (which may arrive
         // slightly out of order) of where the one before ended. Two in a
         // row, so that a random reader that lands near its last read by
-        // chance (1 in 100 on a 256 MiB file) does not fetch whole chunks.
+        // chance does not fetch whole chunks.
         let before = self.read_end.swap(end, Ordering::Relaxed);
         let near = offset == 0 || offset.abs_diff(before) <= 2 * u64::from(super::MAX_READ_WINDOW);
         let was_near = self.read_near.swap(near, Ordering::Relaxed);
         let sequential = offset == 0 || near && was_near;
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for (from, to, source) in plan {
-            let at = out.len();
-            match source {
-                // Already cut to [from, to), or shorter: the rest is zeros.
-                Some(Source::Bytes(b)) => out.extend_from_slice(&b),
-                Some(Source::Chunk(r)) => {
-                    let ranged = if sequential {
-                        None
-                    } else {
-                        io.read_range(&r, from, to).await
-                    };
-                    if let Some(bytes) = ranged {
-                        out.extend_from_slice(&bytes);
-                    } else {
-                        let blob = io.chunk(&r).await?;
-                        let used = (r.len as usize).min(blob.len());
-                        if used > from {
-                            out.extend_from_slice(&blob[from..used.min(to)]);
-                        }
-                    }
+        for part in parts {
+            match part {
+                Part::Zeros(n) => out.resize(out.len() + n as usize, 0),
+                Part::Bytes(b) => out.extend_from_slice(&b),
+                Part::Chunk { hash, at, len } => {
+                    out.extend_from_slice(&io.piece(hash, at, len, sequential).await?);
                 }
-                None => {}
             }
-            out.resize(at + (to - from), 0);
         }
         // Sequential readers: fetch the next chunks while this one is used
         // (the cache joins a fetch already in flight). Random readers do
         // not, so they fetch only what they read.
         if sequential && (end % CS == 0 || end % CS > CS / 2) {
-            for r in next {
+            for h in next {
                 let io = io.clone();
                 tokio::spawn(async move {
-                    let _ = io.chunk(&r).await;
+                    let _ = io.cache.get(&io.client, h).await;
                 });
             }
         }
         Ok(out)
     }
 
-    /// Bytes `[from, to)` of chunk `index` as the file holds them now,
-    /// newest first: in memory, uploading, uploaded, committed; `None` for
-    /// a hole.
-    fn source(st: &FileState, index: u64, from: usize, to: usize) -> Option<Source> {
-        let cut = |b: &[u8]| b[from.min(b.len())..to.min(b.len())].to_vec();
-        if let Some(d) = st.dirty.get(&index) {
-            return Some(Source::Bytes(cut(&d.data)));
+    /// The bytes of buffer `id`, open or uploading.
+    fn buffer(st: &FileState, id: u64) -> Option<&[u8]> {
+        if let Some(b) = st.open.as_ref().filter(|b| b.id == id) {
+            return Some(&b.data);
         }
-        if let Some(u) = st.uploading.iter().rev().find(|u| u.index == index) {
-            return Some(Source::Bytes(cut(&u.data)));
-        }
-        st.uploaded
-            .get(&index)
-            .or_else(|| st.base.get(index as usize))
-            .filter(|r| !r.hash.is_empty())
-            .cloned()
-            .map(Source::Chunk)
+        st.sealed
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.data.as_slice())
     }
+}
+
+/// Starts uploading `data` as a chunk; the budget it held comes back when
+/// the upload ends, and the chunk goes into the cache for readers.
+fn upload(
+    io: &Io,
+    data: Arc<Vec<u8>>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> JoinHandle<Result<ChunkHash, ClientError>> {
+    let client = io.client.clone();
+    let cache = io.cache.clone();
+    tokio::spawn(async move {
+        let hash = client.put_chunk(data.clone()).await;
+        drop(permit);
+        let hash = hash?;
+        cache.insert(hash, data);
+        Ok(hash)
+    })
 }

@@ -27,15 +27,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use quizfs_proto::{self as pb, meta_op::Op};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+use crate::client::meta::Extents;
 use crate::client::{ClientError, ClusterClient};
 use cache::ChunkCache;
 use files::{Io, OpenFile};
@@ -51,7 +53,8 @@ pub struct FsOptions {
     pub read_only: bool,
     /// Bytes of chunk data the mount caches for reads.
     pub chunk_cache_bytes: usize,
-    /// Chunk buffers all files of the mount may hold for writing.
+    /// Written data all files of the mount may hold in memory before it
+    /// is uploaded, in chunks (4 MiB each).
     pub write_buffers: usize,
 }
 
@@ -84,6 +87,7 @@ struct Version {
     size: u64,
     mtime_ns: i64,
     ctime_ns: i64,
+    content: u64,
 }
 
 impl Version {
@@ -92,6 +96,7 @@ impl Version {
             size: a.size,
             mtime_ns: a.mtime_ns,
             ctime_ns: a.ctime_ns,
+            content: a.content_version,
         }
     }
 }
@@ -199,10 +204,13 @@ fn set_time(t: Option<TimeOrNow>) -> Option<pb::SetTime> {
 impl QuizFs {
     /// A filesystem over `client`, running its requests on `rt`.
     pub fn new(client: ClusterClient, opts: FsOptions, rt: Handle) -> Self {
+        let units = opts.write_buffers.max(1) * (pb::CHUNK_SIZE / files::BUDGET_UNIT);
+        let budget_units = u32::try_from(units).unwrap_or(u32::MAX);
         let io = Io {
             client,
             cache: Arc::new(ChunkCache::new(opts.chunk_cache_bytes)),
-            budget: Arc::new(Semaphore::new(opts.write_buffers.max(1))),
+            budget: Arc::new(Semaphore::new(budget_units as usize)),
+            budget_units,
         };
         Self {
             inner: Arc::new(Inner {
@@ -414,11 +422,12 @@ impl Inner {
     }
 
     /// Opens `attr.ino` on this mount: shares the state of a file already
-    /// open here, else reads its chunk list. Returns the handle and whether
-    /// the kernel's cached pages are still good.
+    /// open here (and lays a newer committed view under its pending
+    /// writes), else reads its layout. Returns the handle and whether the
+    /// kernel's cached pages are still good.
     async fn open_ino(&self, ino: u64, fresh: Option<pb::Attr>) -> OpResult<(u64, bool)> {
-        let (attr, chunks) = match fresh {
-            Some(a) => (a, Vec::new()),
+        let (attr, extents) = match fresh {
+            Some(a) => (a, Extents::new()),
             None => match self.client().layout(ino).await {
                 Ok(x) => x,
                 // Deleted elsewhere: make the kernel look the name up again.
@@ -439,17 +448,25 @@ impl Inner {
             .get(&ino)
             .copied();
         let unchanged = before == Some(Version::of(&attr));
+        let mut extents = Some(extents);
         let file = {
             let mut files = self.lock_files();
             let f = files
                 .entry(ino)
-                .or_insert_with(|| Arc::new(OpenFile::new(ino, attr.size, chunks.clone())))
+                .or_insert_with(|| {
+                    Arc::new(OpenFile::new(&attr, extents.take().unwrap_or_default()))
+                })
                 .clone();
             f.opens.fetch_add(1, Ordering::Relaxed);
             f
         };
-        let refreshed = file.refresh(attr.size, chunks).await;
-        if !unchanged && refreshed {
+        // A file already open here takes the view (outside the table's
+        // lock) unless it holds a newer one: a view read before a commit
+        // on this mount is older than the commit's.
+        if let Some(extents) = extents {
+            file.refresh(&attr, extents).await;
+        }
+        if !unchanged {
             if let Some(n) = self.notifier.get() {
                 // Attributes only: pages go because the open does not ask
                 // to keep the cache.
@@ -458,7 +475,7 @@ impl Inner {
         }
         self.file_attr(&attr);
         let fh = self.add_handle(Handle_::File(file));
-        Ok((fh, unchanged || !refreshed))
+        Ok((fh, unchanged))
     }
 
     fn file_of(&self, fh: FileHandle) -> OpResult<Arc<OpenFile>> {
@@ -509,18 +526,43 @@ impl Inner {
 
     async fn setattr(&self, ino: u64, set: pb::SetAttr) -> Result<pb::Attr, ClientError> {
         let open = self.open_file(ino);
-        if let (Some(f), Some(_)) = (&open, set.size) {
-            // Truncation: commit what is buffered, then cut on the cluster.
-            f.flush(&self.io).await?;
-        }
-        let size_changed = set.size.is_some();
         tracing::debug!(ino, size = ?set.size, open = open.is_some(), "setattr");
-        let attr = self.apply_attr("setattr", Op::SetAttr(set)).await?;
-        if let (Some(f), true) = (&open, size_changed) {
-            let (a, chunks) = self.client().layout(ino).await?;
-            f.truncated(a.size, chunks).await;
+        match (&open, set.size) {
+            // Truncation of a file open here: its pending writes first.
+            (Some(f), Some(_)) => f.truncate(&self.io, set).await,
+            _ => self.apply_attr("setattr", Op::SetAttr(set)).await,
         }
-        Ok(attr)
+    }
+
+    /// Takes write budget for `len` bytes. When it is spent, this file's
+    /// buffer and then every other file's are sent on their way, and the
+    /// writer waits for their uploads to give budget back: it waits on
+    /// that work, never on a timer.
+    async fn reserve(
+        &self,
+        f: &OpenFile,
+        len: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ClientError> {
+        let units = self.io.units(len);
+        if let Ok(p) = self.io.budget.clone().try_acquire_many_owned(units) {
+            return Ok(p);
+        }
+        f.seal(&self.io).await?;
+        let others: Vec<Arc<OpenFile>> = self.lock_files().values().cloned().collect();
+        for o in others.iter().filter(|o| o.ino != f.ino) {
+            if let Err(e) = o.seal(&self.io).await {
+                tracing::debug!(ino = o.ino, error = %e, "sending a buffer for budget failed");
+            }
+        }
+        self.io
+            .budget
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| ClientError::Posix {
+                op: "write",
+                errno: libc::EIO,
+            })
     }
 
     /// Lists directory `ino` from `offset` into `add` (name, inode, kind,
@@ -1018,7 +1060,20 @@ impl Filesystem for QuizFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
             };
-            match f.write(&fs.io, offset, &data).await {
+            let too_big = offset
+                .checked_add(data.len() as u64)
+                .is_none_or(|e| e > pb::MAX_FILE_SIZE);
+            if too_big {
+                return reply.error(err(libc::EFBIG));
+            }
+            if data.is_empty() {
+                return reply.written(0);
+            }
+            let permit = match fs.reserve(&f, data.len()).await {
+                Ok(p) => p,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            match f.write(&fs.io, offset, &data, permit).await {
                 Ok(()) => reply.written(data.len() as u32),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -1067,6 +1122,116 @@ impl Filesystem for QuizFs {
         reply: ReplyEmpty,
     ) {
         self.flush(_req, _ino, fh, LockOwner(0), reply);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let f = match fs.file_of(fh) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            let client = fs.client().clone();
+            let r = f
+                .change_content(&fs.io, || {
+                    client.fallocate(ino.0, offset, length, mode as u32)
+                })
+                .await;
+            match r {
+                Ok(a) => {
+                    fs.file_attr(&a);
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.spawn(move |fs| async move {
+            let f = match fs.file_of(fh) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            let Ok(offset) = u64::try_from(offset) else {
+                return reply.error(err(libc::ENXIO));
+            };
+            let r = match whence {
+                libc::SEEK_DATA => f.seek(offset, true).await,
+                libc::SEEK_HOLE => f.seek(offset, false).await,
+                _ => Err(libc::EINVAL),
+            };
+            match r {
+                Ok(o) => reply.offset(o as i64),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    /// A copy inside the volume shares the source's extents: no data
+    /// moves, whatever the length.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        self.spawn(move |fs| async move {
+            if let Err(e) = fs.writable() {
+                return reply.error(e);
+            }
+            let (src, dst) = match (fs.file_of(fh_in), fs.file_of(fh_out)) {
+                (Ok(s), Ok(d)) => (s, d),
+                (Err(e), _) | (_, Err(e)) => return reply.error(e),
+            };
+            // One reply carries at most u32::MAX bytes; the caller loops.
+            let len = len.min(u64::from(u32::MAX) & !0xFFF);
+            if let Err(e) = fs.flush_file(&src).await {
+                return reply.error(e);
+            }
+            let client = fs.client().clone();
+            let c = pb::CopyRange {
+                src: ino_in.0,
+                src_offset: offset_in,
+                dst: ino_out.0,
+                dst_offset: offset_out,
+                len,
+            };
+            let r = dst.change_content(&fs.io, || client.copy_range(c)).await;
+            match r {
+                Ok((a, copied)) => {
+                    fs.file_attr(&a);
+                    reply.written(copied as u32);
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

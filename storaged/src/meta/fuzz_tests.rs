@@ -9,7 +9,8 @@
 //!   naming it (0 only for an orphan kept open); a directory has exactly
 //!   one entry, `2 + subdirectories` links, `entries` equal to its entries,
 //!   and `parent` equal to the directory holding it;
-//! - chunk reference counts equal the chunk entries of all inodes, and the
+//! - chunk reference counts equal the extents of all inodes that use each
+//!   chunk, no extent reaches past its file's size, and the
 //!   inode count equals the inode records;
 //!
 //! and two replicas that apply the same log, one command per batch on one
@@ -50,13 +51,16 @@ fn ino() -> impl Strategy<Value = u64> {
     ]
 }
 
-/// Chunk hashes from a pool of three, so references are shared, and a
-/// malformed one.
-fn chunk() -> impl Strategy<Value = pb::ChunkRef> {
+/// Extents over chunk hashes from a pool of three, so references are
+/// shared, some of them malformed (short hash, empty, past the chunk).
+fn extent() -> impl Strategy<Value = pb::Extent> {
     prop_oneof![
-        6 => (0u8..3, 1u64..=4).prop_map(|(h, len)| pb::ChunkRef { hash: vec![h + 1; 32], len }),
-        1 => Just(pb::ChunkRef { hash: Vec::new(), len: 4 }),
-        1 => Just(pb::ChunkRef { hash: vec![7; 5], len: 4 }),
+        6 => (0u8..3, 0u64..16, 1u64..=6, 0u64..4).prop_map(|(h, offset, len, at)| pb::Extent {
+            offset, len, hash: vec![h + 1; 32], at,
+        }),
+        1 => Just(pb::Extent { offset: 0, len: 0, hash: vec![1; 32], at: 0 }),
+        1 => Just(pb::Extent { offset: 0, len: 4, hash: vec![7; 5], at: 0 }),
+        1 => Just(pb::Extent { offset: 0, len: 4, hash: vec![1; 32], at: (4 << 20) - 2 }),
     ]
 }
 
@@ -126,19 +130,45 @@ fn op() -> impl Strategy<Value = Op> {
         })),
         (
             ino(),
-            prop::collection::vec(chunk(), 0..4),
-            0u64..20,
-            prop::collection::vec(0u64..4, 0..3)
+            prop::collection::vec(extent(), 0..4),
+            0u64..24,
+            any::<bool>(),
         )
-            .prop_map(
-                |(ino, chunks, size, indices)| Op::CommitWrite(pb::CommitWrite {
+            .prop_map(|(ino, mut extents, size, replace)| {
+                // Mostly in order, as a mount sends them; the rest tests
+                // the refusal of overlapping lists.
+                if size % 4 != 0 {
+                    extents.sort_by_key(|e| e.offset);
+                }
+                Op::CommitWrite(pb::CommitWrite {
                     ino,
-                    chunks,
+                    extents,
                     size,
                     mtime_ns: None,
-                    indices,
+                    replace,
                 })
-            ),
+            }),
+        (
+            ino(),
+            0u64..20,
+            0u64..10,
+            prop::sample::select(vec![0u32, 1, 2, 3, 0x10, 0x11])
+        )
+            .prop_map(|(ino, offset, len, mode)| Op::Fallocate(pb::Fallocate {
+                ino,
+                offset,
+                len,
+                mode
+            })),
+        (ino(), 0u64..20, ino(), 0u64..20, 0u64..10).prop_map(
+            |(src, src_offset, dst, dst_offset, len)| Op::CopyRange(pb::CopyRange {
+                src,
+                src_offset,
+                dst,
+                dst_offset,
+                len,
+            })
+        ),
         (ino(), name(), 0u32..3).prop_map(|(ino, name, flags)| Op::SetXattr(pb::SetXattr {
             ino,
             name: [b"user.".as_slice(), &name].concat(),
@@ -315,8 +345,15 @@ fn check(sm: &StateMachine) -> Result<(), String> {
         } else if n == 0 && !orphans.contains(ino) {
             return Err(format!("inode {ino} has no link and is no orphan"));
         }
-        for h in inode.chunks.iter().filter_map(|c| c.hash) {
-            *want_refs.entry(h).or_default() += 1;
+        if inode.extents.end() > inode.size {
+            return Err(format!(
+                "inode {ino}: an extent ends at {} past the size {}",
+                inode.extents.end(),
+                inode.size
+            ));
+        }
+        for (h, n) in inode.extents.refs() {
+            *want_refs.entry(h.0).or_default() += n;
         }
     }
     if refs != want_refs {

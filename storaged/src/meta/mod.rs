@@ -1,5 +1,6 @@
 //! The metadata state machine: what the Raft log is applied to.
 //!
+//! - [`format`]: the on-disk format version and its check.
 //! - [`schema`]: key layout in sled and the stored records.
 //! - [`txn`]: the write overlay that makes one command atomic.
 //! - [`ops`]: every namespace command as a function over one transaction.
@@ -7,6 +8,7 @@
 //! - [`read`]: the read queries served after a read-index check.
 //! - [`state_machine`]: openraft's `RaftStateMachine` over all of the above.
 
+pub mod format;
 pub mod ops;
 pub mod read;
 pub mod schema;

@@ -14,7 +14,8 @@
 
 use std::collections::BTreeMap;
 
-use quizfs_proto as pb;
+use quizfs_proto::extent::ExtentMap;
+use quizfs_proto::{self as pb, ChunkHash};
 use serde::{Deserialize, Serialize};
 
 /// Key of the applied state.
@@ -81,8 +82,10 @@ pub struct Inode {
     pub entries: u64,
     /// Symlinks: the target.
     pub target: Vec<u8>,
-    /// Regular files: chunk i covers bytes from i * CHUNK_SIZE.
-    pub chunks: Vec<ChunkEntry>,
+    /// Regular files: the content, as extents of chunks.
+    pub extents: ExtentMap<ChunkHash>,
+    /// Regular files: changes to the content so far (see `Attr`).
+    pub content_version: u64,
     /// Extended attributes.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
@@ -113,25 +116,7 @@ impl Inode {
             rdev: self.rdev,
             generation: 0,
             has_xattrs: !self.xattrs.is_empty(),
-        }
-    }
-}
-
-/// One chunk of a file: the blob's hash (`None`: a hole) and the bytes used.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChunkEntry {
-    /// blake3 of the stored blob, or `None` for a hole.
-    pub hash: Option<[u8; 32]>,
-    /// How many bytes of the blob the file uses.
-    pub len: u64,
-}
-
-impl ChunkEntry {
-    /// The entry as it goes on the wire.
-    pub fn to_pb(&self) -> pb::ChunkRef {
-        pb::ChunkRef {
-            hash: self.hash.map(|h| h.to_vec()).unwrap_or_default(),
-            len: self.len,
+            content_version: self.content_version,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! Raft and again when it is applied. A request that fails gets an errno and
 //! changes nothing.
 
+use quizfs_proto::extent::ExtentMap;
 use quizfs_proto::{self as pb, meta_op::Op};
 
 /// Longest extended attribute name.
@@ -10,8 +11,6 @@ pub const MAX_XATTR_NAME: usize = 255;
 pub const MAX_XATTR_VALUE: usize = 64 * 1024;
 /// Largest total size of the extended attributes of one inode.
 pub const MAX_XATTR_TOTAL: usize = 256 * 1024;
-/// Most chunks a file can have (MAX_FILE_SIZE / CHUNK_SIZE).
-pub const MAX_CHUNKS: u64 = pb::MAX_FILE_SIZE / pb::CHUNK_SIZE as u64;
 
 /// Checks a file name: not empty, no `/` or NUL, not `.` or `..`, at most
 /// 255 bytes.
@@ -26,29 +25,29 @@ pub fn name(name: &[u8]) -> Result<(), i32> {
     Ok(())
 }
 
-/// Checks a chunk list against the size it describes.
-pub fn chunks(chunks: &[pb::ChunkRef], size: u64) -> Result<(), i32> {
+/// Most extents one commit may carry (a mount commits a longer list in
+/// several commands).
+pub const MAX_COMMIT_EXTENTS: usize = 8192;
+
+/// Checks the extents of a commit against the size it sets.
+pub fn extents(extents: &[pb::Extent], size: u64) -> Result<(), i32> {
     if size > pb::MAX_FILE_SIZE {
         return Err(libc::EFBIG);
     }
-    let chunk = pb::CHUNK_SIZE as u64;
-    if chunks.len() as u64 > size.div_ceil(chunk) {
-        return Err(libc::EINVAL);
+    if extents.len() > MAX_COMMIT_EXTENTS {
+        return Err(libc::E2BIG);
     }
-    entries(chunks)
+    ExtentMap::from_wire(extents, size)
+        .map(|_| ())
+        .map_err(|_| libc::EINVAL)
 }
 
-/// Checks each chunk reference on its own: a 32-byte hash, or a hole of
-/// length 0; never longer than a chunk.
-fn entries(chunks: &[pb::ChunkRef]) -> Result<(), i32> {
-    let chunk = pb::CHUNK_SIZE as u64;
-    for c in chunks {
-        let hole = c.hash.is_empty();
-        if (!hole && c.hash.len() != 32) || c.len > chunk || (hole && c.len != 0) {
-            return Err(libc::EINVAL);
-        }
+/// Checks a byte range of a file: its end is a valid file size.
+fn range(offset: u64, len: u64) -> Result<(), i32> {
+    match offset.checked_add(len) {
+        Some(end) if end <= pb::MAX_FILE_SIZE => Ok(()),
+        _ => Err(libc::EFBIG),
     }
-    Ok(())
 }
 
 /// Checks every field of an operation. Ids of inodes are checked when the
@@ -85,16 +84,20 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
             Some(s) if s > pb::MAX_FILE_SIZE => Err(libc::EFBIG),
             _ => Ok(()),
         },
-        Op::CommitWrite(c) if c.indices.is_empty() => chunks(&c.chunks, c.size),
-        Op::CommitWrite(c) => {
-            if c.size > pb::MAX_FILE_SIZE {
-                return Err(libc::EFBIG);
+        Op::CommitWrite(c) => extents(&c.extents, c.size),
+        Op::Fallocate(c) => {
+            if c.mode & !(0x01 | 0x02 | 0x10) != 0 || c.mode & 0x12 == 0x12 || c.len == 0 {
+                return Err(if c.len == 0 {
+                    libc::EINVAL
+                } else {
+                    libc::EOPNOTSUPP
+                });
             }
-            let count = c.size.div_ceil(pb::CHUNK_SIZE as u64);
-            if c.indices.len() != c.chunks.len() || c.indices.iter().any(|&i| i >= count) {
-                return Err(libc::EINVAL);
-            }
-            entries(&c.chunks)
+            range(c.offset, c.len)
+        }
+        Op::CopyRange(c) => {
+            range(c.src_offset, c.len)?;
+            range(c.dst_offset, c.len)
         }
         Op::SetXattr(c) => {
             xattr_name(&c.name)?;

@@ -137,7 +137,7 @@ impl Meta for MetaService {
             Some(i) => pb::LayoutReply {
                 errno: 0,
                 attr: Some(i.attr(ino)),
-                chunks: i.chunks.iter().map(|c| c.to_pb()).collect(),
+                extents: i.extents.to_wire(),
             },
         };
         Ok(Response::new(reply))

@@ -4,14 +4,17 @@
 //! state machine.
 
 mod attr;
+mod content;
 mod namespace;
 mod rename;
 
-use quizfs_proto::{self as pb, meta_op::Op};
+use std::collections::{BTreeMap, BTreeSet};
+
+use quizfs_proto::{self as pb, ChunkHash, meta_op::Op};
 
 use super::schema::{
-    self, ChunkEntry, DirEntryRec, Inode, KEY_INODE_COUNT, KEY_NEXT_CLIENT, KEY_NEXT_INO,
-    KEY_NEXT_NODE, chunk_key, dirent_key, inode_key,
+    self, DirEntryRec, Inode, KEY_INODE_COUNT, KEY_NEXT_CLIENT, KEY_NEXT_INO, KEY_NEXT_NODE,
+    chunk_key, dirent_key, inode_key,
 };
 use super::txn::{Fail, OpResult, Txn};
 use super::validate;
@@ -48,7 +51,15 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
         Op::Link(c) => attr(namespace::link(txn, ctx, c)?),
         Op::Symlink(c) => attr(namespace::symlink(txn, ctx, c)?),
         Op::SetAttr(c) => attr(attr::set_attr(txn, ctx, c)?),
-        Op::CommitWrite(c) => attr(attr::commit_write(txn, ctx, c)?),
+        Op::CommitWrite(c) => attr(content::commit_write(txn, ctx, c)?),
+        Op::Fallocate(c) => attr(content::fallocate(txn, ctx, c)?),
+        Op::CopyRange(c) => {
+            let (a, copied) = content::copy_range(txn, ctx, c)?;
+            pb::MetaReply {
+                value: copied,
+                ..attr(a)
+            }
+        }
         Op::SetXattr(c) => attr::set_xattr(txn, ctx, c).map(|()| done)?,
         Op::RemoveXattr(c) => attr::remove_xattr(txn, ctx, c).map(|()| done)?,
         Op::RegisterClient(_) => pb::MetaReply {
@@ -180,23 +191,31 @@ fn drop_link(txn: &mut Txn<'_>, ctx: &Ctx, ino: u64, keep_open: u64) -> OpResult
 
 /// Deletes an inode record with its chunk references.
 fn remove_inode(txn: &mut Txn<'_>, ino: u64, inode: &Inode) -> OpResult<()> {
-    change_refs(txn, &inode.chunks, -1)?;
+    change_refs(txn, &inode.extents.refs(), &BTreeMap::new())?;
     txn.remove(&inode_key(ino));
     let count = txn.get_u64(KEY_INODE_COUNT)?;
     txn.put_u64(KEY_INODE_COUNT, count.saturating_sub(1));
     Ok(())
 }
 
-/// Adds `delta` to the reference count of every chunk in `chunks`.
-fn change_refs(txn: &mut Txn<'_>, chunks: &[ChunkEntry], delta: i64) -> OpResult<()> {
-    for hash in chunks.iter().filter_map(|c| c.hash.as_ref()) {
-        let key = chunk_key(hash);
-        let n = txn.get_u64(&key)?;
-        let n = if delta >= 0 {
-            n + delta as u64
-        } else {
-            n.saturating_sub(delta.unsigned_abs())
-        };
+/// Moves chunk reference counts from `old` to `new` (each a count of
+/// extents per chunk); only chunks whose count changes are written.
+fn change_refs(
+    txn: &mut Txn<'_>,
+    old: &BTreeMap<ChunkHash, u64>,
+    new: &BTreeMap<ChunkHash, u64>,
+) -> OpResult<()> {
+    let hashes: BTreeSet<&ChunkHash> = old.keys().chain(new.keys()).collect();
+    for h in hashes {
+        let (was, now) = (
+            old.get(h).copied().unwrap_or(0),
+            new.get(h).copied().unwrap_or(0),
+        );
+        if was == now {
+            continue;
+        }
+        let key = chunk_key(&h.0);
+        let n = (txn.get_u64(&key)? + now).saturating_sub(was);
         txn.put_u64(&key, n);
     }
     Ok(())

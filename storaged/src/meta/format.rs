@@ -1,0 +1,90 @@
+//! The format version of the metadata on disk. A data directory records
+//! the version that wrote it; a node refuses one it does not read, rather
+//! than misread it.
+//!
+//! | version | content model |
+//! | --- | --- |
+//! | 1 | a list of whole chunks per file (chunk i at i * 4 MiB); recorded by its absence |
+//! | 2 | extents: (offset, length) -> (chunk, offset inside it) |
+
+/// The version this build writes and reads.
+pub const FORMAT_VERSION: u64 = 2;
+
+/// Key of the version in the node tree.
+const KEY_FORMAT: &[u8] = b"format_version";
+
+/// A data directory this build cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// The directory was written by another format version.
+    #[error(
+        "the metadata in {dir} is format version {found}; this storaged reads only version {FORMAT_VERSION} (no migration exists yet: start it on an empty data directory)"
+    )]
+    Other {
+        /// The data directory.
+        dir: String,
+        /// The version found there.
+        found: u64,
+    },
+    /// sled failed.
+    #[error("cannot read the metadata format version in {dir}: {source}")]
+    Sled {
+        /// The data directory.
+        dir: String,
+        /// What sled said.
+        source: sled::Error,
+    },
+}
+
+/// Checks the version recorded in `node_tree`, recording ours in a new
+/// data directory. `existing`: the database held data before this start
+/// (sled recovered it), so a missing record means version 1.
+pub fn check(node_tree: &sled::Tree, existing: bool, dir: &str) -> Result<(), FormatError> {
+    let sled_err = |source| FormatError::Sled {
+        dir: dir.to_string(),
+        source,
+    };
+    let found = node_tree.get(KEY_FORMAT).map_err(sled_err)?;
+    let found = match found {
+        Some(v) => <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes),
+        None if existing => 1,
+        None => {
+            node_tree
+                .insert(KEY_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())
+                .map_err(sled_err)?;
+            node_tree.flush().map_err(sled_err)?;
+            FORMAT_VERSION
+        }
+    };
+    if found != FORMAT_VERSION {
+        return Err(FormatError::Other {
+            dir: dir.to_string(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_directory_gets_our_version_and_another_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("node").unwrap();
+        check(&tree, false, "d").unwrap();
+        check(&tree, true, "d").unwrap();
+        tree.insert(KEY_FORMAT, 7u64.to_be_bytes().as_slice())
+            .unwrap();
+        let e = check(&tree, true, "d").unwrap_err().to_string();
+        assert!(
+            e.contains("format version 7") && e.contains("only version 2"),
+            "{e}"
+        );
+        tree.remove(KEY_FORMAT).unwrap();
+        let e = check(&tree, true, "d").unwrap_err().to_string();
+        assert!(e.contains("format version 1"), "{e}");
+    }
+}
