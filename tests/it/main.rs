@@ -18,6 +18,7 @@ mod t180_full_disk;
 mod t190_scenario;
 mod t20_namespace;
 mod t30_exactly_once;
+mod t35_content;
 mod t40_corruption;
 mod t50_bad_input;
 mod t60_leader_kill;

@@ -3,7 +3,7 @@
 
 Usage:
   fsx.py MOUNT [--seed N] [--ops N] [--max-size BYTES] [--max-op BYTES]
-         [--other MOUNT2] [--name NAME]
+         [--other MOUNT2] [--name NAME] [--mix write=60,truncate=0,...]
   fsx.py MOUNT --replay OPS_FILE      (a recorded sequence, format below)
 
 Random pwrite, pread, ftruncate, fallocate (allocate, keep-size, punch,
@@ -172,8 +172,22 @@ class Failure(Exception):
     pass
 
 
+# Relative weights of the operations (--mix changes any of them).
+MIX = {
+    "write": 30, "read": 25, "truncate": 8, "punch": 5, "zero": 4, "alloc": 3,
+    "copy": 6, "mmap": 4, "seek": 5, "fsync": 2,
+}
+
+
 class Run:
-    def __init__(self, path, other_mount, name, seed, nops, max_size, max_op):
+    def __init__(self, path, other_mount, name, seed, nops, max_size, max_op, mix):
+        self.mix = dict(MIX)
+        for item in filter(None, mix.split(",")):
+            k, w = item.split("=")
+            if k not in self.mix:
+                raise SystemExit(f"--mix: unknown operation {k}")
+            self.mix[k] = int(w)
+        self.mix_arg = mix
         self.path = path
         self.other_mount = other_mount
         self.name = name
@@ -207,7 +221,7 @@ class Run:
         raise Failure(
             f"operation {opno}: {what}\nlast operations:\n{tail}\n"
             f"replay: fsx.py MOUNT --seed {self.seed} --ops {self.nops} "
-            f"--max-size {self.max_size} --max-op {self.max_op}"
+            f"--max-size {self.max_size} --max-op {self.max_op} --mix '{self.mix_arg}'"
         )
 
     def check_read(self, opno, off, length, got, who):
@@ -233,10 +247,8 @@ class Run:
     def step(self, opno):
         rng, m = self.rng, self.m
         size = m.size()
-        kind = rng.choices(
-            ["write", "read", "truncate", "punch", "zero", "alloc", "copy", "mmap", "seek", "fsync"],
-            weights=[30, 25, 8, 5, 4, 3, 6, 4, 5, 2],
-        )[0]
+        kinds = list(self.mix)
+        kind = rng.choices(kinds, weights=[self.mix[k] for k in kinds])[0]
         who = rng.randrange(3)  # descriptor 0, descriptor 1, the other process
         length = rng.randrange(1, self.max_op + 1)
         off = rng.randrange(0, max(1, min(self.max_size - length, size + self.max_op)))
@@ -417,6 +429,7 @@ def main():
     ap.add_argument("--other", default=None)
     ap.add_argument("--name", default="fsx.bin")
     ap.add_argument("--replay", default=None)
+    ap.add_argument("--mix", default="", help="weights, e.g. write=60,truncate=0")
     a = ap.parse_args()
     path = os.path.join(a.mount, a.name)
     try:
@@ -425,7 +438,7 @@ def main():
             return 0
         seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 32)
         print(f"fsx: seed {seed}", flush=True)
-        Run(path, a.other, a.name, seed, a.ops, a.max_size, a.max_op).run()
+        Run(path, a.other, a.name, seed, a.ops, a.max_size, a.max_op, a.mix).run()
     except Failure as e:
         print(f"fsx: FAILED: {e}")
         return 1

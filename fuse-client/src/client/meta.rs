@@ -227,8 +227,31 @@ impl ClusterClient {
             size,
             mtime_ns: None,
             replace,
+            if_version: None,
         });
         attr_of("write", self.apply("write", op).await?)
+    }
+
+    /// Rewrites extents of a file only if its content is still at
+    /// `version` (a compaction): ESTALE when another change came first.
+    /// The file's mtime is kept: the bytes do not change.
+    pub async fn recommit_extents(
+        &self,
+        ino: u64,
+        extents: Vec<pb::Extent>,
+        size: u64,
+        version: u64,
+        mtime_ns: i64,
+    ) -> Result<pb::Attr, ClientError> {
+        let op = Op::CommitWrite(pb::CommitWrite {
+            ino,
+            extents,
+            size,
+            mtime_ns: Some(mtime_ns),
+            replace: false,
+            if_version: Some(version),
+        });
+        attr_of("compact", self.apply("compact", op).await?)
     }
 
     /// fallocate(2) on a file (see `pb::Fallocate` for the modes).

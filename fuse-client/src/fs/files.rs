@@ -36,6 +36,14 @@ pub const MAX_UPLOADING: usize = 3;
 pub const MAX_PENDING_EXTENTS: usize = 4096;
 /// Chunks fetched ahead of a sequential reader.
 pub const READ_AHEAD: u64 = 3;
+/// A 4 MiB window of a file with more extents than this is rewritten as
+/// one chunk when the file is committed (compaction).
+pub const COMPACT_WINDOW_EXTENTS: usize = 256;
+/// A file with more extents than this has its most fragmented windows
+/// rewritten until it has at most half as many.
+pub const COMPACT_FILE_EXTENTS: usize = 4096;
+/// Windows one compaction rewrites at most (the next commit goes on).
+pub const COMPACT_MAX_WINDOWS: usize = 16;
 /// The write budget counts memory in units of this many bytes.
 pub const BUDGET_UNIT: usize = 1024;
 
@@ -426,7 +434,54 @@ impl OpenFile {
         st.changed = false;
         self.changed.store(false, Ordering::Relaxed);
         self.settle(io, st, &attr, base, batches).await?;
+        // The data is committed: a compaction that fails changes nothing.
+        if let Err(e) = self.compact(io, st, attr.mtime_ns).await {
+            tracing::debug!(ino = self.ino, error = %e, "compaction skipped");
+        }
         Ok(Some(attr))
+    }
+
+    /// Rewrites the most fragmented 4 MiB windows of the committed content
+    /// each as one new chunk (holes stay holes), so reads do not decay and
+    /// the map stays bounded. The rewrite commits only if the content is
+    /// still at the version it read; otherwise it is dropped.
+    async fn compact(&self, io: &Io, st: &mut FileState, mtime_ns: i64) -> Result<(), ClientError> {
+        let windows = fragmented_windows(&st.base, st.size);
+        if windows.is_empty() {
+            return Ok(());
+        }
+        let mut rewritten = Extents::new();
+        let mut uploads = Vec::new();
+        for (start, end) in windows {
+            let mut buf = Vec::new();
+            let mut placed = Vec::new();
+            for span in st.base.lookup(start, end) {
+                if let Some((hash, at)) = span.data {
+                    placed.push((span.offset, span.len, buf.len() as u64));
+                    buf.extend_from_slice(&io.piece(hash, at, span.len, true).await?);
+                }
+            }
+            let data = Arc::new(buf);
+            uploads.push((upload(io, data, None), placed));
+        }
+        for (task, placed) in uploads {
+            let hash = task
+                .await
+                .unwrap_or_else(|e| Err(ClientError::Source(std::io::Error::other(e))))?;
+            for (offset, len, at) in placed {
+                rewritten.splice(offset, Piece { len, src: hash, at });
+            }
+        }
+        let before = st.base.len();
+        let attr = io
+            .client
+            .recommit_extents(self.ino, rewritten.to_wire(), st.size, st.version, mtime_ns)
+            .await?;
+        let mut base = std::mem::take(&mut st.base);
+        base.overlay(&rewritten);
+        self.settle(io, st, &attr, base, 1).await?;
+        tracing::debug!(ino = self.ino, before, after = st.base.len(), "compacted");
+        Ok(())
     }
 
     /// After this mount's own change: `base` is the content it expects the
@@ -595,6 +650,39 @@ impl OpenFile {
             .find(|s| s.id == id)
             .map(|s| s.data.as_slice())
     }
+}
+
+/// The windows (4 MiB aligned) that compaction should rewrite: those with
+/// more than [`COMPACT_WINDOW_EXTENTS`] extents, and while the file has
+/// more than [`COMPACT_FILE_EXTENTS`], the most fragmented others until
+/// half that would remain; at most [`COMPACT_MAX_WINDOWS`].
+fn fragmented_windows(base: &Extents, size: u64) -> Vec<(u64, u64)> {
+    let total = base.len();
+    let few = base.len() <= COMPACT_WINDOW_EXTENTS;
+    if few {
+        return Vec::new();
+    }
+    let mut counts: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    for (offset, p) in base.iter() {
+        // An extent counts in every window it touches.
+        for w in offset / CS..=(offset + p.len - 1) / CS {
+            *counts.entry(w).or_insert(0) += 1;
+        }
+    }
+    let mut ranked: Vec<(usize, u64)> = counts.into_iter().map(|(w, n)| (n, w)).collect();
+    ranked.sort_by(|a, b| b.cmp(a));
+    let mut left = total;
+    let mut out = Vec::new();
+    for (n, w) in ranked {
+        let wanted = n > COMPACT_WINDOW_EXTENTS
+            || left > COMPACT_FILE_EXTENTS / 2 && total > COMPACT_FILE_EXTENTS;
+        if !wanted || out.len() == COMPACT_MAX_WINDOWS || n <= 1 {
+            break;
+        }
+        left = left.saturating_sub(n - 1);
+        out.push((w * CS, ((w + 1) * CS).min(size)));
+    }
+    out
 }
 
 /// Starts uploading `data` as a chunk; the budget it held comes back when

@@ -146,6 +146,7 @@ fn op() -> impl Strategy<Value = Op> {
                     size,
                     mtime_ns: None,
                     replace,
+                    if_version: (size % 3 == 0).then_some(size),
                 })
             }),
         (

@@ -65,6 +65,9 @@ pub(super) fn commit_write(
     c: &pb::CommitWrite,
 ) -> OpResult<pb::Attr> {
     let mut inode = load_file(txn, c.ino)?;
+    if c.if_version.is_some_and(|v| v != inode.content_version) {
+        return Err(Fail::Posix(libc::ESTALE));
+    }
     let given = ExtentMap::from_wire(&c.extents, c.size).map_err(|_| Fail::Posix(libc::EINVAL))?;
     let mut extents = if c.replace {
         ExtentMap::new()
