@@ -13,6 +13,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "error: run as root (network namespaces, mounts)" >&2; exit 1; }
-scripts/install-deps.sh glusterfs-server glusterfs-client bindfs
+scripts/install-deps.sh glusterfs-server glusterfs-client bindfs dbench
 cargo build --release --workspace --bins
 exec target/release/quizfs-bench compare --command "scripts/bench-compare.sh $*" "$@"

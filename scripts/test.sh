@@ -3,8 +3,9 @@
 # (unit tests and the integration tests that start real storaged processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The reference deployment test (t190) needs HAProxy, nftables and b3sum.
-scripts/install-deps.sh haproxy nftables b3sum curl
+# The reference deployment test (t190) needs HAProxy, nftables and b3sum;
+# the benchmark test (t160) runs dbench.
+scripts/install-deps.sh haproxy nftables b3sum curl dbench
 cargo fmt --all -- --check
 cargo clippy --all-targets --workspace -- -D warnings
 # The integration tests run the binaries: build them first, once, in the

@@ -156,6 +156,16 @@ fn targets(r: &Results) -> Vec<Target> {
     ] {
         ratio(key, key, true, 1.0);
     }
+    ratio("SQLite autocommit inserts", "sqlite_autocommit", true, 1.0);
+    ratio("SQLite 20,000-row transaction", "sqlite_txn", false, 1.0);
+    ratio("dbench MB/s", "dbench_mbs", true, 1.0);
+    let longest = q("dbench_max_ms");
+    out.push(Target {
+        what: "dbench longest operation".into(),
+        needed: "≤ 1000 ms".into(),
+        got: longest.map_or("not measured".into(), |v| format!("{} ms", fmt(v))),
+        met: longest.map(|v| v <= 1000.0),
+    });
     let ceiling = |what: &str, key: &str, base: Option<f64>, frac: f64, need: &str| {
         let (got, met) = match (q(key), base) {
             (Some(a), Some(b)) => (
@@ -338,6 +348,12 @@ pub const CHARTS: &[(&str, &str, &[&str])] = &[
             "rand_write_qd16",
         ],
     ),
+    (
+        "sqlite",
+        "SQLite autocommit inserts/s",
+        &["sqlite_autocommit"],
+    ),
+    ("dbench", "dbench, 4 clients, MB/s", &["dbench_mbs"]),
 ];
 
 const COLORS: [RGBColor; 4] = [

@@ -14,6 +14,7 @@
 //! - [`failover`]: kill, freeze and cut a node under that load, then
 //!   measure the heal, through a small adapter per system.
 
+pub mod apps;
 pub mod compare;
 pub mod failover;
 pub mod gluster;

@@ -16,7 +16,8 @@
 //!   reads use `O_DIRECT`, so every read reaches the filesystem instead of
 //!   the kernel's page cache (which holds the whole file after one pass);
 //!   the writes are buffered and the phase ends with an fsync, which its
-//!   time includes.
+//!   time includes;
+//! - `sqlite` and `dbench`: real applications (see [`crate::apps`]).
 //!
 //! Every figure is measured `reps` times; the report keeps every sample.
 //! Every run has a time bound; a run that fails or overruns becomes an
@@ -108,17 +109,23 @@ pub enum Workload {
     Ls,
     /// Random 4 KiB reads and writes.
     Random,
+    /// SQLite: autocommit inserts and one large transaction.
+    Sqlite,
+    /// dbench, 4 clients.
+    Dbench,
 }
 
 impl Workload {
     /// Every workload, in run order.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 8] = [
         Self::Seq,
         Self::Uploads,
         Self::Uploads3,
         Self::Meta,
         Self::Ls,
         Self::Random,
+        Self::Sqlite,
+        Self::Dbench,
     ];
 
     /// The command-line name.
@@ -130,6 +137,8 @@ impl Workload {
             Self::Meta => "meta",
             Self::Ls => "ls",
             Self::Random => "random",
+            Self::Sqlite => "sqlite",
+            Self::Dbench => "dbench",
         }
     }
 
@@ -197,7 +206,7 @@ impl Report {
         self.figures.iter().find(|f| f.key == key)
     }
 
-    fn add(&mut self, key: &str, label: &str, unit: &str, higher: bool, value: f64) {
+    pub(crate) fn add(&mut self, key: &str, label: &str, unit: &str, higher: bool, value: f64) {
         match self.figures.iter_mut().find(|f| f.key == key) {
             Some(f) => f.samples.push(value),
             None => self.figures.push(Figure {
@@ -336,6 +345,8 @@ pub fn run(
                             &mut report,
                         )?;
                     }
+                    Workload::Sqlite => crate::apps::sqlite(&rdir, sizes, &mut report)?,
+                    Workload::Dbench => crate::apps::dbench(&rdir, sizes, &mut report)?,
                 }
                 let _ = std::fs::remove_dir_all(&rdir);
             }

@@ -73,6 +73,15 @@ impl<S: Clone + PartialEq> ExtentMap<S> {
         self.map.iter().map(|(&o, p)| (o, p))
     }
 
+    /// The extent that holds byte `offset`, as (its file offset, piece).
+    pub fn get(&self, offset: u64) -> Option<(u64, &Piece<S>)> {
+        self.map
+            .range(..=offset)
+            .next_back()
+            .filter(|(o, p)| **o + p.len > offset)
+            .map(|(&o, p)| (o, p))
+    }
+
     /// Where the last extent ends (0 when empty).
     pub fn end(&self) -> u64 {
         self.map.iter().next_back().map_or(0, |(&o, p)| o + p.len)

@@ -28,6 +28,10 @@ pub const MAX_RANGE_BYTES: u32 = 256 * 1024;
 /// Largest gRPC message a client-facing service accepts.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Largest metadata reply a client accepts: a layout of about 280,000
+/// extents (a mount compacts a file long before it has that many).
+pub const MAX_LAYOUT_BYTES: usize = 16 * 1024 * 1024;
+
 /// Largest gRPC message the Raft transport accepts (batches of log entries).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 

@@ -12,7 +12,7 @@ use quizfs_bench::compare::Results;
 use quizfs_bench::workloads::{Report, ScaleRow};
 use quizfs_tests::{Cluster, Mount, bin};
 
-const KEYS: [&str; 19] = [
+const KEYS: [&str; 23] = [
     "seq_write",
     "seq_read_warm",
     "seq_read_cold",
@@ -32,6 +32,10 @@ const KEYS: [&str; 19] = [
     "rand_read_qd16",
     "rand_write_qd1",
     "rand_write_qd16",
+    "sqlite_autocommit",
+    "sqlite_txn",
+    "dbench_mbs",
+    "dbench_max_ms",
 ];
 
 fn check(report: &Report) {
@@ -97,7 +101,9 @@ async fn the_short_comparison_measures_every_figure_and_writes_its_report() {
     assert!(doc.contains("kept text"), "the rest of the file is kept");
     assert!(doc.contains("| seq write 32 MiB"), "{doc}");
     assert!(doc.contains("<!-- compare:end -->"));
-    for chart in ["seq", "uploads", "metadata", "random", "failover"] {
+    for chart in [
+        "seq", "uploads", "metadata", "random", "sqlite", "dbench", "failover",
+    ] {
         let svg = std::fs::read_to_string(charts.join(format!("{chart}.svg"))).unwrap();
         assert!(svg.contains("<rect"), "{chart}.svg has no bars");
     }

@@ -351,7 +351,12 @@ impl ClusterClient {
         let r = self
             .leader_call("layout", |ch| {
                 let r = pb::InodeRequest { ino };
-                async move { MetaClient::new(ch).get_layout(r).await }
+                async move {
+                    MetaClient::new(ch)
+                        .max_decoding_message_size(pb::MAX_LAYOUT_BYTES)
+                        .get_layout(r)
+                        .await
+                }
             })
             .await?;
         check("layout", r.errno)?;

@@ -36,12 +36,13 @@ pub const MAX_UPLOADING: usize = 3;
 pub const MAX_PENDING_EXTENTS: usize = 4096;
 /// Chunks fetched ahead of a sequential reader.
 pub const READ_AHEAD: u64 = 3;
-/// A 4 MiB window of a file with more extents than this is rewritten as
-/// one chunk when the file is committed (compaction).
-pub const COMPACT_WINDOW_EXTENTS: usize = 256;
-/// A file with more extents than this has its most fragmented windows
-/// rewritten until it has at most half as many.
-pub const COMPACT_FILE_EXTENTS: usize = 4096;
+/// A 4 MiB window of a file with more extents than this (pieces of 4 KiB
+/// on average) is rewritten as one chunk when the file is committed
+/// (compaction). Random 4 KiB writes then cost about twice their bytes.
+pub const COMPACT_WINDOW_EXTENTS: usize = 1024;
+/// A file with more extents than this (a layout of about 3.7 MB) has its
+/// most fragmented windows rewritten until it has at most half as many.
+pub const COMPACT_FILE_EXTENTS: usize = 65536;
 /// Windows one compaction rewrites at most (the next commit goes on).
 pub const COMPACT_MAX_WINDOWS: usize = 16;
 /// The write budget counts memory in units of this many bytes.
@@ -80,8 +81,19 @@ struct Sealed {
 enum Part {
     Zeros(u64),
     Bytes(Vec<u8>),
-    Chunk { hash: ChunkHash, at: u64, len: u64 },
+    Chunk {
+        hash: ChunkHash,
+        at: u64,
+        len: u64,
+        /// Part of an extent of at least [`WHOLE_CHUNK_EXTENT`] bytes.
+        large: bool,
+    },
 }
+
+/// A sequential reader of an extent at least this long fetches whole
+/// chunks (and the next ones ahead); smaller extents are read as verified
+/// ranges, so a fragmented file does not fetch a 4 MiB chunk per piece.
+pub const WHOLE_CHUNK_EXTENT: u64 = 1 << 20;
 
 /// The mutable part of an open file.
 #[derive(Debug, Default)]
@@ -159,16 +171,17 @@ impl Io {
     }
 
     /// `len` bytes at `at` of chunk `hash`: a verified range for a small
-    /// random read of a chunk that is not cached, else from the whole
-    /// chunk (cached, and shared with other readers).
+    /// read of a chunk that is not cached, unless `whole` (a sequential
+    /// reader of a large extent), else from the whole chunk (cached, and
+    /// shared with other readers).
     async fn piece(
         &self,
         hash: ChunkHash,
         at: u64,
         len: u64,
-        sequential: bool,
+        whole: bool,
     ) -> Result<Vec<u8>, ClientError> {
-        let ranged = !sequential
+        let ranged = !whole
             && len <= u64::from(quizfs_proto::MAX_RANGE_BYTES)
             && !self.cache.contains(&hash);
         if ranged {
@@ -458,7 +471,8 @@ impl OpenFile {
             for span in st.base.lookup(start, end) {
                 if let Some((hash, at)) = span.data {
                     placed.push((span.offset, span.len, buf.len() as u64));
-                    buf.extend_from_slice(&io.piece(hash, at, span.len, true).await?);
+                    let whole = span.len >= WHOLE_CHUNK_EXTENT;
+                    buf.extend_from_slice(&io.piece(hash, at, span.len, whole).await?);
                 }
             }
             let data = Arc::new(buf);
@@ -583,6 +597,10 @@ impl OpenFile {
                         hash,
                         at,
                         len: span.len,
+                        large: st
+                            .pending
+                            .get(span.offset)
+                            .is_some_and(|(_, p)| p.len >= WHOLE_CHUNK_EXTENT),
                     }),
                     None => {
                         for s in st.base.lookup(span.offset, span.offset + span.len) {
@@ -591,6 +609,10 @@ impl OpenFile {
                                     hash,
                                     at,
                                     len: s.len,
+                                    large: st
+                                        .base
+                                        .get(s.offset)
+                                        .is_some_and(|(_, p)| p.len >= WHOLE_CHUNK_EXTENT),
                                 },
                                 None => Part::Zeros(s.len),
                             });
@@ -599,10 +621,17 @@ impl OpenFile {
                 }
             }
             let ahead = end.saturating_add(READ_AHEAD * CS).min(st.size);
+            // Only chunks behind large extents: a fragmented stretch is read
+            // as ranges when it comes.
             let next: BTreeSet<ChunkHash> = st
                 .base
                 .lookup(end, ahead)
                 .into_iter()
+                .filter(|s| {
+                    st.base
+                        .get(s.offset)
+                        .is_some_and(|(_, p)| p.len >= WHOLE_CHUNK_EXTENT)
+                })
                 .filter_map(|s| s.data.map(|(h, _)| h))
                 .collect();
             (parts, next, end)
@@ -621,8 +650,14 @@ impl OpenFile {
             match part {
                 Part::Zeros(n) => out.resize(out.len() + n as usize, 0),
                 Part::Bytes(b) => out.extend_from_slice(&b),
-                Part::Chunk { hash, at, len } => {
-                    out.extend_from_slice(&io.piece(hash, at, len, sequential).await?);
+                Part::Chunk {
+                    hash,
+                    at,
+                    len,
+                    large,
+                } => {
+                    let whole = sequential && large;
+                    out.extend_from_slice(&io.piece(hash, at, len, whole).await?);
                 }
             }
         }
