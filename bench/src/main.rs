@@ -128,11 +128,12 @@ struct CompareArgs {
 /// Which workloads, at which sizes: shared by `run` and `compare`.
 #[derive(Debug, clap::Args)]
 struct WorkloadArgs {
-    /// Workloads, comma-separated: seq, uploads, uploads3, meta, ls, random.
+    /// Workloads, comma-separated: seq, uploads, uploads3, meta, ls, random,
+    /// sqlite, dbench.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "seq,uploads,uploads3,meta,ls,random"
+        default_value = "seq,uploads,uploads3,meta,ls,random,sqlite,dbench"
     )]
     workloads: Vec<String>,
     /// Seconds-long sizes (for CI) instead of the full ones.

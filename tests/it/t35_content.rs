@@ -373,3 +373,15 @@ fn another_metadata_format_is_refused() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// Every size-changing call past RLIMIT_FSIZE (pwrite, ftruncate,
+/// fallocate, copy_file_range) gets EFBIG and SIGXFSZ and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_size_limit_holds_for_every_call() {
+    let cluster = Cluster::start(3, &[]).await;
+    let a = Mount::new(&cluster, 0, "").await;
+    let path = s(&a.path);
+    let out = blocking(move || run_script("fsize_limit.py", &[&path])).await;
+    print!("{out}");
+    assert!(out.contains("4 calls past RLIMIT_FSIZE"), "{out}");
+}
