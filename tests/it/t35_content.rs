@@ -45,6 +45,34 @@ async fn random_operations_match_the_model_across_handles_processes_and_mounts()
     .await;
     print!("{out}");
     assert!(out.contains("operations ok"), "{out}");
+    // Small writes into a full 8 MiB file: commits compact it while the
+    // model checks every read (compaction under the exerciser).
+    let (pa, pb) = (s(&a.path), s(&b.path));
+    let out = blocking(move || {
+        run_script(
+            "fsx.py",
+            &[
+                &pa,
+                "--ops",
+                "4000",
+                "--fill",
+                "0x800000",
+                "--max-size",
+                "0x800000",
+                "--max-op",
+                "0x1000",
+                "--mix",
+                "write=80,truncate=0,alloc=0,copy=1,punch=1,zero=1,mmap=1,fsync=3",
+                "--name",
+                "small.bin",
+                "--other",
+                &pb,
+            ],
+        )
+    })
+    .await;
+    print!("{out}");
+    assert!(out.contains("4000 operations ok"), "{out}");
 }
 
 /// 3,000 random 4 KiB writes into an 8 MiB file (an fsync every 200)

@@ -4,6 +4,7 @@
 Usage:
   fsx.py MOUNT [--seed N] [--ops N] [--max-size BYTES] [--max-op BYTES]
          [--other MOUNT2] [--name NAME] [--mix write=60,truncate=0,...]
+         [--fill BYTES]
   fsx.py MOUNT --replay OPS_FILE      (a recorded sequence, format below)
 
 Random pwrite, pread, ftruncate, fallocate (allocate, keep-size, punch,
@@ -358,6 +359,12 @@ class Run:
         if st.st_size != m.size():
             self.fail(opno, f"fstat size {st.st_size:#x}, model {m.size():#x}")
 
+    def fill(self, size):
+        """Starts from a file of `size` bytes of data (op 0)."""
+        buf = pattern(0, 0, size)
+        os.pwrite(self.fds[0], buf, 0)
+        self.m.write(0, buf)
+
     def run(self):
         every = max(1, self.nops // 8)
         for opno in range(1, self.nops + 1):
@@ -430,6 +437,7 @@ def main():
     ap.add_argument("--name", default="fsx.bin")
     ap.add_argument("--replay", default=None)
     ap.add_argument("--mix", default="", help="weights, e.g. write=60,truncate=0")
+    ap.add_argument("--fill", type=lambda s: int(s, 0), default=0, help="start with this many bytes")
     a = ap.parse_args()
     path = os.path.join(a.mount, a.name)
     try:
@@ -438,7 +446,10 @@ def main():
             return 0
         seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 32)
         print(f"fsx: seed {seed}", flush=True)
-        Run(path, a.other, a.name, seed, a.ops, a.max_size, a.max_op, a.mix).run()
+        run = Run(path, a.other, a.name, seed, a.ops, a.max_size, a.max_op, a.mix)
+        if a.fill:
+            run.fill(a.fill)
+        run.run()
     except Failure as e:
         print(f"fsx: FAILED: {e}")
         return 1

@@ -494,7 +494,7 @@ impl OpenFile {
         let mut base = std::mem::take(&mut st.base);
         base.overlay(&rewritten);
         self.settle(io, st, &attr, base, 1).await?;
-        tracing::debug!(ino = self.ino, before, after = st.base.len(), "compacted");
+        tracing::info!(ino = self.ino, before, after = st.base.len(), "compacted");
         Ok(())
     }
 
