@@ -38,18 +38,9 @@ if ok != "ok" or n != auto + rows:
 print(a, b)
 "#;
 
-/// Autocommit inserts and transaction rows of the SQLite run.
-fn sqlite_sizes(sizes: &Sizes) -> (u64, u64) {
-    if sizes.rand_secs < 1.0 {
-        (100, 2000)
-    } else {
-        (3000, 20_000)
-    }
-}
-
 /// Runs the SQLite workload in `dir`.
 pub(crate) fn sqlite(dir: &Path, sizes: &Sizes, report: &mut Report) -> Result<(), String> {
-    let (auto, rows) = sqlite_sizes(sizes);
+    let (auto, rows) = sizes.sqlite;
     let db = dir.join("bench.db");
     let out = Command::new("python3")
         .args(["-c", SQLITE_SCRIPT])
@@ -91,9 +82,9 @@ pub(crate) fn sqlite(dir: &Path, sizes: &Sizes, report: &mut Report) -> Result<(
 /// Where Debian's dbench keeps its default load file.
 const DBENCH_LOAD: &str = "/usr/share/dbench/client.txt";
 
-/// Runs dbench (4 clients) in `dir` for a few seconds (short) or 30 s.
+/// Runs dbench (4 clients) in `dir` for `sizes.dbench_secs`.
 pub(crate) fn dbench(dir: &Path, sizes: &Sizes, report: &mut Report) -> Result<(), String> {
-    let secs = if sizes.rand_secs < 1.0 { 3 } else { 30 };
+    let secs = sizes.dbench_secs;
     let out = Command::new("dbench")
         .args(["-t", &secs.to_string(), "-c", DBENCH_LOAD, "-D"])
         .arg(dir)

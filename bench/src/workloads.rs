@@ -58,6 +58,12 @@ pub struct Sizes {
     pub rand_secs: f64,
     /// Time bound of one run of one workload, in seconds.
     pub bound_secs: u64,
+    /// SQLite: autocommit inserts, then the rows of one transaction.
+    #[serde(default)]
+    pub sqlite: (u64, u64),
+    /// Seconds dbench runs.
+    #[serde(default)]
+    pub dbench_secs: u64,
 }
 
 impl Sizes {
@@ -74,6 +80,8 @@ impl Sizes {
             rand_mib: 256,
             rand_secs: 5.0,
             bound_secs: 600,
+            sqlite: (3000, 20_000),
+            dbench_secs: 30,
         }
     }
 
@@ -90,6 +98,8 @@ impl Sizes {
             rand_mib: 16,
             rand_secs: 0.5,
             bound_secs: 120,
+            sqlite: (100, 2000),
+            dbench_secs: 3,
         }
     }
 }

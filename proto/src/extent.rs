@@ -221,29 +221,6 @@ impl<S: Clone + PartialEq> ExtentMap<S> {
         }
     }
 
-    /// Replaces `[dst, dst + len)` with `[src, src + len)` of this same
-    /// map (the ranges may overlap: the source is read first).
-    pub fn copy_within(&mut self, src: u64, dst: u64, len: u64) {
-        let snapshot = Self {
-            map: self
-                .lookup(src, src.saturating_add(len))
-                .into_iter()
-                .filter_map(|s| {
-                    let (source, at) = s.data?;
-                    Some((
-                        s.offset,
-                        Piece {
-                            len: s.len,
-                            src: source,
-                            at,
-                        },
-                    ))
-                })
-                .collect(),
-        };
-        self.copy_from(&snapshot, src, dst, len);
-    }
-
     /// Lays every extent of `over` on top of this map (the newer writes
     /// win), as a commit of pending writes does.
     pub fn overlay(&mut self, over: &ExtentMap<S>) {

@@ -152,7 +152,9 @@ fn run(ops: &[Op]) {
                 if len == 0 {
                     continue;
                 }
-                map.copy_within(src, dst, len);
+                // The source is read before the destination changes.
+                let from = map.clone();
+                map.copy_from(&from, src, dst, len);
                 let bytes = m.bytes[src as usize..(src + len) as usize].to_vec();
                 let data = m.data[src as usize..(src + len) as usize].to_vec();
                 size = size.max(dst + len);

@@ -20,6 +20,17 @@ fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
+/// Runs the exerciser with `args` off the runtime and prints its output.
+async fn fsx(args: Vec<String>) -> String {
+    let out = blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_script("fsx.py", &args)
+    })
+    .await;
+    print!("{out}");
+    out
+}
+
 /// CI runs a bounded number of operations; QUIZFS_FSX_OPS runs a soak and
 /// QUIZFS_FSX_SEED replays a seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,40 +49,29 @@ async fn random_operations_match_the_model_across_handles_processes_and_mounts()
     if let Ok(seed) = std::env::var("QUIZFS_FSX_SEED") {
         args.extend(["--seed".into(), seed]);
     }
-    let out = blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_script("fsx.py", &args)
-    })
-    .await;
-    print!("{out}");
+    let out = fsx(args).await;
     assert!(out.contains("operations ok"), "{out}");
     // Small writes into a full 8 MiB file: commits compact it while the
     // model checks every read (compaction under the exerciser).
-    let (pa, pb) = (s(&a.path), s(&b.path));
-    let out = blocking(move || {
-        run_script(
-            "fsx.py",
-            &[
-                &pa,
-                "--ops",
-                "4000",
-                "--fill",
-                "0x800000",
-                "--max-size",
-                "0x800000",
-                "--max-op",
-                "0x1000",
-                "--mix",
-                "write=80,truncate=0,alloc=0,copy=1,punch=1,zero=1,mmap=1,fsync=3",
-                "--name",
-                "small.bin",
-                "--other",
-                &pb,
-            ],
-        )
-    })
-    .await;
-    print!("{out}");
+    let small = "write=80,truncate=0,alloc=0,copy=1,punch=1,zero=1,mmap=1,fsync=3";
+    let args = [
+        &s(&a.path),
+        "--ops",
+        "4000",
+        "--fill",
+        "0x800000",
+        "--max-size",
+        "0x800000",
+        "--max-op",
+        "0x1000",
+        "--mix",
+        small,
+        "--name",
+        "small.bin",
+        "--other",
+        &s(&b.path),
+    ];
+    let out = fsx(args.iter().map(|x| x.to_string()).collect()).await;
     assert!(out.contains("4000 operations ok"), "{out}");
 }
 
@@ -132,9 +132,7 @@ async fn the_recorded_truncation_sequence_reads_back() {
     let cluster = Cluster::start(3, &[]).await;
     let a = Mount::new(&cluster, 0, "").await;
     let ops = Path::new(env!("CARGO_MANIFEST_DIR")).join("posix/repro/truncate-across-chunks.ops");
-    let path = s(&a.path);
-    let out = blocking(move || run_script("fsx.py", &[&path, "--replay", &s(&ops)])).await;
-    print!("{out}");
+    let out = fsx(vec![s(&a.path), "--replay".into(), s(&ops)]).await;
     assert!(out.contains("907 operations ok"), "{out}");
 }
 

@@ -420,25 +420,21 @@ impl OpenFile {
             .ok_or_else(|| eio("write"))?;
         let wire = done.to_wire();
         let size = st.size;
+        // One command per MAX_PENDING_EXTENTS extents (and one for none).
+        let batches: Vec<&[pb::Extent]> = if wire.is_empty() {
+            vec![&[]]
+        } else {
+            wire.chunks(MAX_PENDING_EXTENTS).collect()
+        };
         let mut attr = None;
-        let mut batches = 0u64;
-        for batch in wire.chunks(MAX_PENDING_EXTENTS).map(<[_]>::to_vec) {
+        for batch in &batches {
             tracing::debug!(ino = self.ino, extents = batch.len(), size, "commit");
-            attr = Some(
-                io.client
-                    .commit_extents(self.ino, batch, size, false)
-                    .await?,
-            );
-            batches += 1;
+            let committed = io
+                .client
+                .commit_extents(self.ino, batch.to_vec(), size, false);
+            attr = Some(committed.await?);
         }
-        if wire.is_empty() {
-            attr = Some(
-                io.client
-                    .commit_extents(self.ino, Vec::new(), size, false)
-                    .await?,
-            );
-            batches = 1;
-        }
+        let batches = batches.len() as u64;
         let attr = attr.ok_or_else(|| eio("write"))?;
         let mut base = std::mem::take(&mut st.base);
         base.overlay(&done);
@@ -510,9 +506,7 @@ impl OpenFile {
         steps: u64,
     ) -> Result<(), ClientError> {
         if attr.content_version == st.version + steps {
-            st.base = base;
-            st.version = attr.content_version;
-            st.size = attr.size.max(if st.changed { st.pending.end() } else { 0 });
+            Self::install(st, attr, base);
         } else {
             let (a, fresh) = io.client.layout(self.ino).await?;
             Self::install(st, &a, fresh);

@@ -42,6 +42,27 @@ pub fn extents(extents: &[pb::Extent], size: u64) -> Result<(), i32> {
         .map_err(|_| libc::EINVAL)
 }
 
+/// fallocate: keep the size.
+pub const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
+/// fallocate: make a hole (only with KEEP_SIZE).
+pub const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
+/// fallocate: the range reads as zeros.
+pub const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
+
+/// Checks a fallocate mode: allocate (0), KEEP_SIZE, PUNCH_HOLE with
+/// KEEP_SIZE, ZERO_RANGE with or without KEEP_SIZE; anything else is
+/// EOPNOTSUPP, as Linux filesystems answer modes they lack.
+fn fallocate_mode(mode: u32) -> Result<(), i32> {
+    let known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
+    let punch = mode & FALLOC_FL_PUNCH_HOLE != 0;
+    let zero = mode & FALLOC_FL_ZERO_RANGE != 0;
+    let keep = mode & FALLOC_FL_KEEP_SIZE != 0;
+    if mode & !known != 0 || punch && (zero || !keep) {
+        return Err(libc::EOPNOTSUPP);
+    }
+    Ok(())
+}
+
 /// Checks a byte range of a file: its end is a valid file size.
 fn range(offset: u64, len: u64) -> Result<(), i32> {
     match offset.checked_add(len) {
@@ -86,13 +107,10 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
         },
         Op::CommitWrite(c) => extents(&c.extents, c.size),
         Op::Fallocate(c) => {
-            if c.mode & !(0x01 | 0x02 | 0x10) != 0 || c.mode & 0x12 == 0x12 || c.len == 0 {
-                return Err(if c.len == 0 {
-                    libc::EINVAL
-                } else {
-                    libc::EOPNOTSUPP
-                });
+            if c.len == 0 {
+                return Err(libc::EINVAL);
             }
+            fallocate_mode(c.mode)?;
             range(c.offset, c.len)
         }
         Op::CopyRange(c) => {

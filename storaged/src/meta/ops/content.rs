@@ -10,23 +10,24 @@ use quizfs_proto::{self as pb, ChunkHash};
 use super::{Ctx, change_refs, load, save};
 use crate::meta::schema::Inode;
 use crate::meta::txn::{Fail, OpResult, Txn};
+use crate::meta::validate::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE};
 
-/// fallocate: keep the size.
-const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
-/// fallocate: make a hole (always with KEEP_SIZE).
-const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
-/// fallocate: read as zeros.
-const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
-
-/// Loads a regular file: EISDIR for a directory, EINVAL for anything else.
-fn load_file(txn: &Txn<'_>, ino: u64) -> OpResult<Inode> {
-    let inode = load(txn, ino)?;
+/// A regular file's content can change: EISDIR for a directory, EINVAL
+/// for anything else.
+fn check_file(inode: &Inode) -> OpResult<()> {
     if inode.is_dir() {
         return Err(Fail::Posix(libc::EISDIR));
     }
     if !inode.is_file() {
         return Err(Fail::Posix(libc::EINVAL));
     }
+    Ok(())
+}
+
+/// Loads a regular file (see [`check_file`]).
+fn load_file(txn: &Txn<'_>, ino: u64) -> OpResult<Inode> {
+    let inode = load(txn, ino)?;
+    check_file(&inode)?;
     Ok(inode)
 }
 
@@ -45,12 +46,7 @@ fn set_content(
 
 /// Sets a file's size (truncate): content past it is cut.
 pub(super) fn resize(txn: &mut Txn<'_>, inode: &mut Inode, size: u64) -> OpResult<()> {
-    if inode.is_dir() {
-        return Err(Fail::Posix(libc::EISDIR));
-    }
-    if !inode.is_file() {
-        return Err(Fail::Posix(libc::EINVAL));
-    }
+    check_file(inode)?;
     let mut extents = inode.extents.clone();
     extents.cut(size);
     set_content(txn, inode, extents)?;
@@ -85,7 +81,8 @@ pub(super) fn commit_write(
 }
 
 /// fallocate: allocation changes only the size (quizfs stores no zeros),
-/// a punch or a zeroed range becomes a hole.
+/// a punch or a zeroed range becomes a hole. The mode was checked by
+/// `validate::op` (before the command was proposed and again here).
 pub(super) fn fallocate(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Fallocate) -> OpResult<pb::Attr> {
     let mut inode = load_file(txn, c.ino)?;
     let end = c
@@ -96,9 +93,6 @@ pub(super) fn fallocate(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Fallocate) -> OpRe
     let keep_size = c.mode & FALLOC_FL_KEEP_SIZE != 0;
     let punch = c.mode & FALLOC_FL_PUNCH_HOLE != 0;
     let zero = c.mode & FALLOC_FL_ZERO_RANGE != 0;
-    if punch && !keep_size {
-        return Err(Fail::Posix(libc::EOPNOTSUPP));
-    }
     if punch || zero {
         let mut extents = inode.extents.clone();
         extents.punch(c.offset, end);
