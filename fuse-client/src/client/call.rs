@@ -103,6 +103,7 @@ impl ClusterClient {
             let status = tokio::select! {
                 r = attempt => match r {
                     Ok(Ok(r)) => {
+                        tracing::trace!(op, node = %node.addr, "answered");
                         self.set_leader(Some(node.addr.clone()));
                         return Ok(r.into_inner());
                     }

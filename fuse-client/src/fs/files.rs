@@ -106,6 +106,22 @@ pub struct FileState {
     sealed: VecDeque<Sealed>,
     next_buf: u64,
     changed: bool,
+    /// The last commit found that another mount had changed the content
+    /// too, and took the cluster's view.
+    replaced: bool,
+}
+
+/// What a flush committed.
+#[derive(Debug)]
+pub struct Committed {
+    /// The attributes after the commit.
+    pub attr: pb::Attr,
+    /// The version of the view held now.
+    pub view: u64,
+    /// The version of the view before the commit, when the view now is
+    /// exactly that one with this mount's writes on top (no other mount
+    /// changed the content in between).
+    pub from: Option<u64>,
 }
 
 /// A file open on this mount.
@@ -234,14 +250,15 @@ impl OpenFile {
 
     /// Takes a newer committed view (at open). A view older than the one
     /// held is ignored: it was read before a commit this mount has seen.
-    /// Writes pending here stay on top of whichever view is held.
-    pub async fn refresh(&self, attr: &pb::Attr, base: Extents) {
+    /// Writes pending here stay on top of whichever view is held. Returns
+    /// the version of the view held.
+    pub async fn refresh(&self, attr: &pb::Attr, base: Extents) -> u64 {
         let mut st = self.state.lock().await;
-        if attr.content_version <= st.version {
-            return;
+        if attr.content_version > st.version {
+            Self::install(&mut st, attr, base);
+            self.local_size.store(st.size, Ordering::Relaxed);
         }
-        Self::install(&mut st, attr, base);
-        self.local_size.store(st.size, Ordering::Relaxed);
+        st.version
     }
 
     fn install(st: &mut FileState, attr: &pb::Attr, base: Extents) {
@@ -392,17 +409,26 @@ impl OpenFile {
         }
     }
 
-    /// Makes every write durable and commits it. Returns the attributes
-    /// after the commit, `None` if nothing changed.
-    pub async fn flush(&self, io: &Io) -> Result<Option<pb::Attr>, ClientError> {
+    /// Makes every write durable and commits it. Returns what the commit
+    /// did, `None` if nothing changed.
+    pub async fn flush(&self, io: &Io) -> Result<Option<Committed>, ClientError> {
         let mut st = self.state.lock().await;
-        self.commit(io, &mut st).await
+        let before = st.version;
+        let Some(attr) = self.commit(io, &mut st).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Committed {
+            attr,
+            view: st.version,
+            from: (!st.replaced).then_some(before),
+        }))
     }
 
     async fn commit(&self, io: &Io, st: &mut FileState) -> Result<Option<pb::Attr>, ClientError> {
         if !st.changed {
             return Ok(None);
         }
+        st.replaced = false;
         self.seal_locked(io, st).await?;
         // Uploads that failed before are sent again.
         for s in st.sealed.iter_mut().filter(|s| s.task.is_none()) {
@@ -508,6 +534,7 @@ impl OpenFile {
         if attr.content_version == st.version + steps {
             Self::install(st, attr, base);
         } else {
+            st.replaced = true;
             let (a, fresh) = io.client.layout(self.ino).await?;
             Self::install(st, &a, fresh);
         }

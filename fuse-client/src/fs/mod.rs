@@ -80,26 +80,11 @@ const DIR_PAGE: u32 = 2048;
 /// Block size reported to applications (stdio and cp size buffers by it).
 const BLKSIZE: u32 = 1 << 20;
 
-/// What `stat` last told the kernel about a file: a change means the
-/// kernel's cached pages are stale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Version {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    content: u64,
-}
-
-impl Version {
-    fn of(a: &pb::Attr) -> Self {
-        Self {
-            size: a.size,
-            mtime_ns: a.mtime_ns,
-            ctime_ns: a.ctime_ns,
-            content: a.content_version,
-        }
-    }
-}
+/// Longest time between an open refused with ESTALE and the kernel's
+/// retry of it (a lookup and an open, which may wait out a leader change).
+const RETRY_WINDOW: Duration = Duration::from_secs(30);
+/// Threads remembered as retrying an open before old entries are dropped.
+const MAX_ESTALE: usize = 4096;
 
 /// Most inodes remembered as having no extended attributes before the
 /// stale ones are dropped.
@@ -127,7 +112,15 @@ struct Inner {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle_>>,
     next_fh: AtomicU64,
-    known: Mutex<HashMap<u64, Version>>,
+    /// The content version of the pages the kernel may hold for each
+    /// inode: set when an open installs a view (the kernel drops its pages
+    /// unless they are of that view) and after this mount's own commit
+    /// (its writes went through those pages). Attribute replies never set
+    /// it: a `stat` that sees a newer version leaves the pages as they
+    /// were, and an open that then kept them would read old content.
+    pages: Mutex<HashMap<u64, u64>>,
+    /// Threads whose last open met a deleted inode, and when.
+    estale: Mutex<HashMap<u32, Instant>>,
     /// Inodes whose last attributes said they have no extended attributes,
     /// and when: within the attribute timeout, getxattr answers ENODATA
     /// here (`ls -l` asks for an ACL on every entry).
@@ -219,7 +212,8 @@ impl QuizFs {
                 files: Mutex::new(HashMap::new()),
                 handles: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
-                known: Mutex::new(HashMap::new()),
+                pages: Mutex::new(HashMap::new()),
+                estale: Mutex::new(HashMap::new()),
                 bare: Mutex::new(HashMap::new()),
                 notifier: OnceLock::new(),
             }),
@@ -264,6 +258,10 @@ impl Inner {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_pages(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.pages.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle_>> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -292,10 +290,6 @@ impl Inner {
                 mtime = mtime.max(f.local_mtime.load(Ordering::Relaxed));
             }
         }
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(a.ino, Version::of(a));
         {
             let mut bare = self.bare.lock().unwrap_or_else(|p| p.into_inner());
             let ttl = self.opts.attr_timeout;
@@ -425,29 +419,33 @@ impl Inner {
     /// open here (and lays a newer committed view under its pending
     /// writes), else reads its layout. Returns the handle and whether the
     /// kernel's cached pages are still good.
-    async fn open_ino(&self, ino: u64, fresh: Option<pb::Attr>) -> OpResult<(u64, bool)> {
+    async fn open_ino(&self, ino: u64, fresh: Option<pb::Attr>, pid: u32) -> OpResult<(u64, bool)> {
         let (attr, extents) = match fresh {
             Some(a) => (a, Extents::new()),
             None => match self.client().layout(ino).await {
                 Ok(x) => x,
-                // Deleted elsewhere: make the kernel look the name up again.
+                // Gone: make the kernel look the name up again.
                 Err(ClientError::Posix {
                     errno: libc::ENOENT,
                     ..
-                }) => return Err(err(libc::ESTALE)),
+                }) => return Err(self.refuse_deleted(ino, pid)),
                 Err(e) => return Err(errno(&e)),
             },
         };
         if attr.mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(err(libc::EISDIR));
         }
-        let before = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&ino)
-            .copied();
-        let unchanged = before == Some(Version::of(&attr));
+        // An inode whose last link went elsewhere (a tombstone): the name
+        // this open came by is stale, so the kernel is asked to look it up
+        // again, once. The open after that fresh lookup may meet the inode
+        // the lookup found deleted in turn (replaced again in between):
+        // that inode was the name's content after this open began, so it
+        // is opened. An inode this mount holds open is its own orphan.
+        let retry = self.lock_estale().remove(&pid);
+        let deleted = attr.nlink == 0 && !self.lock_files().contains_key(&ino);
+        if deleted && retry.is_none_or(|t| t.elapsed() > RETRY_WINDOW) {
+            return Err(self.refuse_deleted(ino, pid));
+        }
         let mut extents = Some(extents);
         let file = {
             let mut files = self.lock_files();
@@ -463,19 +461,65 @@ impl Inner {
         // A file already open here takes the view (outside the table's
         // lock) unless it holds a newer one: a view read before a commit
         // on this mount is older than the commit's.
-        if let Some(extents) = extents {
-            file.refresh(&attr, extents).await;
-        }
-        if !unchanged {
-            if let Some(n) = self.notifier.get() {
-                // Attributes only: pages go because the open does not ask
-                // to keep the cache.
-                let _ = n.inval_inode(INodeNo(ino), -1, 0);
-            }
-        }
+        let view = match extents {
+            Some(extents) => file.refresh(&attr, extents).await,
+            None => attr.content_version,
+        };
+        // Reads of this handle come from `view`: the kernel's pages must be
+        // of that view before the open returns.
+        let keep = self.pages_of(ino, view).await;
+        tracing::debug!(ino, view, keep, "open");
         self.file_attr(&attr);
         let fh = self.add_handle(Handle_::File(file));
-        Ok((fh, unchanged))
+        Ok((fh, keep))
+    }
+
+    /// ESTALE for an open of a deleted inode by thread `pid`, remembered so
+    /// that the kernel's one retry of the open may open a tombstone.
+    fn refuse_deleted(&self, ino: u64, pid: u32) -> Errno {
+        tracing::debug!(ino, pid, "open of a deleted inode: ESTALE");
+        let mut estale = self.lock_estale();
+        if estale.len() >= MAX_ESTALE {
+            estale.retain(|_, t| t.elapsed() <= RETRY_WINDOW);
+        }
+        estale.insert(pid, Instant::now());
+        err(libc::ESTALE)
+    }
+
+    fn lock_estale(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Instant>> {
+        self.estale.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the kernel's cached pages of `ino` those of content version
+    /// `view`: kept if they are, else dropped (waiting for reads in flight
+    /// to end, so none fills a page from an older view afterwards) before
+    /// `view` is recorded. True when the open may tell the kernel to keep
+    /// its cache; false when only the open can drop it (no notifier yet).
+    async fn pages_of(&self, ino: u64, view: u64) -> bool {
+        if self.lock_pages().get(&ino) == Some(&view) {
+            return true;
+        }
+        let Some(n) = self.notifier.get().cloned() else {
+            self.lock_pages().insert(ino, view);
+            return false;
+        };
+        // The kernel may wait on reads this mount answers: off the runtime.
+        let dropped = tokio::task::spawn_blocking(move || n.inval_inode(INodeNo(ino), 0, 0))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match dropped {
+            // ENOENT: the kernel holds no such inode, so no pages either.
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                tracing::debug!(ino, error = %e, "page invalidation failed; the open drops them");
+                self.lock_pages().remove(&ino);
+                return false;
+            }
+        }
+        self.lock_pages().insert(ino, view);
+        true
     }
 
     fn file_of(&self, fh: FileHandle) -> OpResult<Arc<OpenFile>> {
@@ -491,8 +535,21 @@ impl Inner {
     async fn flush_file(&self, f: &OpenFile) -> OpResult<()> {
         match f.flush(&self.io).await {
             Ok(committed) => {
-                if let Some(a) = committed {
-                    self.file_attr(&a);
+                if let Some(c) = committed {
+                    // This mount's writes went through the kernel's pages:
+                    // they are of the new version if they were of the one
+                    // the writes went on.
+                    let mut pages = self.lock_pages();
+                    match c.from {
+                        Some(from) if pages.get(&f.ino) == Some(&from) => {
+                            pages.insert(f.ino, c.view);
+                        }
+                        _ => {
+                            pages.remove(&f.ino);
+                        }
+                    }
+                    drop(pages);
+                    self.file_attr(&c.attr);
                 }
                 Ok(())
             }
@@ -744,10 +801,16 @@ impl Filesystem for QuizFs {
         Ok(())
     }
 
+    /// The kernel dropped the inode, and with it any cached pages.
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.inner.lock_pages().remove(&ino.0);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_bytes(name);
         self.spawn(move |fs| async move {
             let r = fs.client().lookup(parent.0, &name).await;
+            tracing::trace!(parent = parent.0, name = %String::from_utf8_lossy(&name), ino = ?r.as_ref().map(|a| a.ino), "lookup");
             fs.entry(reply, r);
         });
     }
@@ -993,7 +1056,8 @@ impl Filesystem for QuizFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let pid = req.pid();
         let wants_write =
             !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) || flags.0 & libc::O_TRUNC != 0;
         self.spawn(move |fs| async move {
@@ -1002,7 +1066,7 @@ impl Filesystem for QuizFs {
                     return reply.error(e);
                 }
             }
-            match fs.open_ino(ino.0, None).await {
+            match fs.open_ino(ino.0, None, pid).await {
                 Ok((fh, keep)) => {
                     let f = if keep {
                         FopenFlags::FOPEN_KEEP_CACHE
@@ -1409,6 +1473,7 @@ impl Filesystem for QuizFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let req_pid = req.pid();
         let op = Op::Create(pb::Create {
             parent: parent.0,
             name: name_bytes(name),
@@ -1428,7 +1493,7 @@ impl Filesystem for QuizFs {
             };
             // A new file has no chunks; an existing one (no O_EXCL) is read.
             let fresh = (attr.size == 0).then_some(attr);
-            match fs.open_ino(attr.ino, fresh).await {
+            match fs.open_ino(attr.ino, fresh, req_pid).await {
                 Ok((fh, _)) => reply.created(
                     &fs.opts.entry_timeout,
                     &fs.file_attr(&attr),
