@@ -15,10 +15,21 @@
 //! its own term: then everything committed before it, including every
 //! write answered by an earlier leader, is in its state machine. Writes
 //! this leader answered were applied before they were answered.
+//!
+//! The bound this needs (ARCHITECTURE.md, "Read lease"): the time the
+//! leader measures since a send must be at least the time that passed for
+//! the followers, less the margin between the limit and their lease (75 ms
+//! against 200 ms by default: any real clock rate is inside it). The
+//! monotonic clock stops while the machine is suspended (a laptop lid, a
+//! paused VM), so each acknowledgement also carries the wall clock, and it
+//! counts only while *both* clocks say it is young: a leader that wakes up
+//! to find either clock past the limit, or the wall clock behind the send,
+//! does not answer from the lease (the read index, a round to a majority,
+//! decides instead).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use openraft::ServerState;
 
@@ -28,8 +39,40 @@ use super::{NodeId, Raft};
 #[derive(Debug)]
 pub struct ReadLease {
     limit: Duration,
-    /// Follower → (leader's term, when the accepted request was sent).
-    acks: Mutex<HashMap<NodeId, (u64, Instant)>>,
+    /// Follower → the newest accepted request.
+    acks: Mutex<HashMap<NodeId, Ack>>,
+}
+
+/// An AppendEntries a follower accepted: the leader's term and when the
+/// request was sent, by both clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    /// The leader's term.
+    pub term: u64,
+    /// The monotonic clock at the send.
+    pub sent: Instant,
+    /// The wall clock at the send.
+    pub sent_wall: SystemTime,
+}
+
+impl Ack {
+    /// An acknowledgement of a request of `term` sent now.
+    pub fn sent_now(term: u64) -> Self {
+        Self {
+            term,
+            sent: Instant::now(),
+            sent_wall: SystemTime::now(),
+        }
+    }
+
+    /// True while both clocks say it was sent less than `limit` before
+    /// `now` and `now_wall` (a wall clock behind the send: not young).
+    fn young(&self, limit: Duration, now: Instant, now_wall: SystemTime) -> bool {
+        now.saturating_duration_since(self.sent) < limit
+            && now_wall
+                .duration_since(self.sent_wall)
+                .is_ok_and(|d| d < limit)
+    }
 }
 
 impl ReadLease {
@@ -41,14 +84,22 @@ impl ReadLease {
         }
     }
 
-    /// Records that `follower` accepted an AppendEntries of leader term
-    /// `term` that was sent at `sent`.
-    pub fn acked(&self, follower: NodeId, term: u64, sent: Instant) {
+    /// Records that `follower` accepted an AppendEntries sent as `ack`
+    /// says (kept if newer than the one recorded).
+    pub fn acked(&self, follower: NodeId, ack: Ack) {
         let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        let e = acks.entry(follower).or_insert((term, sent));
-        if (term, sent) > *e {
-            *e = (term, sent);
+        let e = acks.entry(follower).or_insert(ack);
+        if (ack.term, ack.sent) > (e.term, e.sent) {
+            *e = ack;
         }
+    }
+
+    /// True when `follower`'s newest acknowledgement is of `term` and
+    /// young at `now` / `now_wall` by both clocks.
+    fn fresh(&self, follower: NodeId, term: u64, now: Instant, now_wall: SystemTime) -> bool {
+        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        acks.get(&follower)
+            .is_some_and(|a| a.term == term && a.young(self.limit, now, now_wall))
     }
 
     /// True when this node is the leader, has applied an entry of its
@@ -63,17 +114,70 @@ impl ReadLease {
         if m.last_applied.map(|l| l.leader_id.term) != Some(term) {
             return false;
         }
-        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = |n: &NodeId| {
-            *n == m.id
-                || acks
-                    .get(n)
-                    .is_some_and(|&(t, sent)| t == term && sent.elapsed() < self.limit)
-        };
+        let (now, now_wall) = (Instant::now(), SystemTime::now());
+        let fresh = |n: &NodeId| *n == m.id || self.fresh(*n, term, now, now_wall);
         m.membership_config
             .membership()
             .get_joint_config()
             .iter()
             .all(|voters| voters.iter().filter(|n| fresh(n)).count() * 2 > voters.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_millis(75);
+
+    fn lease_with(ack: Ack) -> ReadLease {
+        let lease = ReadLease::new(LIMIT);
+        lease.acked(2, ack);
+        lease
+    }
+
+    #[test]
+    fn an_ack_counts_only_while_both_clocks_say_it_is_young() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let ack = Ack {
+            term: 3,
+            sent: now,
+            sent_wall: wall,
+        };
+        let lease = lease_with(ack);
+        assert!(lease.fresh(2, 3, now, wall));
+        assert!(!lease.fresh(2, 4, now, wall), "another term");
+        assert!(!lease.fresh(1, 3, now, wall), "another follower");
+        // The process was paused: the monotonic clock ran past the limit.
+        assert!(!lease.fresh(2, 3, now + LIMIT, wall));
+        // The machine was suspended: the monotonic clock stood still, the
+        // wall clock did not.
+        assert!(!lease.fresh(2, 3, now, wall + Duration::from_secs(5)));
+        // The wall clock went back behind the send.
+        assert!(!lease.fresh(2, 3, now, wall - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn the_newest_ack_is_kept() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let old = Ack {
+            term: 3,
+            sent: now,
+            sent_wall: wall,
+        };
+        let lease = lease_with(old);
+        let later = now + Duration::from_millis(50);
+        lease.acked(
+            2,
+            Ack {
+                term: 3,
+                sent: later,
+                sent_wall: wall + Duration::from_millis(50),
+            },
+        );
+        // An older answer arriving late does not replace the newer one.
+        lease.acked(2, old);
+        let at = later + Duration::from_millis(60);
+        assert!(lease.fresh(2, 3, at, wall + Duration::from_millis(110)));
     }
 }

@@ -4,7 +4,7 @@
 //! off instead of hammering a dead node.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -16,7 +16,7 @@ use openraft::raft::{
 };
 use quizfs_proto::{MAX_RAFT_MESSAGE_BYTES, RaftBytes, raft_transport_client::RaftTransportClient};
 
-use super::lease::ReadLease;
+use super::lease::{Ack, ReadLease};
 use super::{BasicNode, NodeId, TypeConfig, decode, encode};
 use crate::peers::PeerPool;
 
@@ -113,14 +113,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        let sent = Instant::now();
+        let sent = Ack::sent_now(rpc.vote.leader_id.term);
         let resp = self
             .call(RPCTypes::AppendEntries, &rpc, option.hard_ttl())
             .await?;
         // Any answer but a higher vote means the follower accepted this
         // leader and restarted its leader lease.
         if rpc.vote.committed && !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
-            self.lease.acked(self.target, rpc.vote.leader_id.term, sent);
+            self.lease.acked(self.target, sent);
         }
         Ok(resp)
     }
