@@ -71,7 +71,7 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         libc::ENOENT
     );
     assert_eq!(
-        errno(c.commit_extents(424_242, vec![], 0, false).await),
+        errno(c.commit_extents(424_242, vec![], 0, None).await),
         libc::ENOENT
     );
     // Extents that reach past the size or their chunk, overlap, or name a
@@ -92,14 +92,14 @@ async fn hostile_requests_are_refused_and_change_nothing() {
     ];
     for bad in bad_lists {
         assert_eq!(
-            errno(c.commit_extents(keep.ino, bad.clone(), 10, false).await),
+            errno(c.commit_extents(keep.ino, bad.clone(), 10, None).await),
             libc::EINVAL,
             "{bad:?}"
         );
     }
     let too_many: Vec<pb::Extent> = (0..8193).map(|i| ext(i, 1, 0, vec![1; 32])).collect();
     assert_eq!(
-        errno(c.commit_extents(keep.ino, too_many, 9000, false).await),
+        errno(c.commit_extents(keep.ino, too_many, 9000, None).await),
         libc::E2BIG
     );
     // Sizes beyond the largest file, an oversized xattr value.
@@ -116,12 +116,17 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         libc::EFBIG
     );
     assert_eq!(
-        errno(c.commit_extents(keep.ino, vec![], too_big, false).await),
+        errno(c.commit_extents(keep.ino, vec![], too_big, None).await),
         libc::EFBIG
     );
     assert_eq!(
-        errno(c.commit_extents(keep.ino, vec![], u64::MAX, false).await),
+        errno(c.commit_extents(keep.ino, vec![], u64::MAX, None).await),
         libc::EFBIG
+    );
+    // A truncation point past the size the commit sets.
+    assert_eq!(
+        errno(c.commit_extents(keep.ino, vec![], 10, Some(11)).await),
+        libc::EINVAL
     );
     assert_eq!(
         errno(

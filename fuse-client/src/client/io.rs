@@ -69,7 +69,7 @@ impl ClusterClient {
                 at: 0,
             });
         }
-        self.commit_extents(ino, extents, size, true).await
+        self.commit_extents(ino, extents, size, Some(0)).await
     }
 
     /// Replaces the content of file `ino` with `data`.

@@ -213,21 +213,22 @@ impl ClusterClient {
     }
 
     /// Commits extents of chunks already durable on a majority and the
-    /// file's new size; with `replace`, they become the whole content.
+    /// file's new size; with `cut`, the content from that offset on is
+    /// dropped first (`Some(0)`: they become the whole content).
     pub async fn commit_extents(
         &self,
         ino: u64,
         extents: Vec<pb::Extent>,
         size: u64,
-        replace: bool,
+        cut: Option<u64>,
     ) -> Result<pb::Attr, ClientError> {
         let op = Op::CommitWrite(pb::CommitWrite {
             ino,
             extents,
             size,
             mtime_ns: None,
-            replace,
             if_version: None,
+            cut,
         });
         attr_of("write", self.apply("write", op).await?)
     }
@@ -248,8 +249,8 @@ impl ClusterClient {
             extents,
             size,
             mtime_ns: Some(mtime_ns),
-            replace: false,
             if_version: Some(version),
+            cut: None,
         });
         attr_of("compact", self.apply("compact", op).await?)
     }

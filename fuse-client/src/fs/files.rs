@@ -106,6 +106,10 @@ pub struct FileState {
     sealed: VecDeque<Sealed>,
     next_buf: u64,
     changed: bool,
+    /// The lowest offset this mount truncated the file at since its last
+    /// commit: the commit drops the content from there first, so other
+    /// mounts see the truncation and the writes after it at once.
+    cut: Option<u64>,
     /// The last commit found that another mount had changed the content
     /// too, and took the cluster's view.
     replaced: bool,
@@ -150,7 +154,8 @@ pub struct OpenFile {
     state: Mutex<FileState>,
 }
 
-fn now_ns() -> i64 {
+/// The wall clock in nanoseconds since the epoch.
+pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
@@ -261,14 +266,19 @@ impl OpenFile {
         st.version
     }
 
-    fn install(st: &mut FileState, attr: &pb::Attr, base: Extents) {
+    fn install(st: &mut FileState, attr: &pb::Attr, mut base: Extents) {
         st.version = attr.content_version;
-        st.base = base;
-        st.size = if st.changed {
-            attr.size.max(st.pending.end())
+        // A truncation held here stays on top of any newer view.
+        if let Some(cut) = st.cut {
+            base.cut(cut);
         } else {
-            attr.size
-        };
+            st.size = if st.changed {
+                attr.size.max(st.pending.end())
+            } else {
+                attr.size
+            };
+        }
+        st.base = base;
     }
 
     /// Writes `data` at `offset`; `permit` is the budget for its bytes.
@@ -453,12 +463,14 @@ impl OpenFile {
             wire.chunks(MAX_PENDING_EXTENTS).collect()
         };
         let mut attr = None;
-        for batch in &batches {
-            tracing::debug!(ino = self.ino, extents = batch.len(), size, "commit");
+        for (i, batch) in batches.iter().enumerate() {
+            let cut = if i == 0 { st.cut } else { None };
+            tracing::debug!(ino = self.ino, extents = batch.len(), size, ?cut, "commit");
             let committed = io
                 .client
-                .commit_extents(self.ino, batch.to_vec(), size, false);
+                .commit_extents(self.ino, batch.to_vec(), size, cut);
             attr = Some(committed.await?);
+            st.cut = None;
         }
         let batches = batches.len() as u64;
         let attr = attr.ok_or_else(|| eio("write"))?;
@@ -542,10 +554,30 @@ impl OpenFile {
         Ok(())
     }
 
-    /// A setattr that changes the size: pending writes are committed
-    /// first, then the cluster cuts (or extends) the file, all under the
-    /// file's lock so no write slips in between.
-    pub async fn truncate(&self, io: &Io, set: pb::SetAttr) -> Result<pb::Attr, ClientError> {
+    /// A truncation (or extension) through a descriptor open here: held
+    /// with the pending writes and committed with them, so other mounts
+    /// see the file either as it was or as it is at the commit, never cut
+    /// short in between (an `open(O_TRUNC)`, write, `close` publishes one
+    /// version). Returns the size and mtime the kernel now sees.
+    pub async fn truncate(&self, size: u64, mtime_ns: i64) -> (u64, i64) {
+        let mut st = self.state.lock().await;
+        let from = st.size.min(size);
+        st.cut = Some(st.cut.map_or(from, |c| c.min(from)));
+        st.pending.cut(from);
+        st.base.cut(from);
+        st.size = size;
+        st.changed = true;
+        self.local_size.store(size, Ordering::Relaxed);
+        self.local_mtime.store(mtime_ns, Ordering::Relaxed);
+        self.changed.store(true, Ordering::Relaxed);
+        (size, mtime_ns)
+    }
+
+    /// A size change that goes to the cluster now (with other attributes,
+    /// or not through a descriptor): pending writes are committed first,
+    /// then the cluster cuts (or extends) the file, all under the file's
+    /// lock so no write slips in between.
+    pub async fn truncate_now(&self, io: &Io, set: pb::SetAttr) -> Result<pb::Attr, ClientError> {
         let mut st = self.state.lock().await;
         self.commit(io, &mut st).await?;
         let size = set.size.unwrap_or(st.size);

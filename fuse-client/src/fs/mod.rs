@@ -474,6 +474,15 @@ impl Inner {
         Ok((fh, keep))
     }
 
+    /// open(O_TRUNC) (the kernel leaves it to the open: atomic O_TRUNC):
+    /// held with the writes that follow, so the file is cut and rewritten
+    /// in one commit at close.
+    async fn truncate_at_open(&self, fh: u64) {
+        if let Ok(f) = self.file_of(FileHandle(fh)) {
+            f.truncate(0, files::now_ns()).await;
+        }
+    }
+
     /// ESTALE for an open of a deleted inode by thread `pid`, remembered so
     /// that the kernel's one retry of the open may open a tombstone.
     fn refuse_deleted(&self, ino: u64, pid: u32) -> Errno {
@@ -484,6 +493,14 @@ impl Inner {
         }
         estale.insert(pid, Instant::now());
         err(libc::ESTALE)
+    }
+
+    /// True while thread `pid` is in the kernel's retry of an open that
+    /// was refused with ESTALE.
+    fn retrying(&self, pid: u32) -> bool {
+        self.lock_estale()
+            .get(&pid)
+            .is_some_and(|t| t.elapsed() <= RETRY_WINDOW)
     }
 
     fn lock_estale(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Instant>> {
@@ -581,13 +598,41 @@ impl Inner {
         flushed
     }
 
-    async fn setattr(&self, ino: u64, set: pb::SetAttr) -> Result<pb::Attr, ClientError> {
+    async fn setattr(
+        &self,
+        ino: u64,
+        set: pb::SetAttr,
+        fh: Option<u64>,
+    ) -> Result<pb::Attr, ClientError> {
         let open = self.open_file(ino);
-        tracing::debug!(ino, size = ?set.size, open = open.is_some(), "setattr");
-        match (&open, set.size) {
-            // Truncation of a file open here: its pending writes first.
-            (Some(f), Some(_)) => f.truncate(&self.io, set).await,
-            _ => self.apply_attr("setattr", Op::SetAttr(set)).await,
+        tracing::debug!(ino, ?set, ?fh, open = open.is_some(), "setattr");
+        let Some(f) = open else {
+            return self.apply_attr("setattr", Op::SetAttr(set)).await;
+        };
+        let Some(size) = set.size else {
+            return self.apply_attr("setattr", Op::SetAttr(set)).await;
+        };
+        // ftruncate or open(O_TRUNC) on a descriptor of this file, changing
+        // nothing but the size (and the mtime to now): held with the
+        // pending writes until the commit. Anything else goes now, after
+        // the pending writes.
+        let by_descriptor = fh.is_some_and(
+            |fh| matches!(self.lock_handles().get(&fh), Some(Handle_::File(h)) if h.ino == ino),
+        );
+        let only_size = set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.atime.is_none()
+            && set.mtime.as_ref().is_none_or(|t| t.now);
+        let last = *f.last_attr.lock().unwrap_or_else(|p| p.into_inner());
+        match last {
+            Some(mut a) if by_descriptor && only_size => {
+                let now = files::now_ns();
+                f.truncate(size, now).await;
+                a.ctime_ns = now;
+                Ok(a)
+            }
+            _ => f.truncate_now(&self.io, set).await,
         }
     }
 
@@ -793,6 +838,7 @@ impl Filesystem for QuizFs {
         let _ = config.set_max_readahead(MAX_READ_WINDOW);
         let _ = config.add_capabilities(
             InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_ATOMIC_O_TRUNC
                 | InitFlags::FUSE_CACHE_SYMLINKS
                 | InitFlags::FUSE_BIG_WRITES
                 | InitFlags::FUSE_DO_READDIRPLUS
@@ -820,7 +866,8 @@ impl Filesystem for QuizFs {
     /// last seen are answered, so that reading a file opened before two
     /// nodes failed goes on (the kernel asks for the size at end of file).
     /// Other inodes wait for the cluster as every metadata read does.
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let pid = req.pid();
         self.spawn(move |fs| async move {
             let open = fs.open_file(ino.0);
             let answer = match &open {
@@ -832,18 +879,29 @@ impl Filesystem for QuizFs {
                         Duration::ZERO
                     };
                     let r = tokio::time::timeout(patience, fs.client().getattr(ino.0)).await;
+                    let last = *f.last_attr.lock().unwrap_or_else(|p| p.into_inner());
                     match r {
+                        // Deleted on another mount while open here: as on a
+                        // local filesystem, the descriptor's file has no
+                        // link (the kernel asks at every read at the end).
+                        Ok(Err(ClientError::Posix {
+                            errno: libc::ENOENT,
+                            ..
+                        })) if last.is_some() => last.map(|mut a| {
+                            a.nlink = 0;
+                            Ok(a)
+                        }),
                         Ok(Err(ClientError::Posix { .. })) | Ok(Ok(_)) => r.ok(),
-                        Ok(Err(_)) | Err(_) => {
-                            let last = *f.last_attr.lock().unwrap_or_else(|p| p.into_inner());
-                            match last {
-                                Some(a) => {
-                                    tracing::debug!(ino = ino.0, "no answer from the cluster; last attributes of the open file");
-                                    Some(Ok(a))
-                                }
-                                None => r.ok(),
+                        Ok(Err(_)) | Err(_) => match last {
+                            Some(a) => {
+                                tracing::debug!(
+                                    ino = ino.0,
+                                    "no answer from the cluster; last attributes of the open file"
+                                );
+                                Some(Ok(a))
                             }
-                        }
+                            None => r.ok(),
+                        },
                     }
                 }
             };
@@ -855,7 +913,19 @@ impl Filesystem for QuizFs {
                 Err(ClientError::Posix {
                     errno: libc::ENOENT,
                     ..
-                }) => reply.error(err(libc::ESTALE)),
+                }) => {
+                    // In the kernel's retry of an open (see `open_ino`),
+                    // the inode the fresh lookup found may be deleted in
+                    // turn before its attributes are asked for: its
+                    // tombstone answers, as the open will.
+                    if fs.retrying(pid) {
+                        if let Ok((a, _)) = fs.client().layout(ino.0).await {
+                            return reply.attr(&fs.opts.attr_timeout, &fs.file_attr(&a));
+                        }
+                    }
+                    tracing::debug!(ino = ino.0, "getattr of a deleted inode: ESTALE");
+                    reply.error(err(libc::ESTALE))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -872,7 +942,7 @@ impl Filesystem for QuizFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -892,7 +962,7 @@ impl Filesystem for QuizFs {
             if let Err(e) = fs.writable() {
                 return reply.error(e);
             }
-            match fs.setattr(ino.0, set).await {
+            match fs.setattr(ino.0, set, fh.map(|h| h.0)).await {
                 Ok(a) => reply.attr(&fs.opts.attr_timeout, &fs.file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -1068,6 +1138,9 @@ impl Filesystem for QuizFs {
             }
             match fs.open_ino(ino.0, None, pid).await {
                 Ok((fh, keep)) => {
+                    if flags.0 & libc::O_TRUNC != 0 {
+                        fs.truncate_at_open(fh).await;
+                    }
                     let f = if keep {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
@@ -1494,13 +1567,19 @@ impl Filesystem for QuizFs {
             // A new file has no chunks; an existing one (no O_EXCL) is read.
             let fresh = (attr.size == 0).then_some(attr);
             match fs.open_ino(attr.ino, fresh, req_pid).await {
-                Ok((fh, _)) => reply.created(
-                    &fs.opts.entry_timeout,
-                    &fs.file_attr(&attr),
-                    Generation(attr.generation),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((fh, _)) => {
+                    // O_TRUNC on a file that existed after all.
+                    if flags & libc::O_TRUNC != 0 && attr.size > 0 {
+                        fs.truncate_at_open(fh).await;
+                    }
+                    reply.created(
+                        &fs.opts.entry_timeout,
+                        &fs.file_attr(&attr),
+                        Generation(attr.generation),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    );
+                }
                 Err(e) => reply.error(e),
             }
         });

@@ -6,11 +6,11 @@
 //! - no dangling entry: every entry's directory and child exist, and the
 //!   entry's type is the child's;
 //! - link counts: a file's or symlink's `nlink` is the number of entries
-//!   naming it (0 only for an orphan kept open); a directory has exactly
+//!   naming it (0 only for an orphan kept open or a tombstone); a directory has exactly
 //!   one entry, `2 + subdirectories` links, `entries` equal to its entries,
 //!   and `parent` equal to the directory holding it;
-//! - chunk reference counts equal the extents of all inodes that use each
-//!   chunk, no extent reaches past its file's size, and the
+//! - chunk reference counts equal the extents of all inodes (tombstones
+//!   aside) that use each chunk, no extent reaches past its file's size, and the
 //!   inode count equals the inode records;
 //!
 //! and two replicas that apply the same log, one command per batch on one
@@ -28,7 +28,7 @@ use quizfs_proto::{self as pb, meta_op::Op};
 
 use super::schema::{
     self, DirEntryRec, Inode, KEY_INODE_COUNT, PREFIX_CHUNK, PREFIX_DIRENT, PREFIX_INODE,
-    PREFIX_ORPHAN,
+    PREFIX_ORPHAN, PREFIX_TOMB, Tombstone,
 };
 use super::state_machine::StateMachine;
 use crate::raft::{Cmd, Entry};
@@ -134,7 +134,7 @@ fn op() -> impl Strategy<Value = Op> {
             0u64..24,
             any::<bool>(),
         )
-            .prop_map(|(ino, mut extents, size, replace)| {
+            .prop_map(|(ino, mut extents, size, cut)| {
                 // Mostly in order, as a mount sends them; the rest tests
                 // the refusal of overlapping lists.
                 if size % 4 != 0 {
@@ -145,8 +145,9 @@ fn op() -> impl Strategy<Value = Op> {
                     extents,
                     size,
                     mtime_ns: None,
-                    replace,
                     if_version: (size % 3 == 0).then_some(size),
+                    // Past the size now and then: refused.
+                    cut: cut.then_some(size / 2 + size % 5),
                 })
             }),
         (
@@ -206,7 +207,10 @@ fn cmd() -> impl Strategy<Value = Cmd> {
     ]
 }
 
-fn entry(index: u64, cmd: Cmd) -> Entry {
+/// Log entry `index`; its command is stamped 20 s after the one before,
+/// so tombstones go after a few commands.
+fn entry(index: u64, mut cmd: Cmd) -> Entry {
+    cmd.now_ns = index as i64 * 20_000_000_000;
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(cmd),
@@ -244,6 +248,7 @@ fn check(sm: &StateMachine) -> Result<(), String> {
     let mut entries: Vec<(u64, Vec<u8>, DirEntryRec)> = Vec::new();
     let mut refs: HashMap<[u8; 32], u64> = HashMap::new();
     let mut orphans = Vec::new();
+    let mut tombs = Vec::new();
     let mut inode_count = 0;
     for (k, v) in dump(sm) {
         match k.first() {
@@ -267,6 +272,11 @@ fn check(sm: &StateMachine) -> Result<(), String> {
                 refs.insert(k[1..].try_into().expect("32-byte hash"), n);
             }
             Some(&PREFIX_ORPHAN) => orphans.push(u64_of(&k[1..])),
+            Some(&PREFIX_TOMB) => {
+                let t: Tombstone =
+                    bincode::deserialize(&v).map_err(|e| format!("tombstone: {e}"))?;
+                tombs.push(t.ino);
+            }
             _ if k == KEY_INODE_COUNT => inode_count = u64_of(&v),
             _ => {}
         }
@@ -343,8 +353,10 @@ fn check(sm: &StateMachine) -> Result<(), String> {
                 "inode {ino}: nlink {} but {n} entries",
                 inode.nlink
             ));
-        } else if n == 0 && !orphans.contains(ino) {
-            return Err(format!("inode {ino} has no link and is no orphan"));
+        } else if n == 0 && !orphans.contains(ino) && !tombs.contains(ino) {
+            return Err(format!(
+                "inode {ino} has no link and is no orphan or tombstone"
+            ));
         }
         if inode.extents.end() > inode.size {
             return Err(format!(
@@ -352,6 +364,10 @@ fn check(sm: &StateMachine) -> Result<(), String> {
                 inode.extents.end(),
                 inode.size
             ));
+        }
+        // A tombstone's references went with its last link.
+        if n == 0 && !inode.is_dir() && !orphans.contains(ino) {
+            continue;
         }
         for (h, n) in inode.extents.refs() {
             *want_refs.entry(h.0).or_default() += n;
@@ -435,4 +451,91 @@ proptest! {
         let hash = *blake3::hash(b"a chunk none of these bytes are").as_bytes();
         prop_assert!(!quizfs_proto::range::verify(&hash, len, start, &data, &proof));
     }
+}
+
+/// A file whose last link goes gives up its chunk references at once and
+/// keeps its record (for a layout read at open) for `TOMBSTONE_NS`; the
+/// first burial after that removes it. Commands treat it as gone.
+#[test]
+fn a_tombstone_stays_readable_for_its_time_and_then_goes() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let (_dir, mut sm) = open();
+    let hash = [7u8; 32];
+    let cmd = |op: Op| Cmd {
+        client_id: 0,
+        seq: 0,
+        acked_below: 0,
+        now_ns: 0,
+        op: pb::MetaOp { op: Some(op) }.encode_to_vec(),
+    };
+    let create = |name: &str| {
+        cmd(Op::Create(pb::Create {
+            parent: pb::ROOT_INO,
+            name: name.as_bytes().to_vec(),
+            mode: libc::S_IFREG | 0o644,
+            ..Default::default()
+        }))
+    };
+    let unlink = |name: &str| {
+        cmd(Op::Unlink(pb::Unlink {
+            parent: pb::ROOT_INO,
+            name: name.as_bytes().to_vec(),
+            keep_open_ino: 0,
+        }))
+    };
+    let ino = 2; // the first inode after the root
+    let write = cmd(Op::CommitWrite(pb::CommitWrite {
+        ino,
+        size: 10,
+        extents: vec![pb::Extent {
+            offset: 0,
+            len: 10,
+            hash: hash.to_vec(),
+            at: 0,
+        }],
+        ..Default::default()
+    }));
+    // Entry i is stamped i * 20 s (see `entry`).
+    let mut index = 0;
+    let mut run = |sm: &mut StateMachine, c: Cmd| {
+        index += 1;
+        rt.block_on(sm.apply(vec![entry(index, c)])).expect("apply");
+    };
+    let inode = |sm: &StateMachine| -> Option<Inode> {
+        dump(sm)
+            .into_iter()
+            .find(|(k, _)| k.first() == Some(&PREFIX_INODE) && u64_of(&k[1..]) == ino)
+            .map(|(_, v)| bincode::deserialize(&v).expect("inode"))
+    };
+    let refs = |sm: &StateMachine| {
+        dump(sm)
+            .into_iter()
+            .filter(|(k, _)| k.first() == Some(&PREFIX_CHUNK))
+            .count()
+    };
+    run(&mut sm, create("photo"));
+    run(&mut sm, write.clone());
+    assert_eq!(refs(&sm), 1);
+    run(&mut sm, unlink("photo")); // buried at 60 s
+    assert_eq!(refs(&sm), 0, "the references go with the last link");
+    // Writing to it fails as for a deleted file, and changes nothing.
+    run(&mut sm, write);
+    assert_eq!(refs(&sm), 0);
+    // Other files come and go; the record stays until its 60 s are over.
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        run(&mut sm, create(name));
+        run(&mut sm, unlink(name));
+        let now = (4 + 2 * (i as i64 + 1)) * 20_000_000_000;
+        let kept = inode(&sm);
+        if now < 60_000_000_000 + schema::TOMBSTONE_NS {
+            let kept = kept.expect("the tombstone is readable within its time");
+            assert_eq!((kept.nlink, kept.size, kept.extents.len()), (0, 10, 1));
+        } else {
+            assert!(kept.is_none(), "the tombstone went after its time");
+        }
+        check(&sm).expect("invariants");
+    }
+    assert!(inode(&sm).is_none(), "the loop reached past its time");
 }

@@ -34,10 +34,24 @@ impl MetaReader {
 
     /// Loads an inode.
     pub fn inode(&self, ino: u64) -> Result<Option<Inode>, ReadError> {
-        match self.tree.get(inode_key(ino))? {
-            Some(v) => Ok(Some(decode(&v)?)),
-            None => Ok(None),
-        }
+        Ok(self
+            .inode_or_tombstone(ino)?
+            .filter(|(_, tomb)| !tomb)
+            .map(|(i, _)| i))
+    }
+
+    /// An inode record, also a tombstone's (an inode whose last link went
+    /// and that nobody holds open; only a layout read at open shows it),
+    /// and whether it is one.
+    pub fn inode_or_tombstone(&self, ino: u64) -> Result<Option<(Inode, bool)>, ReadError> {
+        let Some(v) = self.tree.get(inode_key(ino))? else {
+            return Ok(None);
+        };
+        let inode: Inode = decode(&v)?;
+        let tomb = inode.nlink == 0
+            && !inode.is_dir()
+            && self.tree.get(super::schema::orphan_key(ino))?.is_none();
+        Ok(Some((inode, tomb)))
     }
 
     /// Looks a name up in a directory: (errno, attr).

@@ -39,6 +39,24 @@ pub const PREFIX_SESSION: u8 = b's';
 /// Prefix of orphan markers: inodes without links kept while a client
 /// holds them open.
 pub const PREFIX_ORPHAN: u8 = b'o';
+/// Prefix of the tombstone queue: inodes whose last link went, in the
+/// order it went, each kept readable for [`TOMBSTONE_NS`].
+pub const PREFIX_TOMB: u8 = b't';
+/// Key of the position of the oldest tombstone in the queue.
+pub const KEY_TOMB_HEAD: &[u8] = b"Ntombhead";
+/// Key of the position after the newest tombstone in the queue.
+pub const KEY_TOMB_TAIL: &[u8] = b"Ntombtail";
+/// How long the record of an inode whose last link went (and that no
+/// mount said it holds open) stays, by the command clock, for a layout
+/// read: a mount that looked the name up just before the unlink or
+/// rename-over can still open what it found (the kernel's retry of an
+/// open after a fresh lookup; see `QuizFs::open_ino`). Longer than any
+/// stall of one open (a leader election, a retried call). Its chunk
+/// references go at once, so its chunks last as long as the garbage
+/// collector's grace (600 s by default).
+pub const TOMBSTONE_NS: i64 = 60_000_000_000;
+/// Tombstones past their time that one command removes at most.
+pub const MAX_REAP: usize = 64;
 
 /// First node id handed out to nodes that join after the bootstrap (the
 /// bootstrap members are 1..=N in `--peers` order).
@@ -167,6 +185,23 @@ pub fn session_key(client: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = PREFIX_SESSION;
     k[1..].copy_from_slice(&client.to_be_bytes());
+    k
+}
+
+/// One entry of the tombstone queue.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The inode.
+    pub ino: u64,
+    /// When its last link went (the command's time).
+    pub at_ns: i64,
+}
+
+/// Key of position `seq` of the tombstone queue.
+pub fn tomb_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PREFIX_TOMB;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 

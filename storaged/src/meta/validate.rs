@@ -105,7 +105,12 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
             Some(s) if s > pb::MAX_FILE_SIZE => Err(libc::EFBIG),
             _ => Ok(()),
         },
-        Op::CommitWrite(c) => extents(&c.extents, c.size),
+        Op::CommitWrite(c) => {
+            if c.cut.is_some_and(|cut| cut > c.size) {
+                return Err(libc::EINVAL);
+            }
+            extents(&c.extents, c.size)
+        }
         Op::Fallocate(c) => {
             if c.len == 0 {
                 return Err(libc::EINVAL);

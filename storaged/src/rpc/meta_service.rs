@@ -129,7 +129,9 @@ impl Meta for MetaService {
     ) -> Result<Response<pb::LayoutReply>, Status> {
         let r = self.linearize().await?;
         let ino = req.get_ref().ino;
-        let reply = match r.inode(ino).map_err(status::read_error)? {
+        // A tombstone too: the mount decides whether this open may have it.
+        let found = r.inode_or_tombstone(ino).map_err(status::read_error)?;
+        let reply = match found.map(|(i, _)| i) {
             None => pb::LayoutReply {
                 errno: libc::ENOENT,
                 ..Default::default()

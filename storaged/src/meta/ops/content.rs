@@ -65,11 +65,10 @@ pub(super) fn commit_write(
         return Err(Fail::Posix(libc::ESTALE));
     }
     let given = ExtentMap::from_wire(&c.extents, c.size).map_err(|_| Fail::Posix(libc::EINVAL))?;
-    let mut extents = if c.replace {
-        ExtentMap::new()
-    } else {
-        inode.extents.clone()
-    };
+    let mut extents = inode.extents.clone();
+    if let Some(cut) = c.cut {
+        extents.cut(cut);
+    }
     extents.overlay(&given);
     extents.cut(c.size);
     set_content(txn, &mut inode, extents)?;

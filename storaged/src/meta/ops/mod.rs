@@ -104,7 +104,18 @@ fn next_counter(txn: &mut Txn<'_>, key: &[u8], first: u64) -> OpResult<u64> {
 
 /// Loads an inode, ENOENT when it does not exist.
 fn load(txn: &Txn<'_>, ino: u64) -> OpResult<Inode> {
-    txn.get(&inode_key(ino))?.ok_or(Fail::Posix(libc::ENOENT))
+    let inode: Inode = txn.get(&inode_key(ino))?.ok_or(Fail::Posix(libc::ENOENT))?;
+    // A tombstone is gone for every command: its references went with
+    // its last link.
+    if is_tombstone(txn, ino, &inode)? {
+        return Err(Fail::Posix(libc::ENOENT));
+    }
+    Ok(inode)
+}
+
+/// True for an inode whose last link went and that no mount holds open.
+fn is_tombstone(txn: &Txn<'_>, ino: u64, inode: &Inode) -> OpResult<bool> {
+    Ok(inode.nlink == 0 && !inode.is_dir() && txn.get_u64(&schema::orphan_key(ino))? == 0)
 }
 
 /// Stores an inode.
@@ -169,18 +180,25 @@ fn remove_entry(txn: &mut Txn<'_>, ctx: &Ctx, parent: u64, name: &[u8], kind: u3
     Ok(())
 }
 
-/// Drops one link to an inode; the inode and its chunk references go when
-/// the last link does (directories always go), unless `keep_open` names
-/// it: then it stays, without links, as an orphan until `ReleaseOrphan`.
+/// Drops one link to an inode. A directory goes at once. When the last
+/// link of another inode goes, it stays without links: as an orphan (with
+/// its chunk references) until `ReleaseOrphan` if `keep_open` names it,
+/// else as a tombstone: its references go now, its record
+/// [`schema::TOMBSTONE_NS`] later.
 fn drop_link(txn: &mut Txn<'_>, ctx: &Ctx, ino: u64, keep_open: u64) -> OpResult<()> {
     let mut inode = load(txn, ino)?;
-    if !inode.is_dir() && inode.nlink <= 1 && ino == keep_open {
+    if inode.is_dir() {
+        remove_inode(txn, ino, &inode)?;
+    } else if inode.nlink <= 1 {
         inode.nlink = 0;
         inode.ctime_ns = ctx.now_ns;
+        if ino == keep_open {
+            txn.put_u64(&schema::orphan_key(ino), 1);
+        } else {
+            change_refs(txn, &inode.extents.refs(), &BTreeMap::new())?;
+            bury(txn, ctx, ino)?;
+        }
         save(txn, ino, &inode);
-        txn.put_u64(&schema::orphan_key(ino), 1);
-    } else if inode.is_dir() || inode.nlink <= 1 {
-        remove_inode(txn, ino, &inode)?;
     } else {
         inode.nlink -= 1;
         inode.ctime_ns = ctx.now_ns;
@@ -189,9 +207,48 @@ fn drop_link(txn: &mut Txn<'_>, ctx: &Ctx, ino: u64, keep_open: u64) -> OpResult
     Ok(())
 }
 
+/// Queues `ino` as a tombstone, and removes the tombstones whose time is
+/// over (a few per command, oldest first; the queue is in time order as
+/// long as the leaders' clocks are).
+fn bury(txn: &mut Txn<'_>, ctx: &Ctx, ino: u64) -> OpResult<()> {
+    let tail = txn.get_u64(schema::KEY_TOMB_TAIL)?;
+    txn.put(
+        &schema::tomb_key(tail),
+        &schema::Tombstone {
+            ino,
+            at_ns: ctx.now_ns,
+        },
+    );
+    txn.put_u64(schema::KEY_TOMB_TAIL, tail + 1);
+    let mut head = txn.get_u64(schema::KEY_TOMB_HEAD)?;
+    for _ in 0..schema::MAX_REAP {
+        let key = schema::tomb_key(head);
+        let Some(t) = txn.get::<schema::Tombstone>(&key)? else {
+            break;
+        };
+        if t.at_ns.saturating_add(schema::TOMBSTONE_NS) > ctx.now_ns {
+            break;
+        }
+        txn.remove(&key);
+        head += 1;
+        if let Some(i) = txn.get::<Inode>(&inode_key(t.ino))? {
+            if is_tombstone(txn, t.ino, &i)? {
+                remove_record(txn, t.ino)?;
+            }
+        }
+    }
+    txn.put_u64(schema::KEY_TOMB_HEAD, head);
+    Ok(())
+}
+
 /// Deletes an inode record with its chunk references.
 fn remove_inode(txn: &mut Txn<'_>, ino: u64, inode: &Inode) -> OpResult<()> {
     change_refs(txn, &inode.extents.refs(), &BTreeMap::new())?;
+    remove_record(txn, ino)
+}
+
+/// Deletes an inode record (its chunk references are gone already).
+fn remove_record(txn: &mut Txn<'_>, ino: u64) -> OpResult<()> {
     txn.remove(&inode_key(ino));
     let count = txn.get_u64(KEY_INODE_COUNT)?;
     txn.put_u64(KEY_INODE_COUNT, count.saturating_sub(1));
