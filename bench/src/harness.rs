@@ -621,7 +621,10 @@ impl Mount {
             cmd.arg("-o").arg(options);
         }
         let child = cmd
-            .env("RUST_LOG", "info,quizfs=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("QUIZFS_MOUNT_LOG").unwrap_or_else(|_| "info,quizfs=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create the client log"))

@@ -23,6 +23,7 @@ mod t40_corruption;
 mod t50_bad_input;
 mod t60_leader_kill;
 mod t65_read_lease;
+mod t67_close_to_open;
 mod t70_rejoin;
 mod t80_snapshot;
 mod t85_gc;
