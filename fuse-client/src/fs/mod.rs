@@ -119,8 +119,9 @@ struct Inner {
     /// it: a `stat` that sees a newer version leaves the pages as they
     /// were, and an open that then kept them would read old content.
     pages: Mutex<HashMap<u64, u64>>,
-    /// Threads whose last open met a deleted inode, and when.
-    estale: Mutex<HashMap<u32, Instant>>,
+    /// Threads whose open met a deleted inode, in the kernel's retry of
+    /// it: when, and the inode the retry's lookup found (0 before it).
+    estale: Mutex<HashMap<u32, (Instant, u64)>>,
     /// Inodes whose last attributes said they have no extended attributes,
     /// and when: within the attribute timeout, getxattr answers ENODATA
     /// here (`ls -l` asks for an ACL on every entry).
@@ -443,7 +444,8 @@ impl Inner {
         // is opened. An inode this mount holds open is its own orphan.
         let retry = self.lock_estale().remove(&pid);
         let deleted = attr.nlink == 0 && !self.lock_files().contains_key(&ino);
-        if deleted && retry.is_none_or(|t| t.elapsed() > RETRY_WINDOW) {
+        let retried = retry.is_some_and(|(t, found)| found == ino && t.elapsed() <= RETRY_WINDOW);
+        if deleted && !retried {
             return Err(self.refuse_deleted(ino, pid));
         }
         let mut extents = Some(extents);
@@ -489,21 +491,35 @@ impl Inner {
         tracing::debug!(ino, pid, "open of a deleted inode: ESTALE");
         let mut estale = self.lock_estale();
         if estale.len() >= MAX_ESTALE {
-            estale.retain(|_, t| t.elapsed() <= RETRY_WINDOW);
+            estale.retain(|_, (t, _)| t.elapsed() <= RETRY_WINDOW);
         }
-        estale.insert(pid, Instant::now());
+        estale.insert(pid, (Instant::now(), 0));
         err(libc::ESTALE)
     }
 
     /// True while thread `pid` is in the kernel's retry of an open that
-    /// was refused with ESTALE.
-    fn retrying(&self, pid: u32) -> bool {
+    /// was refused with ESTALE, and its fresh lookup found `ino`.
+    fn retrying(&self, pid: u32, ino: u64) -> bool {
         self.lock_estale()
             .get(&pid)
-            .is_some_and(|t| t.elapsed() <= RETRY_WINDOW)
+            .is_some_and(|&(t, found)| found == ino && t.elapsed() <= RETRY_WINDOW)
     }
 
-    fn lock_estale(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Instant>> {
+    /// A lookup by thread `pid`: in a retry, the name now leads to `found`
+    /// (the retry ends if it leads nowhere).
+    fn looked_up(&self, pid: u32, found: Option<u64>) {
+        let mut estale = self.lock_estale();
+        if let Some(r) = estale.get_mut(&pid) {
+            match found {
+                Some(ino) => r.1 = ino,
+                None => {
+                    estale.remove(&pid);
+                }
+            }
+        }
+    }
+
+    fn lock_estale(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Instant, u64)>> {
         self.estale.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -852,11 +868,13 @@ impl Filesystem for QuizFs {
         self.inner.lock_pages().remove(&ino.0);
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_bytes(name);
+        let pid = req.pid();
         self.spawn(move |fs| async move {
             let r = fs.client().lookup(parent.0, &name).await;
             tracing::trace!(parent = parent.0, name = %String::from_utf8_lossy(&name), ino = ?r.as_ref().map(|a| a.ino), "lookup");
+            fs.looked_up(pid, r.as_ref().ok().map(|a| a.ino));
             fs.entry(reply, r);
         });
     }
@@ -918,7 +936,7 @@ impl Filesystem for QuizFs {
                     // the inode the fresh lookup found may be deleted in
                     // turn before its attributes are asked for: its
                     // tombstone answers, as the open will.
-                    if fs.retrying(pid) {
+                    if fs.retrying(pid, ino.0) {
                         if let Ok((a, _)) = fs.client().layout(ino.0).await {
                             return reply.attr(&fs.opts.attr_timeout, &fs.file_attr(&a));
                         }
