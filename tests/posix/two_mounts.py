@@ -77,6 +77,30 @@ def main():
         got = read(f_b)
         check(got == f"generation {i}".encode(), f"rename round {i}: B read {got!r}")
 
+    # In place (O_TRUNC, write, close) on A: B reads the old or the new
+    # file, never an empty or short one, also while A is between its open
+    # and its close.
+    old_v, new_v = b"old " * 4096, b"new " * 4096
+    write(f_a, old_v)
+    with open(f_a, "wb") as w:
+        check(read(f_b) == old_v, "B reads the old file while A holds it truncated")
+        w.write(new_v)
+        check(read(f_b) == old_v, "B reads the old file while A's writes are pending")
+    check(read(f_b) == new_v, "B reads the new file after A's close")
+
+    # A file B holds open is deleted on A: B's descriptor still stats (no
+    # link) and reads to the end, as on a local filesystem.
+    victim_a, victim_b = os.path.join(a, "victim"), os.path.join(b, "victim")
+    write(victim_a, b"still here" * 1000)
+    with open(victim_b, "rb") as held:
+        head = held.read(10)
+        os.unlink(victim_a)
+        time.sleep(TTL + 0.2)  # B's cached attributes expire: it must ask
+        st = os.fstat(held.fileno())
+        check(st.st_size == 10000 and st.st_nlink == 0,
+              f"fstat of a file deleted elsewhere: size {st.st_size}, {st.st_nlink} links")
+        check(head + held.read() == b"still here" * 1000, "read to the end after the deletion")
+
     # Deletion and rename on A are visible on B within the attribute timeout.
     write(os.path.join(a, "gone"), b"x")
     check(read(os.path.join(b, "gone")) == b"x", "B sees the file")
