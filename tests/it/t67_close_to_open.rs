@@ -98,6 +98,8 @@ struct Shared {
     found: Mutex<Found>,
     /// The current phase, for the report.
     phase: Mutex<String>,
+    /// The longest publish of each phase (a pause the writer saw).
+    longest: Mutex<Vec<(String, Duration)>>,
 }
 
 impl Shared {
@@ -152,6 +154,7 @@ fn writer(shared: Arc<Shared>, dir: PathBuf) {
         for kind in [Kind::InPlace, Kind::Renamed] {
             // A failed publish is retried with the same version: the
             // checker counts the failure, and the order stays one clock.
+            let began = Instant::now();
             loop {
                 match publish(&dir, kind, v) {
                     Ok(()) => break,
@@ -166,6 +169,13 @@ fn writer(shared: Arc<Shared>, dir: PathBuf) {
                 .lock()
                 .unwrap()
                 .push((v, now));
+            let took = now - began;
+            let phase = shared.phase.lock().unwrap().clone();
+            let mut longest = shared.longest.lock().unwrap();
+            match longest.last_mut() {
+                Some((p, d)) if *p == phase => *d = (*d).max(took),
+                _ => longest.push((phase, took)),
+            }
         }
         shared.written.store(v, Ordering::Relaxed);
     }
@@ -255,6 +265,7 @@ impl Checker {
             written: AtomicU64::new(0),
             found: Mutex::default(),
             phase: Mutex::new("start".into()),
+            longest: Mutex::default(),
         });
         let mut threads = Vec::new();
         let (s, d) = (shared.clone(), write_dir.to_path_buf());
@@ -300,6 +311,9 @@ impl Checker {
         self.shared.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().expect("a checker thread panicked");
+        }
+        for (phase, d) in self.shared.longest.lock().unwrap().iter() {
+            println!("longest publish during {phase}: {} ms", d.as_millis());
         }
         std::mem::take(&mut *self.shared.found.lock().unwrap())
     }
