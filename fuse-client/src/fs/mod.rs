@@ -470,7 +470,7 @@ impl Inner {
         // Reads of this handle come from `view`: the kernel's pages must be
         // of that view before the open returns.
         let keep = self.pages_of(ino, view).await;
-        tracing::debug!(ino, view, keep, "open");
+        tracing::trace!(ino, view, keep, "open");
         self.file_attr(&attr);
         let fh = self.add_handle(Handle_::File(file));
         Ok((fh, keep))
@@ -621,7 +621,7 @@ impl Inner {
         fh: Option<u64>,
     ) -> Result<pb::Attr, ClientError> {
         let open = self.open_file(ino);
-        tracing::debug!(ino, ?set, ?fh, open = open.is_some(), "setattr");
+        tracing::trace!(ino, ?set, ?fh, open = open.is_some(), "setattr");
         let Some(f) = open else {
             return self.apply_attr("setattr", Op::SetAttr(set)).await;
         };
