@@ -341,6 +341,53 @@ async fn new_leader(cluster: &Cluster, not: usize) -> usize {
     .await
 }
 
+/// The faults, each done and undone while the checker runs.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    KillLeader,
+    FreezeLeader,
+    FreezeFollower,
+    CutLeader,
+}
+
+/// Does `fault`, waits for versions published through it, undoes it,
+/// and waits for versions published after it.
+async fn fault_phase(cluster: &mut Cluster, checker: &Checker, fault: Fault) {
+    let (during, after) = match fault {
+        Fault::KillLeader => ("leader SIGKILL", "killed leader restarted"),
+        Fault::FreezeLeader => ("leader SIGSTOP", "frozen leader thawed"),
+        Fault::FreezeFollower => ("follower SIGSTOP", "frozen follower thawed"),
+        Fault::CutLeader => ("leader cut off", "cut leader restored"),
+    };
+    checker.phase(during);
+    let leader = cluster.leader().await.expect("a leader");
+    let node = match fault {
+        Fault::FreezeFollower => (leader + 1) % 3,
+        _ => leader,
+    };
+    match fault {
+        Fault::KillLeader => cluster.kill(node),
+        Fault::FreezeLeader | Fault::FreezeFollower => cluster.freeze(node),
+        Fault::CutLeader => cluster.cut(node),
+    }
+    if !matches!(fault, Fault::FreezeFollower) {
+        new_leader(cluster, node).await;
+    }
+    checker
+        .progress(VERSIONS_PER_PHASE, &format!("versions during {during}"))
+        .await;
+    checker.phase(after);
+    match fault {
+        Fault::KillLeader => cluster.spawn(node),
+        Fault::FreezeLeader | Fault::FreezeFollower => cluster.thaw(node),
+        Fault::CutLeader => cluster.restore(node),
+    }
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    checker
+        .progress(VERSIONS_PER_PHASE, &format!("versions after {after}"))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_to_open_holds_while_the_leader_changes() {
     let mut cluster = Cluster::start_in_netns(3, &[]).await;
@@ -384,61 +431,14 @@ async fn close_to_open_holds_while_the_leader_changes() {
         .progress(VERSIONS_PER_PHASE, "versions before any fault")
         .await;
 
-    checker.phase("leader SIGKILL");
-    let l = cluster.leader().await.expect("a leader");
-    cluster.kill(l);
-    new_leader(&cluster, l).await;
-    checker
-        .progress(VERSIONS_PER_PHASE, "versions with the old leader dead")
-        .await;
-    checker.phase("killed leader restarted");
-    cluster.spawn(l);
-    cluster.wait_healthy(Duration::from_secs(30)).await;
-    checker
-        .progress(VERSIONS_PER_PHASE, "versions after the restart")
-        .await;
-
-    checker.phase("leader SIGSTOP");
-    let l = cluster.leader().await.expect("a leader");
-    cluster.freeze(l);
-    new_leader(&cluster, l).await;
-    checker
-        .progress(VERSIONS_PER_PHASE, "versions with the old leader frozen")
-        .await;
-    checker.phase("frozen leader thawed");
-    cluster.thaw(l);
-    cluster.wait_healthy(Duration::from_secs(30)).await;
-    checker
-        .progress(VERSIONS_PER_PHASE, "versions after the thaw")
-        .await;
-
-    checker.phase("follower SIGSTOP");
-    let l = cluster.leader().await.expect("a leader");
-    let f = (l + 1) % 3;
-    cluster.freeze(f);
-    checker
-        .progress(VERSIONS_PER_PHASE, "versions with a follower frozen")
-        .await;
-    checker.phase("frozen follower thawed");
-    cluster.thaw(f);
-    cluster.wait_healthy(Duration::from_secs(30)).await;
-    checker
-        .progress(VERSIONS_PER_PHASE, "versions after the thaw")
-        .await;
-
-    checker.phase("leader cut off");
-    let l = cluster.leader().await.expect("a leader");
-    cluster.cut(l);
-    new_leader(&cluster, l).await;
-    checker
-        .progress(VERSIONS_PER_PHASE, "versions with the old leader cut off")
-        .await;
-    checker.phase("cut leader restored");
-    cluster.restore(l);
-    cluster.wait_healthy(Duration::from_secs(30)).await;
-    checker
-        .progress(VERSIONS_PER_PHASE, "versions after the restore")
-        .await;
+    for fault in [
+        Fault::KillLeader,
+        Fault::FreezeLeader,
+        Fault::FreezeFollower,
+        Fault::CutLeader,
+    ] {
+        fault_phase(&mut cluster, checker, fault).await;
+    }
 
     let written = checker.written();
     let found = running.0.take().unwrap().stop();

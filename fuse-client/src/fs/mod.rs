@@ -622,10 +622,7 @@ impl Inner {
     ) -> Result<pb::Attr, ClientError> {
         let open = self.open_file(ino);
         tracing::trace!(ino, ?set, ?fh, open = open.is_some(), "setattr");
-        let Some(f) = open else {
-            return self.apply_attr("setattr", Op::SetAttr(set)).await;
-        };
-        let Some(size) = set.size else {
+        let (Some(f), Some(size)) = (open, set.size) else {
             return self.apply_attr("setattr", Op::SetAttr(set)).await;
         };
         // ftruncate or open(O_TRUNC) on a descriptor of this file, changing

@@ -148,20 +148,23 @@ pub struct DirEntryRec {
     pub kind: u32,
 }
 
+/// A one-byte prefix and a big-endian number: the keys of records per
+/// inode, directory, session, tombstone or orphan.
+fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
 /// Key of an inode record.
 pub fn inode_key(ino: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = PREFIX_INODE;
-    k[1..].copy_from_slice(&ino.to_be_bytes());
-    k
+    prefixed(PREFIX_INODE, ino)
 }
 
 /// Key prefix of all entries of a directory.
 pub fn dir_prefix(parent: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = PREFIX_DIRENT;
-    k[1..].copy_from_slice(&parent.to_be_bytes());
-    k
+    prefixed(PREFIX_DIRENT, parent)
 }
 
 /// Key of one directory entry.
@@ -182,10 +185,7 @@ pub fn chunk_key(hash: &[u8; 32]) -> [u8; 33] {
 
 /// Key of a client session.
 pub fn session_key(client: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = PREFIX_SESSION;
-    k[1..].copy_from_slice(&client.to_be_bytes());
-    k
+    prefixed(PREFIX_SESSION, client)
 }
 
 /// One entry of the tombstone queue.
@@ -199,16 +199,10 @@ pub struct Tombstone {
 
 /// Key of position `seq` of the tombstone queue.
 pub fn tomb_key(seq: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = PREFIX_TOMB;
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
+    prefixed(PREFIX_TOMB, seq)
 }
 
 /// Key of an orphan marker.
 pub fn orphan_key(ino: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = PREFIX_ORPHAN;
-    k[1..].copy_from_slice(&ino.to_be_bytes());
-    k
+    prefixed(PREFIX_ORPHAN, ino)
 }
