@@ -55,6 +55,46 @@ pub const RAFT_TARGET_KEY: &str = "x-quizfs-raft-target";
 /// Inode number of the volume's root directory.
 pub const ROOT_INO: u64 = 1;
 
+/// A metadata read's reply: what was found, or only the errno of why not
+/// (0 when found). Both ends use it: the node to answer a failed read, the
+/// client to check one.
+pub trait ReadReply: Default {
+    /// The reply's errno.
+    fn errno(&self) -> i32;
+    /// A reply with only `errno`.
+    fn failed(errno: i32) -> Self;
+}
+
+macro_rules! read_reply {
+    ($($t:ty),*) => {
+        $(impl ReadReply for $t {
+            fn errno(&self) -> i32 {
+                self.errno
+            }
+            fn failed(errno: i32) -> Self {
+                Self { errno, ..Default::default() }
+            }
+        })*
+    };
+}
+
+read_reply!(
+    AttrReply,
+    LayoutReply,
+    ReadDirReply,
+    ReadLinkReply,
+    GetXattrReply,
+    ListXattrReply
+);
+
+/// The wall clock as the protocol carries times: nanoseconds since the
+/// epoch (0 for a clock set before it).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// The blake3 hash that names a chunk.
 #[derive(
     Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

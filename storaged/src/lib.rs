@@ -2,6 +2,8 @@
 //!
 //! - [`config`]: the checked command line (peers, this node, data directory).
 //! - [`node`]: wiring, bootstrap or join, start and stop order.
+//! - [`state`]: what the services of a node share.
+//! - [`disk`]: the space of the data directory's disk.
 //! - [`raft`]: openraft types, the sled log store, the tonic transport, snapshots.
 //! - [`meta`]: the metadata state machine: schema, commands, namespace operations.
 //! - [`chunk`]: the content-addressed chunk store, garbage collection, healing.
@@ -14,9 +16,11 @@
 
 pub mod chunk;
 pub mod config;
+pub mod disk;
 pub mod meta;
 pub mod node;
 pub mod peers;
 pub mod raft;
 pub mod rpc;
+pub mod state;
 pub mod tls;

@@ -11,7 +11,6 @@
 //! cluster once every peer has chosen its identity.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -30,11 +29,12 @@ use crate::peers::PeerPool;
 use crate::raft::lease::ReadLease;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
-use crate::raft::{BasicNode, Cmd, NodeId, Raft};
+use crate::raft::{BasicNode, COMMIT_TIMEOUT, NodeId, ProposeError, Proposer, Raft, propose};
 use crate::rpc::chunk_service::ChunkService;
 use crate::rpc::cluster_service::ClusterService;
 use crate::rpc::meta_service::MetaService;
 use crate::rpc::raft_service::RaftService;
+use crate::state::NodeState;
 
 /// sled's page cache; the metadata is small, and the daemon's memory must
 /// stay bounded.
@@ -72,75 +72,9 @@ pub enum StartError {
     Format(crate::meta::format::FormatError),
 }
 
-/// What the services of a node share.
-pub struct NodeState {
-    /// Checked configuration.
-    pub cfg: Config,
-    /// Raft, once the identity is known.
-    pub raft: OnceLock<Raft>,
-    /// The healer, once Raft runs.
-    pub healer: OnceLock<Arc<Healer>>,
-    /// This node's Raft id, 0 until chosen.
-    pub node_id: AtomicU64,
-    /// Reads of the state machine.
-    pub reader: MetaReader,
-    /// The chunk store.
-    pub store: Arc<ChunkStore>,
-    /// Channels to peers.
-    pub pool: PeerPool,
-    /// Lets the leader serve reads without a read-index round.
-    pub lease: Arc<ReadLease>,
-    /// Chunk uploads received at once (each holds a temp file).
-    pub uploads: tokio::sync::Semaphore,
-    /// Chunk uploads received at once per peer (by certificate name, or by
-    /// address in plaintext), so one client cannot take every upload slot.
-    pub uploads_per_peer:
-        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
-    /// Chunk downloads served at once (each holds a chunk in memory).
-    pub downloads: Arc<tokio::sync::Semaphore>,
-}
-
-/// Most chunk uploads a node receives at once; more wait their turn.
-pub const MAX_UPLOADS: usize = 64;
-/// Most chunk uploads a node receives at once from one peer.
-pub const MAX_UPLOADS_PER_PEER: usize = 16;
-/// Longest a chunk upload may wait for its next piece before it is dropped
-/// (a stalled sender must not hold an upload slot and a temp file).
-pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Most chunk downloads a node serves at once (up to 4 MiB of memory each).
-pub const MAX_DOWNLOADS: usize = 32;
 /// Most concurrent requests (HTTP/2 streams) on one connection: a client
 /// asking for more waits on its side.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
-
-impl std::fmt::Debug for NodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeState")
-            .field("me", &self.cfg.me())
-            .field("node_id", &self.node_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Total and free bytes of the file system holding `dir`.
-pub fn disk_space(dir: &Path) -> (u64, u64) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return (0, 0);
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: statvfs is plain old data, so all-zero is a valid value; `c`
-    // is a NUL-terminated path and `s` a valid statvfs for the call to fill.
-    let (rc, s) = unsafe {
-        let mut s: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(c.as_ptr(), &mut s), s)
-    };
-    if rc != 0 {
-        return (0, 0);
-    }
-    // Both fields are u64 on Linux.
-    (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize)
-}
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 fn raft_config(cfg: &Config) -> Result<openraft::Config, StartError> {
     let ms = |d: Duration| d.as_millis() as u64;
@@ -330,28 +264,18 @@ async fn bootstrap(cfg: Config, raft: Raft, pool: PeerPool, cancel: Cancellation
         tokio::time::sleep(PEER_RETRY).await;
     }
     // Create the root directory, so the volume is usable at once.
-    let op = prost::Message::encode_to_vec(&pb::MetaOp {
+    let op = pb::MetaOp {
         op: Some(Op::InitVolume(pb::InitVolume {})),
-    });
+    };
     while !cancel.is_cancelled() {
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
-        let cmd = Cmd {
-            client_id: 0,
-            seq: 0,
-            acked_below: 0,
-            now_ns,
-            op: op.clone(),
-        };
-        match raft.client_write(cmd).await {
+        match propose(&raft, Proposer::default(), &op, COMMIT_TIMEOUT).await {
             Ok(_) => {
                 tracing::info!("volume ready");
                 return;
             }
-            Err(openraft::error::RaftError::APIError(
+            Err(ProposeError::Raft(openraft::error::RaftError::APIError(
                 openraft::error::ClientWriteError::ForwardToLeader(f),
-            )) if f.leader_id.is_some() => {
+            ))) if f.leader_id.is_some() => {
                 // Another node leads: the first client command creates the
                 // root there just as well.
                 return;
@@ -446,9 +370,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         // Half the election timeout: well inside the followers' leader
         // lease (election_timeout_max), with room for a missed heartbeat.
         lease: Arc::new(ReadLease::new(cfg.election / 2)),
-        uploads: tokio::sync::Semaphore::new(MAX_UPLOADS),
-        uploads_per_peer: std::sync::Mutex::default(),
-        downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -582,8 +503,8 @@ async fn serve(
         state: state.clone(),
     })
     .max_decoding_message_size(max);
-    let chunks =
-        pb::chunks_server::ChunksServer::new(ChunkService { state }).max_decoding_message_size(max);
+    let chunks = pb::chunks_server::ChunksServer::new(ChunkService::new(state))
+        .max_decoding_message_size(max);
     let res = Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(1)))

@@ -56,7 +56,7 @@ async fn a_client_flooding_uploads_cannot_starve_another() {
         }
     }
     // The nodes take up the flood's share of temp files.
-    let share = storaged::node::MAX_UPLOADS_PER_PEER;
+    let share = storaged::rpc::chunk_service::MAX_UPLOADS_PER_PEER;
     wait_until(
         Duration::from_secs(10),
         "the flood's uploads to be open",

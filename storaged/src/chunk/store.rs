@@ -157,7 +157,7 @@ impl ChunkStore {
         if self.reserve == 0 {
             return false;
         }
-        let (total, free) = crate::node::disk_space(&self.root);
+        let (total, free) = crate::disk::space(&self.root);
         // total 0: statvfs failed; let the write itself find out.
         total > 0 && free < self.reserve + CHUNK_SIZE as u64
     }

@@ -249,9 +249,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 "{}-{}-{}",
                 last.map_or(0, |l| l.leader_id.term),
                 last.map_or(0, |l| l.index),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos())
+                quizfs_proto::now_ns()
             );
             let meta = SnapshotMeta {
                 last_log_id: last,

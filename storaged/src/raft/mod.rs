@@ -26,6 +26,64 @@ pub struct Cmd {
     pub op: Vec<u8>,
 }
 
+/// Longest a proposal waits for its commit before the proposer is told to
+/// retry (a client's retry is safe: it carries the same sequence number).
+pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Who proposes a command: a client's session and sequence number, or
+/// nobody (commands of the cluster's own, such as creating the root).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Proposer {
+    /// The client (0 for none).
+    pub client_id: u64,
+    /// The client's sequence number.
+    pub seq: u64,
+    /// Every seq of this client below this one has had its reply.
+    pub acked_below: u64,
+}
+
+/// Why a proposed command has no reply.
+// Made once per failed proposal and matched at once: boxing openraft's
+// error would only add a step to every match.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// Not committed within the time given (it may still be: a retry
+    /// with the same sequence number is applied once).
+    #[error("commit timed out")]
+    TimedOut,
+    /// Raft refused it (not the leader, or stopped).
+    #[error(transparent)]
+    Raft(
+        #[from]
+        openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>,
+    ),
+    /// The state machine's reply does not decode (a bug).
+    #[error("undecodable reply: {0}")]
+    Reply(#[from] prost::DecodeError),
+}
+
+/// Proposes `op` to Raft as `who`, stamped with the leader's clock, and
+/// waits up to `timeout` for its reply. The one way commands are made.
+pub async fn propose(
+    raft: &Raft,
+    who: Proposer,
+    op: &quizfs_proto::MetaOp,
+    timeout: std::time::Duration,
+) -> Result<quizfs_proto::MetaReply, ProposeError> {
+    let cmd = Cmd {
+        client_id: who.client_id,
+        seq: who.seq,
+        acked_below: who.acked_below,
+        now_ns: quizfs_proto::now_ns(),
+        op: prost::Message::encode_to_vec(op),
+    };
+    let resp = tokio::time::timeout(timeout, raft.client_write(cmd))
+        .await
+        .map_err(|_| ProposeError::TimedOut)??;
+    Ok(prost::Message::decode(resp.data.0.as_slice())?)
+}
+
 /// The result of applying a [`Cmd`]: a prost-encoded `quizfs.v1.MetaReply`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CmdReply(pub Vec<u8>);
@@ -70,12 +128,7 @@ pub fn read_err(
     subject: openraft::ErrorSubject<NodeId>,
     e: &(impl std::error::Error + 'static),
 ) -> StorageError {
-    openraft::StorageIOError::new(
-        subject,
-        openraft::ErrorVerb::Read,
-        openraft::AnyError::new(e),
-    )
-    .into()
+    io_err(subject, openraft::ErrorVerb::Read, e)
 }
 
 /// Wraps an error as a storage write error, for openraft.
@@ -83,10 +136,13 @@ pub fn write_err(
     subject: openraft::ErrorSubject<NodeId>,
     e: &(impl std::error::Error + 'static),
 ) -> StorageError {
-    openraft::StorageIOError::new(
-        subject,
-        openraft::ErrorVerb::Write,
-        openraft::AnyError::new(e),
-    )
-    .into()
+    io_err(subject, openraft::ErrorVerb::Write, e)
+}
+
+fn io_err(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    e: &(impl std::error::Error + 'static),
+) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(e)).into()
 }

@@ -1,24 +1,63 @@
 //! Chunk upload and download, streamed in pieces so memory stays bounded.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use quizfs_proto::{self as pb, ChunkHash, PIECE_SIZE, chunks_server::Chunks};
+use tokio::sync::Semaphore;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
 use crate::chunk::store::ChunkError;
-use crate::node::NodeState;
+use crate::state::NodeState;
+
+/// Most chunk uploads a node receives at once; more wait their turn.
+pub const MAX_UPLOADS: usize = 64;
+/// Most chunk uploads a node receives at once from one peer.
+pub const MAX_UPLOADS_PER_PEER: usize = 16;
+/// Longest a chunk upload may wait for its next piece before it is dropped
+/// (a stalled sender must not hold an upload slot and a temp file).
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most chunk downloads a node serves at once (up to 4 MiB of memory each).
+pub const MAX_DOWNLOADS: usize = 32;
 
 /// Serves chunk uploads and downloads.
 #[derive(Debug, Clone)]
 pub struct ChunkService {
     /// The node.
     pub state: Arc<NodeState>,
+    slots: Arc<Slots>,
+}
+
+/// The transfers a node serves at once.
+#[derive(Debug)]
+struct Slots {
+    /// Chunk uploads received at once (each holds a temp file).
+    uploads: Semaphore,
+    /// Chunk uploads received at once per peer (by certificate name, or by
+    /// address in plaintext), so one client cannot take every upload slot.
+    per_peer: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Chunk downloads served at once (each holds a chunk in memory).
+    downloads: Arc<Semaphore>,
 }
 
 impl ChunkService {
+    /// The chunk service of a node, with its transfer slots.
+    pub fn new(state: Arc<NodeState>) -> Self {
+        let slots = Slots {
+            uploads: Semaphore::new(MAX_UPLOADS),
+            per_peer: Mutex::default(),
+            downloads: Arc::new(Semaphore::new(MAX_DOWNLOADS)),
+        };
+        Self {
+            state,
+            slots: Arc::new(slots),
+        }
+    }
+
     /// The status for a failed read; a chunk found corrupt goes to the
     /// healer first.
     fn read_failed(&self, e: &ChunkError) -> Status {
@@ -51,22 +90,18 @@ impl Chunks for ChunkService {
             })
             .unwrap_or_default();
         let per_peer = self
-            .state
-            .uploads_per_peer
+            .slots
+            .per_peer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(peer)
-            .or_insert_with(|| {
-                Arc::new(tokio::sync::Semaphore::new(
-                    crate::node::MAX_UPLOADS_PER_PEER,
-                ))
-            })
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_UPLOADS_PER_PEER)))
             .clone();
         let closed = |_| Status::unavailable("shutting down");
         let _mine = per_peer.acquire().await.map_err(closed)?;
-        let _all = self.state.uploads.acquire().await.map_err(closed)?;
+        let _all = self.slots.uploads.acquire().await.map_err(closed)?;
         let mut stream = req.into_inner();
-        let idle = crate::node::UPLOAD_IDLE_TIMEOUT;
+        let idle = UPLOAD_IDLE_TIMEOUT;
         let stalled = || Status::deadline_exceeded(format!("no data for {idle:?}"));
         let mut next = async || match tokio::time::timeout(idle, stream.message()).await {
             Ok(r) => r,
@@ -122,7 +157,7 @@ impl Chunks for ChunkService {
         // A range holds at most a whole small chunk in memory: the same
         // bound as downloads.
         let _permit = self
-            .state
+            .slots
             .downloads
             .acquire()
             .await
@@ -151,7 +186,7 @@ impl Chunks for ChunkService {
         // Bounds the chunks held in memory for downloads: the permit goes
         // with the reply stream and is released when it ends.
         let permit = self
-            .state
+            .slots
             .downloads
             .clone()
             .acquire_owned()

@@ -10,8 +10,8 @@ use quizfs_proto::{self as pb, cluster_server::Cluster, meta_op::Op};
 use tonic::{Request, Response, Status};
 
 use super::status;
-use crate::node::NodeState;
-use crate::raft::{BasicNode, Cmd, Raft};
+use crate::raft::{BasicNode, COMMIT_TIMEOUT, Proposer, Raft, propose};
+use crate::state::NodeState;
 
 /// Longest a join waits for the new member to catch up.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -127,7 +127,7 @@ impl Cluster for ClusterService {
         _req: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusReply>, Status> {
         let (chunks, chunk_bytes) = self.state.store.stats();
-        let (disk_total, disk_free) = crate::node::disk_space(&self.state.cfg.data_dir);
+        let (disk_total, disk_free) = crate::disk::space(&self.state.cfg.data_dir);
         let mut reply = pb::NodeStatusReply {
             node_id: self.state.node_id.load(Ordering::Relaxed),
             addr: self.state.cfg.me().addr(),
@@ -193,18 +193,12 @@ impl Cluster for ClusterService {
         }
         let raft = self.ensure_leader()?;
         if req.node_id == 0 {
-            let cmd = Cmd {
-                client_id: 0,
-                seq: 0,
-                acked_below: 0,
-                now_ns: 0,
-                op: prost::Message::encode_to_vec(&pb::MetaOp {
-                    op: Some(Op::AllocNodeId(pb::AllocNodeId {})),
-                }),
+            let op = pb::MetaOp {
+                op: Some(Op::AllocNodeId(pb::AllocNodeId {})),
             };
-            let resp = raft.client_write(cmd).await.map_err(status::write_error)?;
-            let reply: pb::MetaReply = prost::Message::decode(resp.data.0.as_slice())
-                .map_err(|e| Status::internal(format!("undecodable reply: {e}")))?;
+            let reply = propose(raft, Proposer::default(), &op, COMMIT_TIMEOUT)
+                .await
+                .map_err(status::propose_error)?;
             tracing::info!(node = reply.value, "allocated a node id for a joining node");
             return Ok(Response::new(pb::JoinReply {
                 node_id: reply.value,

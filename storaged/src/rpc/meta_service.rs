@@ -3,21 +3,18 @@
 //! Followers redirect.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use prost::Message;
-use quizfs_proto::{self as pb, meta_server::Meta};
+use quizfs_proto::{self as pb, ReadReply, meta_server::Meta};
 use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::meta::read::MetaReader;
+use crate::meta::schema::Inode;
 use crate::meta::validate;
-use crate::node::NodeState;
-use crate::raft::{Cmd, Raft};
+use crate::raft::{COMMIT_TIMEOUT, Proposer, Raft, propose};
+use crate::state::NodeState;
 
-/// Longest a write waits for its commit before the client is told to retry
-/// (the retry is safe: it carries the same sequence number).
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a read waits for its read-index check.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -26,12 +23,6 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct MetaService {
     /// The node.
     pub state: Arc<NodeState>,
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl MetaService {
@@ -53,15 +44,26 @@ impl MetaService {
             Ok(Ok(_)) => Ok(&self.state.reader),
         }
     }
+
+    /// Inode `ino` as a linearizable read finds it, or ENOENT.
+    async fn inode(&self, ino: u64) -> Result<Result<Inode, i32>, Status> {
+        let r = self.linearize().await?;
+        Ok(r.inode(ino)
+            .map_err(status::read_error)?
+            .ok_or(libc::ENOENT))
+    }
 }
 
-fn errno_attr(r: Result<pb::Attr, i32>) -> pb::AttrReply {
-    match r {
-        Ok(a) => pb::AttrReply {
-            errno: 0,
-            attr: Some(a),
-        },
-        Err(errno) => pb::AttrReply { errno, attr: None },
+/// The response to a read: the reply, or a reply with only the errno.
+fn answer<R: ReadReply>(r: Result<R, i32>) -> Result<Response<R>, Status> {
+    Ok(Response::new(r.unwrap_or_else(R::failed)))
+}
+
+/// An attribute reply.
+fn attr_reply(a: pb::Attr) -> pb::AttrReply {
+    pb::AttrReply {
+        errno: 0,
+        attr: Some(a),
     }
 }
 
@@ -82,20 +84,14 @@ impl Meta for MetaService {
                 ..Default::default()
             }));
         }
-        let cmd = Cmd {
+        let who = Proposer {
             client_id: req.client_id,
             seq: req.seq,
             acked_below: req.acked_below,
-            now_ns: now_ns(),
-            op: op.encode_to_vec(),
         };
-        let raft = self.raft()?;
-        let resp = match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(cmd)).await {
-            Err(_) => return Err(Status::unavailable("commit timed out")),
-            Ok(r) => r.map_err(status::write_error)?,
-        };
-        let reply = pb::MetaReply::decode(resp.data.0.as_slice())
-            .map_err(|e| Status::internal(format!("undecodable reply: {e}")))?;
+        let reply = propose(self.raft()?, who, &op, COMMIT_TIMEOUT)
+            .await
+            .map_err(status::propose_error)?;
         Ok(Response::new(reply))
     }
 
@@ -105,22 +101,19 @@ impl Meta for MetaService {
     ) -> Result<Response<pb::AttrReply>, Status> {
         let r = self.linearize().await?;
         let req = req.into_inner();
-        Ok(Response::new(errno_attr(
-            r.lookup(req.parent, &req.name)
-                .map_err(status::read_error)?,
-        )))
+        let found = r
+            .lookup(req.parent, &req.name)
+            .map_err(status::read_error)?;
+        answer(found.map(attr_reply))
     }
 
     async fn get_attr(
         &self,
         req: Request<pb::InodeRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
-        let r = self.linearize().await?;
         let ino = req.get_ref().ino;
-        let inode = r.inode(ino).map_err(status::read_error)?;
-        Ok(Response::new(errno_attr(
-            inode.map(|i| i.attr(ino)).ok_or(libc::ENOENT),
-        )))
+        let inode = self.inode(ino).await?;
+        answer(inode.map(|i| attr_reply(i.attr(ino))))
     }
 
     async fn get_layout(
@@ -131,18 +124,11 @@ impl Meta for MetaService {
         let ino = req.get_ref().ino;
         // A tombstone too: the mount decides whether this open may have it.
         let found = r.inode_or_tombstone(ino).map_err(status::read_error)?;
-        let reply = match found.map(|(i, _)| i) {
-            None => pb::LayoutReply {
-                errno: libc::ENOENT,
-                ..Default::default()
-            },
-            Some(i) => pb::LayoutReply {
-                errno: 0,
-                attr: Some(i.attr(ino)),
-                extents: i.extents.to_wire(),
-            },
-        };
-        Ok(Response::new(reply))
+        answer(found.ok_or(libc::ENOENT).map(|(i, _)| pb::LayoutReply {
+            errno: 0,
+            attr: Some(i.attr(ino)),
+            extents: i.extents.to_wire(),
+        }))
     }
 
     async fn read_dir(
@@ -151,83 +137,51 @@ impl Meta for MetaService {
     ) -> Result<Response<pb::ReadDirReply>, Status> {
         let r = self.linearize().await?;
         let req = req.into_inner();
-        let reply = match r
+        let found = r
             .readdir(req.ino, &req.after, req.limit)
-            .map_err(status::read_error)?
-        {
-            Ok((entries, more)) => pb::ReadDirReply {
-                errno: 0,
-                entries,
-                more,
-            },
-            Err(errno) => pb::ReadDirReply {
-                errno,
-                ..Default::default()
-            },
-        };
-        Ok(Response::new(reply))
+            .map_err(status::read_error)?;
+        answer(found.map(|(entries, more)| pb::ReadDirReply {
+            errno: 0,
+            entries,
+            more,
+        }))
     }
 
     async fn read_link(
         &self,
         req: Request<pb::InodeRequest>,
     ) -> Result<Response<pb::ReadLinkReply>, Status> {
-        let r = self.linearize().await?;
-        let reply = match r.inode(req.get_ref().ino).map_err(status::read_error)? {
-            None => pb::ReadLinkReply {
-                errno: libc::ENOENT,
-                target: Vec::new(),
-            },
-            Some(i) if i.mode & libc::S_IFMT != libc::S_IFLNK => pb::ReadLinkReply {
-                errno: libc::EINVAL,
-                target: Vec::new(),
-            },
-            Some(i) => pb::ReadLinkReply {
+        let inode = self.inode(req.get_ref().ino).await?;
+        answer(inode.and_then(|i| match i.mode & libc::S_IFMT {
+            libc::S_IFLNK => Ok(pb::ReadLinkReply {
                 errno: 0,
                 target: i.target,
-            },
-        };
-        Ok(Response::new(reply))
+            }),
+            _ => Err(libc::EINVAL),
+        }))
     }
 
     async fn get_xattr(
         &self,
         req: Request<pb::GetXattrRequest>,
     ) -> Result<Response<pb::GetXattrReply>, Status> {
-        let r = self.linearize().await?;
         let req = req.into_inner();
-        let reply = match r.inode(req.ino).map_err(status::read_error)? {
-            None => pb::GetXattrReply {
-                errno: libc::ENOENT,
-                value: Vec::new(),
-            },
-            Some(mut i) => match i.xattrs.remove(&req.name) {
-                Some(value) => pb::GetXattrReply { errno: 0, value },
-                None => pb::GetXattrReply {
-                    errno: libc::ENODATA,
-                    value: Vec::new(),
-                },
-            },
-        };
-        Ok(Response::new(reply))
+        let inode = self.inode(req.ino).await?;
+        answer(inode.and_then(|mut i| match i.xattrs.remove(&req.name) {
+            Some(value) => Ok(pb::GetXattrReply { errno: 0, value }),
+            None => Err(libc::ENODATA),
+        }))
     }
 
     async fn list_xattr(
         &self,
         req: Request<pb::InodeRequest>,
     ) -> Result<Response<pb::ListXattrReply>, Status> {
-        let r = self.linearize().await?;
-        let reply = match r.inode(req.get_ref().ino).map_err(status::read_error)? {
-            None => pb::ListXattrReply {
-                errno: libc::ENOENT,
-                names: Vec::new(),
-            },
-            Some(i) => pb::ListXattrReply {
-                errno: 0,
-                names: i.xattrs.into_keys().collect(),
-            },
-        };
-        Ok(Response::new(reply))
+        let inode = self.inode(req.get_ref().ino).await?;
+        answer(inode.map(|i| pb::ListXattrReply {
+            errno: 0,
+            names: i.xattrs.into_keys().collect(),
+        }))
     }
 
     async fn stat_fs(
@@ -236,7 +190,7 @@ impl Meta for MetaService {
     ) -> Result<Response<pb::StatFsReply>, Status> {
         let r = self.linearize().await?;
         let files = r.inode_count().map_err(status::read_error)?;
-        let (total_bytes, free_bytes) = crate::node::disk_space(&self.state.cfg.data_dir);
+        let (total_bytes, free_bytes) = crate::disk::space(&self.state.cfg.data_dir);
         Ok(Response::new(pb::StatFsReply {
             total_bytes,
             free_bytes,

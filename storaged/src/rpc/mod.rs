@@ -1,5 +1,5 @@
 //! The gRPC services of a node. All four share one server and one
-//! [`NodeState`](crate::node::NodeState).
+//! [`NodeState`](crate::state::NodeState).
 
 pub mod chunk_service;
 pub mod cluster_service;

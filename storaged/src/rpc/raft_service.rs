@@ -6,8 +6,8 @@ use quizfs_proto::{RaftBytes, raft_transport_server::RaftTransport};
 use tonic::{Request, Response, Status};
 
 use super::status;
-use crate::node::NodeState;
 use crate::raft::{decode, encode};
+use crate::state::NodeState;
 
 /// Serves Raft RPCs from peers.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use tonic::Status;
 
 use crate::chunk::store::ChunkError;
 use crate::meta::read::ReadError;
-use crate::raft::{BasicNode, NodeId};
+use crate::raft::{BasicNode, NodeId, ProposeError};
 
 /// The node has not finished starting (no Raft yet).
 pub fn not_ready() -> Status {
@@ -36,7 +36,21 @@ pub fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) ->
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Status::failed_precondition(e.to_string())
         }
-        RaftError::Fatal(f) => Status::unavailable(format!("raft stopped: {f}")),
+        RaftError::Fatal(f) => stopped(&f),
+    }
+}
+
+/// Raft on this node has stopped: another node may serve.
+fn stopped(f: &openraft::error::Fatal<NodeId>) -> Status {
+    Status::unavailable(format!("raft stopped: {f}"))
+}
+
+/// A proposed command without a reply.
+pub fn propose_error(e: ProposeError) -> Status {
+    match e {
+        ProposeError::TimedOut => Status::unavailable("commit timed out"),
+        ProposeError::Raft(e) => write_error(e),
+        ProposeError::Reply(e) => Status::internal(format!("undecodable reply: {e}")),
     }
 }
 
@@ -47,7 +61,7 @@ pub fn read_index_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNod
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
             Status::unavailable(q.to_string())
         }
-        RaftError::Fatal(f) => Status::unavailable(format!("raft stopped: {f}")),
+        RaftError::Fatal(f) => stopped(&f),
     }
 }
 
