@@ -10,6 +10,12 @@
 //! another node after a short backoff that a leader change cuts short.
 //! Other errors are final. The whole call gives up after the operation
 //! timeout.
+//!
+//! [`Retry`], the budget of a retrying operation (its deadline and the
+//! backoff between tries), is used by every path that tries again: calls
+//! here, and the chunk transfers in `chunks.rs`, which go to every node or
+//! to the next one themselves (a majority write, a hedged read) but retry
+//! a failed round within the same budget.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,8 +28,55 @@ use tonic::{Code, Status};
 
 use super::{ClientError, ClusterClient, NodeHandle};
 
+/// First pause between tries.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between tries.
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+/// The budget of a retrying operation: a deadline, and a pause between
+/// tries that doubles from `BACKOFF_MIN` to `BACKOFF_MAX`.
+#[derive(Debug)]
+pub(super) struct Retry {
+    timeout: Duration,
+    deadline: Instant,
+    backoff: Duration,
+}
+
+impl Retry {
+    /// A budget of `timeout` from now.
+    pub(super) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            deadline: Instant::now() + timeout,
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    /// The whole budget.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether the deadline has passed.
+    pub(super) fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    /// Time left before the deadline.
+    pub(super) fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Waits before the next try: the backoff, never past the deadline, or
+    /// until `wake` resolves (news that makes a try worth making now).
+    pub(super) async fn pause(&mut self, wake: impl Future<Output = ()>) {
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff.min(self.left())) => {}
+            _ = wake => {}
+        }
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
 
 /// Whether an error is worth retrying on another node.
 fn retryable(s: &Status) -> bool {
@@ -77,15 +130,14 @@ impl ClusterClient {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let opts = &self.inner.opts;
-        let deadline = Instant::now() + opts.op_timeout;
-        let mut backoff = BACKOFF_MIN;
+        let mut retry = Retry::new(opts.op_timeout);
         let mut last = String::from("no node known");
         let mut avoid: Option<String> = None;
         loop {
-            if Instant::now() >= deadline {
+            if retry.expired() {
                 return Err(ClientError::Timeout {
                     op,
-                    timeout: opts.op_timeout,
+                    timeout: retry.timeout(),
                     last,
                 });
             }
@@ -96,9 +148,7 @@ impl ClusterClient {
                 });
             };
             // No attempt outlives the operation's own bound.
-            let budget = opts
-                .call_timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
+            let budget = opts.call_timeout.min(retry.left());
             let attempt = tokio::time::timeout(budget, f(node.channel.clone()));
             let status = tokio::select! {
                 r = attempt => match r {
@@ -141,41 +191,32 @@ impl ClusterClient {
                         self.set_leader(None);
                     }
                     if status.code() == Code::DeadlineExceeded {
-                        node.set_up(false);
+                        node.liveness.missed_deadline();
                     }
                     avoid = Some(node.addr.clone());
                 }
             }
-            let moved = self.inner.leader_moved.notified();
-            tokio::select! {
-                _ = tokio::time::sleep(
-                    backoff.min(deadline.saturating_duration_since(Instant::now())),
-                ) => {}
-                _ = moved => {}
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            retry.pause(self.inner.leader_moved.notified()).await;
         }
     }
 
     /// Resolves when a call in flight to `node` should be given up: the node
     /// was marked down, or another node became leader.
     async fn abandoned(&self, node: &NodeHandle) -> &'static str {
-        loop {
-            let down = node.went_down.notified();
-            let moved = self.inner.leader_moved.notified();
-            tokio::pin!(down, moved);
-            down.as_mut().enable();
-            moved.as_mut().enable();
-            if !node.is_up() {
-                return "node stopped answering heartbeats";
+        let moved = async {
+            loop {
+                let moved = self.inner.leader_moved.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                if self.leader().is_some_and(|l| l != node.addr) {
+                    return;
+                }
+                moved.await;
             }
-            if self.leader().is_some_and(|l| l != node.addr) {
-                return "another node became leader";
-            }
-            tokio::select! {
-                _ = down => {}
-                _ = moved => {}
-            }
+        };
+        tokio::select! {
+            _ = node.liveness.down() => "node stopped answering heartbeats",
+            _ = moved => "another node became leader",
         }
     }
 }

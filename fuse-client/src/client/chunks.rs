@@ -14,6 +14,7 @@ use std::time::Duration;
 use quizfs_proto::{self as pb, ChunkHash, PIECE_SIZE, chunks_client::ChunksClient, range};
 use tonic::transport::Channel;
 
+use super::call::Retry;
 use super::{ClientError, ClusterClient, NodeHandle};
 
 /// Shortest wait before a chunk read is also asked of another node.
@@ -29,17 +30,7 @@ async fn read_one(
 ) -> (String, Result<Vec<u8>, String>) {
     let r = tokio::select! {
         r = get_from(node.channel.clone(), hash, deadline) => r,
-        _ = async {
-            loop {
-                let down = node.went_down.notified();
-                tokio::pin!(down);
-                down.as_mut().enable();
-                if !node.is_up() {
-                    return;
-                }
-                down.await;
-            }
-        } => Err("node stopped answering heartbeats".into()),
+        _ = node.liveness.down() => Err("node stopped answering heartbeats".into()),
     };
     (node.addr.clone(), r)
 }
@@ -77,12 +68,15 @@ async fn put_to(
             message: "timed out".into(),
         }),
         Ok(Err(s)) => Err(PutFailure {
-            fatal: match s.code() {
-                tonic::Code::ResourceExhausted => Some(libc::ENOSPC),
-                tonic::Code::PermissionDenied => Some(libc::EACCES),
-                tonic::Code::InvalidArgument => Some(libc::EIO),
-                _ => None,
-            },
+            // A full disk, a refusal, or content the node rejected: no
+            // other try or node changes these.
+            fatal: matches!(
+                s.code(),
+                tonic::Code::ResourceExhausted
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument
+            )
+            .then(|| super::error::errno_of_code(s.code())),
             message: format!("{:?}: {}", s.code(), s.message()),
         }),
         Ok(Ok(_)) => Ok(()),
@@ -161,7 +155,7 @@ impl ClusterClient {
     pub async fn put_chunk(&self, data: Arc<Vec<u8>>) -> Result<ChunkHash, ClientError> {
         let hash = ChunkHash::of(&data);
         let deadline = transfer_deadline(self.inner.opts.call_timeout, data.len());
-        let give_up = tokio::time::Instant::now() + self.inner.opts.op_timeout;
+        let mut retry = Retry::new(self.inner.opts.op_timeout);
         let mut detail = Vec::new();
         loop {
             let all = self.nodes();
@@ -207,14 +201,14 @@ impl ClusterClient {
                     break;
                 }
             }
-            if tokio::time::Instant::now() >= give_up {
+            if retry.expired() {
                 return Err(ClientError::ChunkNotDurable {
                     hash,
                     detail: detail.join("; "),
                     errno: libc::ETIMEDOUT,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            retry.pause(std::future::pending()).await;
         }
     }
 
@@ -236,7 +230,7 @@ impl ClusterClient {
     /// says.
     pub async fn get_chunk(&self, hash: ChunkHash) -> Result<Vec<u8>, ClientError> {
         let deadline = transfer_deadline(self.inner.opts.call_timeout, pb::CHUNK_SIZE);
-        let give_up = tokio::time::Instant::now() + self.inner.opts.op_timeout;
+        let mut retry = Retry::new(self.inner.opts.op_timeout);
         let mut detail = Vec::new();
         loop {
             let mut nodes: Vec<Arc<NodeHandle>> = self.nodes();
@@ -277,13 +271,13 @@ impl ClusterClient {
                     }
                 }
             }
-            if tokio::time::Instant::now() >= give_up {
+            if retry.expired() {
                 return Err(ClientError::ChunkUnavailable {
                     hash,
                     detail: detail.join("; "),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            retry.pause(std::future::pending()).await;
         }
     }
 

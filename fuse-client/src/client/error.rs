@@ -78,27 +78,65 @@ pub enum ClientError {
     /// Reading the data to write failed.
     #[error("reading the data to write: {0}")]
     Source(#[from] std::io::Error),
+    /// A task doing part of the operation panicked or was cancelled (a
+    /// bug: the log has its message).
+    #[error("{op}: a task doing part of it failed: {detail}")]
+    TaskFailed {
+        /// The operation.
+        op: &'static str,
+        /// What the runtime said of the task.
+        detail: String,
+    },
 }
 
 impl ClientError {
-    /// The errno an application should see for this error.
+    /// A task of operation `op` that panicked or was cancelled.
+    pub fn task_failed(op: &'static str, e: tokio::task::JoinError) -> Self {
+        Self::TaskFailed {
+            op,
+            detail: e.to_string(),
+        }
+    }
+
+    /// The errno an application should see for this error: the one
+    /// mapping, used by the mount and every other caller.
     pub fn errno(&self) -> i32 {
         match self {
             Self::Posix { errno, .. } | Self::ChunkNotDurable { errno, .. } => *errno,
             Self::Timeout { .. } | Self::NoServer { .. } => libc::ETIMEDOUT,
-            Self::Refused {
-                code: tonic::Code::ResourceExhausted,
-                ..
-            } => libc::ENOSPC,
-            Self::Refused {
-                code: tonic::Code::InvalidArgument,
-                ..
-            } => libc::EINVAL,
-            Self::Refused {
-                code: tonic::Code::PermissionDenied,
-                ..
-            } => libc::EACCES,
-            _ => libc::EIO,
+            Self::Refused { code, .. } => errno_of_code(*code),
+            Self::UnknownVolume { .. }
+            | Self::ChunkUnavailable { .. }
+            | Self::BadAddress(_)
+            | Self::Source(_)
+            | Self::TaskFailed { .. } => libc::EIO,
         }
+    }
+}
+
+/// The errno for a gRPC code a node answered with and that retrying does
+/// not change. A node sends INVALID_ARGUMENT only for a request no
+/// application call can make (a malformed message, content that does not
+/// match its hash), so the application sees EIO, as for the node's own
+/// failures; a bad name or offset comes back as a POSIX errno in the reply.
+pub fn errno_of_code(code: tonic::Code) -> i32 {
+    use tonic::Code;
+    match code {
+        Code::ResourceExhausted => libc::ENOSPC,
+        Code::PermissionDenied | Code::Unauthenticated => libc::EACCES,
+        Code::Ok
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::InvalidArgument
+        | Code::DeadlineExceeded
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss => libc::EIO,
     }
 }

@@ -29,9 +29,7 @@ pub(super) async fn run(inner: Weak<Inner>) {
         };
         let client = ClusterClient { inner: strong };
         let timeout = client.inner.opts.ping_timeout;
-        // Often enough that a new leader is learnt within ~100 ms of its
-        // election: a ping is a few hundred bytes.
-        let interval = (timeout / 10).clamp(Duration::from_millis(50), Duration::from_millis(200));
+        let interval = super::liveness::ping_interval(timeout);
         for node in client.nodes() {
             if !lock(&outstanding).insert(node.addr.clone()) {
                 continue;
@@ -59,7 +57,7 @@ pub(super) async fn run(inner: Weak<Inner>) {
                     }
                     _ => false,
                 };
-                if node.set_up(ok) {
+                if node.liveness.heartbeat(ok) {
                     tracing::info!(node = %node.addr, up = ok, "node state changed");
                 }
             });

@@ -144,7 +144,7 @@ async fn collect(
             Ok(())
         }
         Some(Ok((_, Err(e)))) => Err(e),
-        Some(Err(e)) => Err(ClientError::Source(std::io::Error::other(e))),
+        Some(Err(e)) => Err(ClientError::task_failed("upload", e)),
         None => Ok(()),
     }
 }

@@ -2,13 +2,14 @@
 //! by the heartbeat task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quizfs_proto::tls::Transport;
 use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
 use tonic::transport::Channel;
 
+use super::liveness::Liveness;
 use super::{ClientError, ClientOptions, ClusterClient};
 
 /// How long a TCP connect may take.
@@ -23,25 +24,15 @@ pub struct NodeHandle {
     pub addr: String,
     /// The gRPC channel (reconnects by itself).
     pub channel: Channel,
-    /// Whether the last heartbeat was answered in time.
-    pub up: AtomicBool,
-    /// Woken when the node is marked down, so calls waiting on it give up.
-    pub went_down: tokio::sync::Notify,
+    /// Whether the node is up (written only by the heartbeats and by a
+    /// call that ran out its deadline).
+    pub liveness: Liveness,
 }
 
 impl NodeHandle {
-    /// Marks the node up or down; returns whether that changed anything.
-    pub fn set_up(&self, up: bool) -> bool {
-        let was = self.up.swap(up, Ordering::Relaxed);
-        if was && !up {
-            self.went_down.notify_waiters();
-        }
-        was != up
-    }
-
     /// Whether the node answered its last heartbeat in time.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.liveness.is_up()
     }
 }
 
@@ -139,8 +130,7 @@ impl ClusterClient {
                     id: AtomicU64::new(member.id),
                     addr: member.addr.clone(),
                     channel: channel(&member.addr, &self.inner.opts.transport)?,
-                    up: AtomicBool::new(true),
-                    went_down: tokio::sync::Notify::new(),
+                    liveness: Liveness::default(),
                 })),
             }
         }

@@ -1,10 +1,13 @@
 //! Typed metadata operations. Writes carry this client's session and a
 //! sequence number, so a retry after a lost reply is applied once.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 
 use quizfs_proto::extent::ExtentMap;
-use quizfs_proto::{self as pb, ChunkHash, meta_client::MetaClient, meta_op::Op};
+use quizfs_proto::{self as pb, ChunkHash, ReadReply, meta_client::MetaClient, meta_op::Op};
+
+use tonic::transport::Channel;
 
 use super::{ClientError, ClusterClient};
 
@@ -24,12 +27,17 @@ fn check(op: &'static str, errno: i32) -> Result<(), ClientError> {
     }
 }
 
-fn attr_of(op: &'static str, r: pb::MetaReply) -> Result<pb::Attr, ClientError> {
-    check(op, r.errno)?;
-    r.attr.ok_or(ClientError::Posix {
+/// The attributes a successful reply must carry.
+fn attr_in(op: &'static str, attr: Option<pb::Attr>) -> Result<pb::Attr, ClientError> {
+    attr.ok_or(ClientError::Posix {
         op,
         errno: libc::EIO,
     })
+}
+
+fn attr_of(op: &'static str, r: pb::MetaReply) -> Result<pb::Attr, ClientError> {
+    check(op, r.errno)?;
+    attr_in(op, r.attr)
 }
 
 impl ClusterClient {
@@ -103,6 +111,16 @@ impl ClusterClient {
         self.apply_raw(op_name, op, true).await
     }
 
+    /// Sends a metadata write whose reply carries only an errno.
+    pub async fn apply_unit(&self, op_name: &'static str, op: Op) -> Result<(), ClientError> {
+        check(op_name, self.apply(op_name, op).await?.errno)
+    }
+
+    /// Sends a metadata write whose reply carries the inode's attributes.
+    pub async fn apply_attr(&self, op_name: &'static str, op: Op) -> Result<pb::Attr, ClientError> {
+        attr_of(op_name, self.apply(op_name, op).await?)
+    }
+
     /// Creates a file (or with another type in `mode`, a node).
     pub async fn create(
         &self,
@@ -118,7 +136,7 @@ impl ClusterClient {
             exclusive,
             ..Default::default()
         });
-        attr_of("create", self.apply("create", op).await?)
+        self.apply_attr("create", op).await
     }
 
     /// Creates a directory.
@@ -134,7 +152,7 @@ impl ClusterClient {
             mode,
             ..Default::default()
         });
-        attr_of("mkdir", self.apply("mkdir", op).await?)
+        self.apply_attr("mkdir", op).await
     }
 
     /// Removes a file.
@@ -144,7 +162,7 @@ impl ClusterClient {
             name: name.to_vec(),
             keep_open_ino: 0,
         });
-        check("unlink", self.apply("unlink", op).await?.errno)
+        self.apply_unit("unlink", op).await
     }
 
     /// Removes an empty directory.
@@ -153,7 +171,7 @@ impl ClusterClient {
             parent,
             name: name.to_vec(),
         });
-        check("rmdir", self.apply("rmdir", op).await?.errno)
+        self.apply_unit("rmdir", op).await
     }
 
     /// Renames, with `flags` RENAME_NOREPLACE or RENAME_EXCHANGE.
@@ -173,7 +191,7 @@ impl ClusterClient {
             flags,
             keep_open_ino: 0,
         });
-        check("rename", self.apply("rename", op).await?.errno)
+        self.apply_unit("rename", op).await
     }
 
     /// Adds a hard link.
@@ -188,7 +206,7 @@ impl ClusterClient {
             new_parent,
             new_name: new_name.to_vec(),
         });
-        attr_of("link", self.apply("link", op).await?)
+        self.apply_attr("link", op).await
     }
 
     /// Creates a symlink.
@@ -204,12 +222,12 @@ impl ClusterClient {
             target: target.to_vec(),
             ..Default::default()
         });
-        attr_of("symlink", self.apply("symlink", op).await?)
+        self.apply_attr("symlink", op).await
     }
 
     /// Changes attributes.
     pub async fn setattr(&self, set: pb::SetAttr) -> Result<pb::Attr, ClientError> {
-        attr_of("setattr", self.apply("setattr", Op::SetAttr(set)).await?)
+        self.apply_attr("setattr", Op::SetAttr(set)).await
     }
 
     /// Commits extents of chunks already durable on a majority and the
@@ -222,15 +240,15 @@ impl ClusterClient {
         size: u64,
         cut: Option<u64>,
     ) -> Result<pb::Attr, ClientError> {
-        let op = Op::CommitWrite(pb::CommitWrite {
+        let c = pb::CommitWrite {
             ino,
             extents,
             size,
             mtime_ns: None,
             if_version: None,
             cut,
-        });
-        attr_of("write", self.apply("write", op).await?)
+        };
+        self.commit("write", c).await
     }
 
     /// Rewrites extents of a file only if its content is still at
@@ -244,15 +262,21 @@ impl ClusterClient {
         version: u64,
         mtime_ns: i64,
     ) -> Result<pb::Attr, ClientError> {
-        let op = Op::CommitWrite(pb::CommitWrite {
+        let c = pb::CommitWrite {
             ino,
             extents,
             size,
             mtime_ns: Some(mtime_ns),
             if_version: Some(version),
             cut: None,
-        });
-        attr_of("compact", self.apply("compact", op).await?)
+        };
+        self.commit("compact", c).await
+    }
+
+    /// Commits a change of a file's content (the one command for writes,
+    /// truncation with them, and compaction).
+    async fn commit(&self, op: &'static str, c: pb::CommitWrite) -> Result<pb::Attr, ClientError> {
+        self.apply_attr(op, Op::CommitWrite(c)).await
     }
 
     /// fallocate(2) on a file (see `pb::Fallocate` for the modes).
@@ -269,7 +293,7 @@ impl ClusterClient {
             len,
             mode,
         });
-        attr_of("fallocate", self.apply("fallocate", op).await?)
+        self.apply_attr("fallocate", op).await
     }
 
     /// copy_file_range(2) as shared extents: returns the destination's
@@ -283,7 +307,7 @@ impl ClusterClient {
     /// Removes the inode this client kept open through its last unlink.
     pub async fn release_orphan(&self, ino: u64) -> Result<(), ClientError> {
         let op = Op::ReleaseOrphan(pb::ReleaseOrphan { ino });
-        check("release", self.apply("release", op).await?.errno)
+        self.apply_unit("release", op).await
     }
 
     /// Sets an extended attribute.
@@ -300,7 +324,7 @@ impl ClusterClient {
             value: value.to_vec(),
             flags,
         });
-        check("setxattr", self.apply("setxattr", op).await?.errno)
+        self.apply_unit("setxattr", op).await
     }
 
     /// Removes an extended attribute.
@@ -309,7 +333,28 @@ impl ClusterClient {
             ino,
             name: name.to_vec(),
         });
-        check("removexattr", self.apply("removexattr", op).await?.errno)
+        self.apply_unit("removexattr", op).await
+    }
+
+    /// Sends one metadata read to the leader (see `leader_call`) and
+    /// turns the errno in its reply into an error.
+    async fn query<Req, Rep, F, Fut>(
+        &self,
+        op: &'static str,
+        req: Req,
+        send: F,
+    ) -> Result<Rep, ClientError>
+    where
+        Req: Clone,
+        Rep: ReadReply,
+        F: Fn(MetaClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Rep>, tonic::Status>>,
+    {
+        let r = self
+            .leader_call(op, |ch| send(MetaClient::new(ch), req.clone()))
+            .await?;
+        check(op, r.errno())?;
+        Ok(r)
     }
 
     /// Looks a name up.
@@ -319,56 +364,41 @@ impl ClusterClient {
             name: name.to_vec(),
         };
         let r = self
-            .leader_call("lookup", |ch| {
-                let r = req.clone();
-                async move { MetaClient::new(ch).lookup(r).await }
-            })
+            .query("lookup", req, |mut c, r| async move { c.lookup(r).await })
             .await?;
-        check("lookup", r.errno)?;
-        r.attr.ok_or(ClientError::Posix {
-            op: "lookup",
-            errno: libc::EIO,
-        })
+        attr_in("lookup", r.attr)
     }
 
     /// Reads attributes.
     pub async fn getattr(&self, ino: u64) -> Result<pb::Attr, ClientError> {
+        let req = pb::InodeRequest { ino };
         let r = self
-            .leader_call("getattr", |ch| {
-                let r = pb::InodeRequest { ino };
-                async move { MetaClient::new(ch).get_attr(r).await }
-            })
+            .query(
+                "getattr",
+                req,
+                |mut c, r| async move { c.get_attr(r).await },
+            )
             .await?;
-        check("getattr", r.errno)?;
-        r.attr.ok_or(ClientError::Posix {
-            op: "getattr",
-            errno: libc::EIO,
-        })
+        attr_in("getattr", r.attr)
     }
 
     /// Reads attributes and the extent map (checked as the state machine
     /// checks a commit: a node that sends a malformed map gets EIO).
     pub async fn layout(&self, ino: u64) -> Result<(pb::Attr, Extents), ClientError> {
+        let req = pb::InodeRequest { ino };
         let r = self
-            .leader_call("layout", |ch| {
-                let r = pb::InodeRequest { ino };
-                async move {
-                    MetaClient::new(ch)
-                        .max_decoding_message_size(pb::MAX_LAYOUT_BYTES)
-                        .get_layout(r)
-                        .await
-                }
+            .query("layout", req, |c, r| async move {
+                let mut c = c.max_decoding_message_size(pb::MAX_LAYOUT_BYTES);
+                c.get_layout(r).await
             })
             .await?;
-        check("layout", r.errno)?;
-        let eio = || ClientError::Posix {
-            op: "layout",
-            errno: libc::EIO,
-        };
-        let attr = r.attr.ok_or_else(eio)?;
+        let attr = attr_in("layout", r.attr)?;
         let extents = ExtentMap::from_wire(&r.extents, attr.size).map_err(|e| {
             tracing::warn!(ino, error = %e, "malformed layout");
-            eio()
+            ClientError::Posix {
+                op: "layout",
+                errno: libc::EIO,
+            }
         })?;
         Ok((attr, extents))
     }
@@ -386,12 +416,12 @@ impl ClusterClient {
             limit,
         };
         let r = self
-            .leader_call("readdir", |ch| {
-                let r = req.clone();
-                async move { MetaClient::new(ch).read_dir(r).await }
-            })
+            .query(
+                "readdir",
+                req,
+                |mut c, r| async move { c.read_dir(r).await },
+            )
             .await?;
-        check("readdir", r.errno)?;
         Ok((r.entries, r.more))
     }
 
@@ -410,13 +440,14 @@ impl ClusterClient {
 
     /// Reads a symlink.
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, ClientError> {
+        let req = pb::InodeRequest { ino };
         let r = self
-            .leader_call("readlink", |ch| {
-                let r = pb::InodeRequest { ino };
-                async move { MetaClient::new(ch).read_link(r).await }
-            })
+            .query(
+                "readlink",
+                req,
+                |mut c, r| async move { c.read_link(r).await },
+            )
             .await?;
-        check("readlink", r.errno)?;
         Ok(r.target)
     }
 
@@ -427,24 +458,25 @@ impl ClusterClient {
             name: name.to_vec(),
         };
         let r = self
-            .leader_call("getxattr", |ch| {
-                let r = req.clone();
-                async move { MetaClient::new(ch).get_xattr(r).await }
-            })
+            .query(
+                "getxattr",
+                req,
+                |mut c, r| async move { c.get_xattr(r).await },
+            )
             .await?;
-        check("getxattr", r.errno)?;
         Ok(r.value)
     }
 
     /// Lists extended attribute names.
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, ClientError> {
+        let req = pb::InodeRequest { ino };
         let r = self
-            .leader_call("listxattr", |ch| {
-                let r = pb::InodeRequest { ino };
-                async move { MetaClient::new(ch).list_xattr(r).await }
-            })
+            .query(
+                "listxattr",
+                req,
+                |mut c, r| async move { c.list_xattr(r).await },
+            )
             .await?;
-        check("listxattr", r.errno)?;
         Ok(r.names)
     }
 

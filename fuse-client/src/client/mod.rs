@@ -2,9 +2,10 @@
 //!
 //! - [`error`]: what a call can fail with.
 //! - [`membership`]: the known nodes, learnt from any one of them.
-//! - [`health`]: heartbeats that mark nodes up or down.
-//! - [`call`]: the one place that owns deadlines, retries, redirects and
-//!   failover.
+//! - [`liveness`]: whether each node is up, and the one writer of that.
+//! - [`health`]: heartbeats that report to each node's liveness.
+//! - [`call`]: deadlines, redirects and failover of calls, and the retry
+//!   budget every retrying path uses.
 //! - [`meta`]: typed metadata operations.
 //! - [`chunks`]: chunk upload to a majority and verified download.
 //! - [`io`]: whole-file reads and writes built on the two.
@@ -14,6 +15,7 @@ pub mod chunks;
 pub mod error;
 pub mod health;
 pub mod io;
+pub mod liveness;
 pub mod membership;
 pub mod meta;
 
