@@ -93,10 +93,7 @@ fn ca_params(key: &KeyPair) -> Result<CertificateParams> {
 fn new_serial(key: &KeyPair) -> SerialNumber {
     let mut h = blake3::Hasher::new();
     h.update(&key.public_key_der());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.update(&nanos.to_le_bytes());
+    h.update(&quizfs_proto::now_ns().to_le_bytes());
     h.update(&std::process::id().to_le_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&h.finalize().as_bytes()[..16]);

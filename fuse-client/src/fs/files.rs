@@ -154,13 +154,6 @@ pub struct OpenFile {
     state: Mutex<FileState>,
 }
 
-/// The wall clock in nanoseconds since the epoch.
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 fn eio(op: &'static str) -> ClientError {
     ClientError::Posix {
         op,
@@ -313,7 +306,7 @@ impl OpenFile {
         st.size = st.size.max(end);
         st.changed = true;
         self.local_size.store(st.size, Ordering::Relaxed);
-        self.local_mtime.store(now_ns(), Ordering::Relaxed);
+        self.local_mtime.store(pb::now_ns(), Ordering::Relaxed);
         self.changed.store(true, Ordering::Relaxed);
         if st.pending.len() > MAX_PENDING_EXTENTS {
             self.commit(io, &mut st).await?;
@@ -402,7 +395,7 @@ impl OpenFile {
         let result = match s.task.take() {
             Some(task) => task
                 .await
-                .unwrap_or_else(|e| Err(ClientError::Source(std::io::Error::other(e)))),
+                .unwrap_or_else(|e| Err(ClientError::task_failed("upload", e))),
             None => Err(eio("write")),
         };
         match result {
@@ -515,7 +508,7 @@ impl OpenFile {
         for (task, placed) in uploads {
             let hash = task
                 .await
-                .unwrap_or_else(|e| Err(ClientError::Source(std::io::Error::other(e))))?;
+                .unwrap_or_else(|e| Err(ClientError::task_failed("upload", e)))?;
             for (offset, len, at) in placed {
                 rewritten.splice(offset, Piece { len, src: hash, at });
             }
