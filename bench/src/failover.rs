@@ -140,9 +140,7 @@ pub async fn run_case<S: System>(sys: &mut S, fault: Fault, on_leader: bool, pla
         "follower"
     };
     let case = format!("{} {role} nas{}", fault.name(), node + 1);
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let stamp = quizfs_proto::now_ns() / 1_000_000;
     let dir = sys
         .mount_dir()
         .join(format!("failover-{}-{role}-{stamp}", fault.name()));

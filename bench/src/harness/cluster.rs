@@ -1,0 +1,290 @@
+//! A cluster of real `storaged` processes: starting it, its addresses and
+//! certificates, and ending every process and namespace when dropped.
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use quizfs_proto as pb;
+
+use super::{Net, bin};
+
+/// One storage daemon.
+#[derive(Debug)]
+pub struct Node {
+    /// Loopback address, e.g. 127.0.0.21.
+    pub ip: String,
+    /// Data directory.
+    pub dir: PathBuf,
+    /// Log file (appended across restarts).
+    pub log: PathBuf,
+    /// The running process.
+    pub child: Option<Child>,
+}
+
+impl Node {
+    /// PID of the running process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
+    }
+}
+
+/// Name of the client certificate the harness issues for its mounts.
+pub const TEST_CLIENT: &str = "test";
+
+/// A cluster of real `storaged` processes.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The nodes, nas1 first.
+    pub nodes: Vec<Node>,
+    /// The port every node listens on (each on its own address).
+    pub port: u16,
+    /// Extra flags given to every node.
+    pub extra: Vec<String>,
+    /// The namespaces the nodes run in, if any (dropped after the nodes).
+    pub net: Option<Net>,
+    /// The cluster's CA directory (`quizfs cert init`), with a read-write
+    /// client certificate for volume `nas` in `clients/test/`; `None` when
+    /// the nodes run with `--insecure`.
+    pub ca: Option<PathBuf>,
+    /// Data directories that are size-limited tmpfs mounts, unmounted when
+    /// the cluster is dropped.
+    pub small_disks: Vec<PathBuf>,
+    pub(super) _tmp: tempfile::TempDir,
+}
+
+fn free_port(ips: &[String]) -> u16 {
+    for _ in 0..200 {
+        let l = TcpListener::bind((ips[0].as_str(), 0)).expect("bind an ephemeral port");
+        let port = l.local_addr().expect("bound socket has an address").port();
+        if ips[1..]
+            .iter()
+            .all(|ip| TcpListener::bind((ip.as_str(), port)).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+impl Cluster {
+    /// Starts `n` nodes on 127.0.0.21.. with `extra` flags and waits until
+    /// they have a leader and every node has applied the bootstrap.
+    pub async fn start(n: usize, extra: &[&str]) -> Self {
+        Self::start_with(n, extra, None, None).await
+    }
+
+    /// Starts `n` nodes whose data directories are each a tmpfs of `mib`
+    /// MiB, so that a full disk can be tested. Needs root.
+    pub async fn start_with_small_disks(n: usize, extra: &[&str], mib: u64) -> Self {
+        Self::start_with(n, extra, None, Some(mib)).await
+    }
+
+    /// Starts `n` nodes each in its own network namespace (see [`Net`]),
+    /// so that a node can be cut off the network. Needs root.
+    pub async fn start_in_netns(n: usize, extra: &[&str]) -> Self {
+        let net = Net::create(n).unwrap_or_else(|e| panic!("network namespaces: {e}"));
+        Self::start_with(n, extra, Some(net), None).await
+    }
+
+    async fn start_with(n: usize, extra: &[&str], net: Option<Net>, disk_mib: Option<u64>) -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("quizfs-it-")
+            .tempdir()
+            .expect("create a temp dir");
+        let (ips, port) = match &net {
+            Some(net) => (net.ips.clone(), pb::DEFAULT_PORT),
+            None => {
+                let ips: Vec<String> = (0..n).map(|i| format!("127.0.0.{}", 21 + i)).collect();
+                let port = free_port(&ips);
+                (ips, port)
+            }
+        };
+        // TLS unless the caller asks for plaintext, as storaged does.
+        let ca = (!extra.contains(&"--insecure")).then(|| {
+            let ca = tmp.path().join("ca");
+            let peers: Vec<String> = ips.iter().map(|ip| format!("{ip}:{port}")).collect();
+            quizfs::cert::init(&ca, &peers, 30, 30).expect("create the cluster's certificates");
+            quizfs::cert::Ca::open(&ca)
+                .and_then(|c| {
+                    c.issue_client(
+                        TEST_CLIENT,
+                        false,
+                        &["nas".into()],
+                        quizfs::cert::Validity::days(30),
+                    )
+                })
+                .expect("issue the test client's certificate");
+            ca
+        });
+        let nodes = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Node {
+                ip: ip.clone(),
+                dir: tmp.path().join(format!("nas{}", i + 1)),
+                log: tmp.path().join(format!("nas{}.log", i + 1)),
+                child: None,
+            })
+            .collect();
+        let mut c = Self {
+            nodes,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            net,
+            ca,
+            small_disks: Vec::new(),
+            _tmp: tmp,
+        };
+        if let Some(mib) = disk_mib {
+            for i in 0..n {
+                let dir = c.nodes[i].dir.clone();
+                std::fs::create_dir_all(&dir).expect("create a data directory");
+                let ok = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                    .arg(&dir)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(
+                    ok,
+                    "mount a {mib} MiB tmpfs on {} (needs root)",
+                    dir.display()
+                );
+                c.small_disks.push(dir);
+            }
+        }
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_healthy(Duration::from_secs(30)).await;
+        c
+    }
+
+    /// The TLS directory of the test client (read-write, volume `nas`).
+    pub fn client_tls_dir(&self) -> Option<PathBuf> {
+        self.ca
+            .as_ref()
+            .map(|ca| ca.join("clients").join(TEST_CLIENT))
+    }
+
+    /// How a client dials this cluster: the test client's certificate, or
+    /// plaintext when the nodes run with `--insecure`.
+    pub fn transport(&self) -> pb::tls::Transport {
+        match self.client_tls_dir() {
+            Some(dir) => pb::tls::Transport::Tls(std::sync::Arc::new(
+                pb::tls::TlsFiles::load(&dir, pb::tls::Role::Client, "-o insecure")
+                    .expect("load the test client's certificate"),
+            )),
+            None => pb::tls::Transport::Insecure,
+        }
+    }
+
+    /// The mount options (`tls_dir=...` or `insecure`) and the `quizfs
+    /// status` flags that reach this cluster.
+    pub fn mount_tls_option(&self) -> String {
+        match self.client_tls_dir() {
+            Some(dir) => format!("tls_dir={}", dir.display()),
+            None => "insecure".into(),
+        }
+    }
+
+    /// `quizfs status` / `heal info` flags that reach this cluster.
+    pub fn cli_tls_args(&self) -> Vec<String> {
+        match self.client_tls_dir() {
+            Some(dir) => vec!["--tls-dir".into(), dir.display().to_string()],
+            None => vec!["--insecure".into()],
+        }
+    }
+
+    /// `--peers` value.
+    pub fn peers(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}:{}", n.ip, self.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `host:port` of node `i`.
+    pub fn addr(&self, i: usize) -> String {
+        format!("{}:{}", self.nodes[i].ip, self.port)
+    }
+
+    /// Starts node `i`'s process.
+    pub fn spawn(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open node log");
+        let mut cmd = match &self.net {
+            Some(net) => net.command(i, &bin("storaged")),
+            None => Command::new(bin("storaged")),
+        };
+        let child = cmd
+            .arg("--peers")
+            .arg(self.peers())
+            .arg("--listen")
+            .arg(format!("{}:{}", node.ip, self.port))
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .args(self.ca.iter().flat_map(|ca| {
+                [
+                    "--tls-dir".into(),
+                    ca.join("nodes").join(&node.ip).into_os_string(),
+                ]
+            }))
+            .args(&self.extra)
+            .env(
+                "RUST_LOG",
+                "info,openraft=warn,sled=warn,h2=warn,tower=warn",
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin("storaged").display()));
+        self.nodes[i].child = Some(child);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                // A frozen process must be thawed to die promptly on some
+                // kernels; SIGKILL works on stopped processes on Linux.
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for d in &self.small_disks {
+            let _ = Command::new("umount").arg("-l").arg(d).status();
+        }
+        if std::thread::panicking() {
+            for i in 0..self.nodes.len() {
+                let log = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                for (at, _) in lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.contains("panicked"))
+                {
+                    eprintln!(
+                        "----- panic in nas{} -----\n{}",
+                        i + 1,
+                        lines[at..(at + 4).min(lines.len())].join("\n")
+                    );
+                }
+                eprintln!(
+                    "----- log tail of nas{} -----\n{}",
+                    i + 1,
+                    self.log_tail(i, 40)
+                );
+            }
+        }
+    }
+}
