@@ -18,6 +18,24 @@ use quizfs_proto::ChunkHash;
 /// generator as the benchmark load's uploads.
 pub use quizfs_bench::load::content as pattern;
 
+/// The POSIX errno a call failed with (it must have failed with one).
+pub fn errno<T: std::fmt::Debug>(r: Result<T, quizfs::client::ClientError>) -> i32 {
+    match r {
+        Err(quizfs::client::ClientError::Posix { errno, .. }) => errno,
+        other => panic!("expected a POSIX error, got {other:?}"),
+    }
+}
+
+/// The names in a directory, in order.
+pub async fn names(c: &ClusterClient, dir: u64) -> Vec<String> {
+    c.readdir_all(dir)
+        .await
+        .expect("readdir")
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect()
+}
+
 /// The chunk hashes of a file, from its layout.
 pub async fn chunk_hashes(client: &ClusterClient, ino: u64) -> Vec<ChunkHash> {
     let (_, extents) = client.layout(ino).await.expect("layout");

@@ -2,25 +2,8 @@
 //! nothing when it fails; link counts and sizes are maintained.
 
 use quizfs::client::meta::{RENAME_EXCHANGE, RENAME_NOREPLACE};
-use quizfs::client::{ClientError, ClusterClient};
 use quizfs_proto::{self as pb, ROOT_INO};
-use quizfs_tests::{Cluster, pattern};
-
-fn errno<T: std::fmt::Debug>(r: Result<T, ClientError>) -> i32 {
-    match r {
-        Err(ClientError::Posix { errno, .. }) => errno,
-        other => panic!("expected a POSIX error, got {other:?}"),
-    }
-}
-
-async fn names(c: &ClusterClient, dir: u64) -> Vec<String> {
-    c.readdir_all(dir)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-        .collect()
-}
+use quizfs_tests::{Cluster, errno, names, pattern};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_commands_follow_posix() {

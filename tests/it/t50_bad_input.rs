@@ -5,16 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use quizfs::client::ClientError;
 use quizfs_proto::{self as pb, ChunkHash, ROOT_INO, chunks_client::ChunksClient};
-use quizfs_tests::{Cluster, bin};
-
-fn errno<T: std::fmt::Debug>(r: Result<T, ClientError>) -> i32 {
-    match r {
-        Err(ClientError::Posix { errno, .. }) => errno,
-        other => panic!("expected a POSIX error, got {other:?}"),
-    }
-}
+use quizfs_tests::{Cluster, bin, errno};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_and_change_nothing() {
@@ -229,16 +221,20 @@ fn storaged_refuses_bad_flags_in_one_line() {
     // Without certificates a node refuses to start, and says how to make
     // them; with another node's certificate it refuses too.
     let none = tmp.path().join("no-tls");
-    let (code, err, _) = run_storaged(&[
-        "--peers",
-        "127.0.0.21",
-        "--listen",
-        "127.0.0.21",
-        "--data-dir",
-        dir,
-        "--tls-dir",
-        none.to_str().unwrap(),
-    ]);
+    let with_tls = |peers: &str, tls: &std::path::Path| {
+        let tls = tls.to_str().unwrap();
+        run_storaged(&[
+            "--peers",
+            peers,
+            "--listen",
+            "127.0.0.21",
+            "--data-dir",
+            dir,
+            "--tls-dir",
+            tls,
+        ])
+    };
+    let (code, err, _) = with_tls("127.0.0.21", &none);
     assert_eq!(code, Some(2));
     assert!(err.contains("quizfs cert init"), "{err}");
     assert!(err.contains("--insecure"), "{err}");
@@ -246,16 +242,7 @@ fn storaged_refuses_bad_flags_in_one_line() {
     let ca = tmp.path().join("ca");
     quizfs::cert::init(&ca, &["127.0.0.21".into(), "127.0.0.22".into()], 1, 1).unwrap();
     let other = ca.join("nodes").join("127.0.0.22");
-    let (code, err, _) = run_storaged(&[
-        "--peers",
-        "127.0.0.21,127.0.0.22",
-        "--listen",
-        "127.0.0.21",
-        "--data-dir",
-        dir,
-        "--tls-dir",
-        other.to_str().unwrap(),
-    ]);
+    let (code, err, _) = with_tls("127.0.0.21,127.0.0.22", &other);
     assert_ne!(code, Some(0));
     assert!(err.contains("node 127.0.0.22's"), "{err}");
 }
