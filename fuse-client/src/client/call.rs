@@ -1,4 +1,5 @@
-//! The one place that owns deadlines, retries, redirects and failover.
+//! Deadlines, redirects and failover of calls, and the retry budget that
+//! every retrying path of the client uses.
 //!
 //! A call goes to the leader when one is known and up, otherwise to any node
 //! that is up. Each attempt has the per-call deadline, and is abandoned
@@ -224,6 +225,23 @@ impl ClusterClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_backoff_doubles_to_its_cap_and_never_waits_past_the_deadline() {
+        let mut r = Retry::new(Duration::from_secs(60));
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            seen.push(r.backoff.as_millis());
+            // News that makes a try worth making ends the pause at once.
+            r.pause(std::future::ready(())).await;
+        }
+        assert_eq!(seen, [10, 20, 40, 80, 160, 200, 200]);
+        let mut spent = Retry::new(Duration::ZERO);
+        assert!(spent.expired());
+        let t = Instant::now();
+        spent.pause(std::future::pending()).await;
+        assert!(t.elapsed() < Duration::from_millis(10), "{:?}", t.elapsed());
+    }
 
     #[test]
     fn connection_failures_are_retried_and_node_answers_are_not() {
