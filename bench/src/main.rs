@@ -9,6 +9,7 @@
 //!   leader under the application load; prints failed operations, longest
 //!   pause and heal time in one table.
 //! - `run`: the throughput workloads on any mounted directory.
+//! - `oplat`: each operation's latency on any mounted directory.
 //! - `compare`: local disk, bindfs, quizfs and GlusterFS side by side;
 //!   writes BENCHMARKS.md's comparison section, JSON and charts.
 //! - `scale`: how uploads, metadata and sequential throughput change with
@@ -18,8 +19,8 @@
 mod cmd;
 
 use clap::Parser;
-use cmd::args::{Args, CompareArgs, FailoverArgs, RunArgs, ScaleArgs};
-use cmd::bench::{failover_bench, run_bench, scale_bench};
+use cmd::args::{Args, CompareArgs, FailoverArgs, OplatArgs, RunArgs, ScaleArgs};
+use cmd::bench::{failover_bench, oplat_bench, run_bench, scale_bench};
 use cmd::client::client_bench;
 use cmd::compare::compare_bench;
 
@@ -47,6 +48,10 @@ enum Cmd {
     /// Run the throughput workloads in a mounted directory (any
     /// filesystem); print a table and optionally write JSON.
     Run(RunArgs),
+    /// Each operation's latency through a mount, one at a time: a
+    /// negative lookup, create, chmod, an upload's open, write and close,
+    /// stat, rename, unlink; prints p50/p90/p99/max and optionally JSON.
+    Oplat(OplatArgs),
     /// The scaling table: uploads and metadata with 1, 10 and 100 thousand
     /// files in the volume, sequential throughput at 64 MiB, 1 GiB and
     /// 4 GiB; on a quizfs cluster this command starts (root), or on --dir.
@@ -60,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             Cmd::Client(args) => client_bench(args).await,
             Cmd::Failover(args) => failover_bench(args).await,
             Cmd::Run(args) => run_bench(args).await,
+            Cmd::Oplat(args) => oplat_bench(args),
             Cmd::Compare(args) => compare_bench(args).await,
             Cmd::Scale(args) => scale_bench(args).await,
         }

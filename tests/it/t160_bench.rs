@@ -141,6 +141,31 @@ async fn quizfs_bench_run_measures_a_mount() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown workload"));
 
+    // Each operation's latency, one at a time: every operation measured
+    // as often as asked, nothing left behind.
+    let lat_json = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(bin("quizfs-bench"))
+        .args(["oplat", "--count", "5", "--json"])
+        .arg(lat_json.path())
+        .arg(&mount.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("upload: close"), "{table}");
+    let rows: Vec<quizfs_bench::workloads::oplat::OpLatency> =
+        serde_json::from_slice(&std::fs::read(lat_json.path()).unwrap()).unwrap();
+    assert_eq!(rows.len(), 11, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r.samples_ms.len(), 5, "{}", r.op);
+        assert!(r.samples_ms.iter().all(|&ms| ms > 0.0), "{r:?}");
+    }
+    assert_eq!(std::fs::read_dir(&mount.path).unwrap().count(), 0);
+
     // The scaling table in miniature, on the same mount.
     let scale_json = tempfile::NamedTempFile::new().unwrap();
     let md = tempfile::NamedTempFile::new().unwrap();

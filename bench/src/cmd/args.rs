@@ -163,6 +163,18 @@ pub(crate) struct Args {
     pub(crate) reps: usize,
 }
 
+#[derive(Debug, clap::Args)]
+pub(crate) struct OplatArgs {
+    /// Times each operation is made.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) count: usize,
+    /// Also write every sample as JSON here.
+    #[arg(long)]
+    pub(crate) json: Option<std::path::PathBuf>,
+    /// A mounted directory (any filesystem).
+    pub(crate) dir: std::path::PathBuf,
+}
+
 /// Parses workload names.
 pub(crate) fn parse_workloads(names: &[String]) -> anyhow::Result<Vec<Workload>> {
     names

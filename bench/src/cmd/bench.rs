@@ -3,7 +3,7 @@
 use quizfs_bench::failover::{self, Fault, Plan, Quizfs};
 use quizfs_bench::workloads;
 
-use super::args::{FailoverArgs, RunArgs, ScaleArgs};
+use super::args::{FailoverArgs, OplatArgs, RunArgs, ScaleArgs};
 use super::output::{Bar, command_line, machine, measure, write_json, write_section};
 
 pub(crate) async fn run_bench(args: RunArgs) -> anyhow::Result<()> {
@@ -20,6 +20,21 @@ pub(crate) async fn run_bench(args: RunArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     anyhow::ensure!(report.errors.is_empty(), "some workloads failed");
+    Ok(())
+}
+
+pub(crate) fn oplat_bench(args: OplatArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.count > 0, "--count must be at least 1");
+    anyhow::ensure!(
+        args.dir.is_dir(),
+        "{} is not a directory",
+        args.dir.display()
+    );
+    let rows = workloads::oplat::oplat(&args.dir, args.count).map_err(anyhow::Error::msg)?;
+    print!("{}", workloads::oplat::table(&rows));
+    if let Some(path) = &args.json {
+        write_json(path, &rows)?;
+    }
     Ok(())
 }
 

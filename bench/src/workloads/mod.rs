@@ -17,7 +17,9 @@
 //!   the kernel's page cache (which holds the whole file after one pass);
 //!   the writes are buffered and the phase ends with an fsync, which its
 //!   time includes;
-//! - `sqlite` and `dbench`: real applications (see [`crate::apps`]).
+//! - `sqlite` and `dbench`: real applications (see [`crate::apps`]);
+//! - [`oplat`]: each operation's latency, one at a time (its own
+//!   subcommand, `quizfs-bench oplat`).
 //!
 //! One file per kind: [`seq`], [`files`] (uploads, metadata, `ls -l`),
 //! [`random`], and [`scale`] (the scaling table).
@@ -35,6 +37,7 @@ use serde::{Deserialize, Serialize};
 const MIB: usize = 1 << 20;
 
 mod files;
+pub mod oplat;
 mod random;
 mod scale;
 mod seq;

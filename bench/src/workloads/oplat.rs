@@ -1,0 +1,163 @@
+//! `oplat`: what each operation costs through a mount, one at a time, so
+//! that the steps of an upload and of a metadata write can be told apart:
+//! a stat of a missing name (a negative lookup), an exclusive create, a
+//! chmod; then uploads of 100 KiB with open, write and close timed apart;
+//! then stat, chmod, rename and unlink of those files.
+
+use std::fs::{OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::io;
+use crate::load::{close, content};
+
+/// The latencies of one operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpLatency {
+    /// The operation, e.g. "upload: close".
+    pub op: String,
+    /// Each call's latency, ms, in the order made.
+    pub samples_ms: Vec<f64>,
+}
+
+impl OpLatency {
+    /// The `p` quantile (0..=1) of the samples, ms.
+    pub fn quantile(&self, p: f64) -> f64 {
+        let mut s = self.samples_ms.clone();
+        s.sort_by(f64::total_cmp);
+        if s.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1;
+        s[i]
+    }
+}
+
+/// Times `f`, adding its latency to `row`.
+fn timed<T>(row: &mut Vec<f64>, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let t = Instant::now();
+    let r = f()?;
+    row.push(t.elapsed().as_secs_f64() * 1e3);
+    Ok(r)
+}
+
+/// Runs every operation `n` times in a fresh directory under `dir`, which
+/// it removes at the end.
+pub fn oplat(dir: &Path, n: usize) -> Result<Vec<OpLatency>, String> {
+    let root = dir.join(format!("oplat-{}", quizfs_proto::now_ns() / 1_000_000));
+    io(
+        format!("mkdir {}", root.display()),
+        std::fs::create_dir(&root),
+    )?;
+    let r = measure(&root, n);
+    let _ = std::fs::remove_dir_all(&root);
+    r
+}
+
+fn measure(d: &Path, n: usize) -> Result<Vec<OpLatency>, String> {
+    let mode = |m| Permissions::from_mode(m);
+    let create = |p: &Path| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+            .map_err(|e| format!("create {}: {e}", p.display()))
+    };
+    let mut rows: Vec<(&str, Vec<f64>)> = [
+        "negative lookup",
+        "create (open O_EXCL)",
+        "chmod",
+        "upload: open",
+        "upload: write 100 KiB",
+        "upload: close",
+        "upload: total",
+        "stat",
+        "chmod (uploaded)",
+        "rename",
+        "unlink",
+    ]
+    .into_iter()
+    .map(|op| (op, Vec::with_capacity(n)))
+    .collect();
+    for i in 0..n {
+        let p = d.join(format!("n{i}"));
+        timed(&mut rows[0].1, || match std::fs::metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("stat {}: {e}", p.display())),
+            Ok(_) => Err(format!("{} exists", p.display())),
+        })?;
+        let f = timed(&mut rows[1].1, || create(&p))?;
+        io("close", close(f))?;
+        timed(&mut rows[2].1, || {
+            io("chmod", std::fs::set_permissions(&p, mode(0o600)))
+        })?;
+    }
+    let data = content(7, 100 * 1024);
+    for i in 0..n {
+        let p = d.join(format!("u{i}"));
+        let t = Instant::now();
+        let mut f = timed(&mut rows[3].1, || create(&p))?;
+        timed(&mut rows[4].1, || io("write", f.write_all(&data)))?;
+        timed(&mut rows[5].1, || io("close", close(f)))?;
+        rows[6].1.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    for i in 0..n {
+        let p = d.join(format!("u{i}"));
+        timed(&mut rows[7].1, || io("stat", std::fs::metadata(&p)))?;
+    }
+    for i in 0..n {
+        let p = d.join(format!("u{i}"));
+        timed(&mut rows[8].1, || {
+            io("chmod", std::fs::set_permissions(&p, mode(0o600)))
+        })?;
+    }
+    for i in 0..n {
+        let (from, to) = (d.join(format!("u{i}")), d.join(format!("r{i}")));
+        timed(&mut rows[9].1, || io("rename", std::fs::rename(&from, &to)))?;
+    }
+    for i in 0..n {
+        let p = d.join(format!("r{i}"));
+        timed(&mut rows[10].1, || io("unlink", std::fs::remove_file(&p)))?;
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(op, samples_ms)| OpLatency {
+            op: op.into(),
+            samples_ms,
+        })
+        .collect())
+}
+
+/// The latencies as a table: p50, p90, p99 and max, ms.
+pub fn table(rows: &[OpLatency]) -> String {
+    let mut out = format!(
+        "{:<24} {:>8} {:>8} {:>8} {:>8}\n",
+        "operation (ms)", "p50", "p90", "p99", "max"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<24} {:>8.2} {:>8.2} {:>8.2} {:>8.2}\n",
+            r.op,
+            r.quantile(0.5),
+            r.quantile(0.9),
+            r.quantile(0.99),
+            r.quantile(1.0)
+        ));
+    }
+    let total: f64 = rows
+        .iter()
+        .find(|r| r.op == "upload: total")
+        .map_or(0.0, |r| r.samples_ms.iter().sum());
+    if total > 0.0 {
+        let n = rows[0].samples_ms.len() as f64;
+        out.push_str(&format!(
+            "uploads/s, one at a time: {:.1}\n",
+            n / total * 1e3
+        ));
+    }
+    out
+}
