@@ -1,4 +1,4 @@
-//! `run`, `scale` and `failover`: one system at a time.
+//! `run`, `oplat`, `scale` and `failover`: one system at a time.
 
 use quizfs_bench::failover::{self, Fault, Plan, Quizfs};
 use quizfs_bench::workloads;

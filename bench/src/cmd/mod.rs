@@ -2,7 +2,7 @@
 //!
 //! - [`args`]: every subcommand's flags.
 //! - [`client`]: `client`, through the client library.
-//! - [`bench`]: `run`, `scale` and `failover`, one system at a time.
+//! - [`bench`]: `run`, `oplat`, `scale` and `failover`, one system at a time.
 //! - [`compare`]: `compare`, every system side by side.
 //! - [`output`]: the progress bar and the JSON and Markdown writers.
 

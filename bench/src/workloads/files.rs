@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{Bound, Report, Sizes, drop_caches, io};
+use super::{Bound, Report, Sizes, drop_caches, io, rank};
 use crate::load::{close, content};
 
 /// One upload: create, write, close; returns its latency.
@@ -20,12 +20,9 @@ pub(super) fn upload(path: &Path, data: &[u8]) -> Result<Duration, String> {
     Ok(t.elapsed())
 }
 
+/// The `p` quantile of sorted latencies, ms.
 pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1e3
+    rank(sorted.len(), p).map_or(f64::NAN, |i| sorted[i].as_secs_f64() * 1e3)
 }
 
 pub(super) fn uploads(

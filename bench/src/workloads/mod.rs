@@ -33,6 +33,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// The index of the `p` quantile (0..=1) in `len` sorted samples (the
+/// nearest rank), or `None` when there are none.
+pub fn rank(len: usize, p: f64) -> Option<usize> {
+    (len > 0).then(|| ((len as f64 * p).ceil() as usize).clamp(1, len) - 1)
+}
+
 /// A mebibyte.
 const MIB: usize = 1 << 20;
 

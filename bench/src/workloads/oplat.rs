@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::io;
+use super::{io, rank};
 use crate::load::{close, content};
 
 /// The latencies of one operation.
@@ -29,11 +29,7 @@ impl OpLatency {
     pub fn quantile(&self, p: f64) -> f64 {
         let mut s = self.samples_ms.clone();
         s.sort_by(f64::total_cmp);
-        if s.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1;
-        s[i]
+        rank(s.len(), p).map_or(f64::NAN, |i| s[i])
     }
 }
 
@@ -148,16 +144,11 @@ pub fn table(rows: &[OpLatency]) -> String {
             r.quantile(1.0)
         ));
     }
-    let total: f64 = rows
-        .iter()
-        .find(|r| r.op == "upload: total")
-        .map_or(0.0, |r| r.samples_ms.iter().sum());
-    if total > 0.0 {
-        let n = rows[0].samples_ms.len() as f64;
-        out.push_str(&format!(
-            "uploads/s, one at a time: {:.1}\n",
-            n / total * 1e3
-        ));
+    // Uploads per second from the uploads' own count and total time.
+    if let Some(r) = rows.iter().find(|r| r.op == "upload: total") {
+        let total_ms: f64 = r.samples_ms.iter().sum();
+        let per_s = r.samples_ms.len() as f64 / total_ms * 1e3;
+        out.push_str(&format!("uploads/s, one at a time: {per_s:.1}\n"));
     }
     out
 }

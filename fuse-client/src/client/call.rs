@@ -68,6 +68,11 @@ impl Retry {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
+    /// Waits out the backoff before the next try, never past the deadline.
+    pub(super) async fn backoff(&mut self) {
+        self.pause(std::future::pending()).await;
+    }
+
     /// Waits before the next try: the backoff, never past the deadline, or
     /// until `wake` resolves (news that makes a try worth making now).
     pub(super) async fn pause(&mut self, wake: impl Future<Output = ()>) {
@@ -239,7 +244,7 @@ mod tests {
         let mut spent = Retry::new(Duration::ZERO);
         assert!(spent.expired());
         let t = Instant::now();
-        spent.pause(std::future::pending()).await;
+        spent.backoff().await;
         assert!(t.elapsed() < Duration::from_millis(10), "{:?}", t.elapsed());
     }
 

@@ -208,7 +208,7 @@ impl ClusterClient {
                     errno: libc::ETIMEDOUT,
                 });
             }
-            retry.pause(std::future::pending()).await;
+            retry.backoff().await;
         }
     }
 
@@ -277,7 +277,7 @@ impl ClusterClient {
                     detail: detail.join("; "),
                 });
             }
-            retry.pause(std::future::pending()).await;
+            retry.backoff().await;
         }
     }
 

@@ -130,6 +130,15 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_millis(75);
 
+    /// An answer in term 3 to a heartbeat sent at `sent` (wall: `wall`).
+    fn ack(sent: Instant, wall: SystemTime) -> Ack {
+        Ack {
+            term: 3,
+            sent,
+            sent_wall: wall,
+        }
+    }
+
     fn lease_with(ack: Ack) -> ReadLease {
         let lease = ReadLease::new(LIMIT);
         lease.acked(2, ack);
@@ -139,12 +148,7 @@ mod tests {
     #[test]
     fn an_ack_counts_only_while_both_clocks_say_it_is_young() {
         let (now, wall) = (Instant::now(), SystemTime::now());
-        let ack = Ack {
-            term: 3,
-            sent: now,
-            sent_wall: wall,
-        };
-        let lease = lease_with(ack);
+        let lease = lease_with(ack(now, wall));
         assert!(lease.fresh(2, 3, now, wall));
         assert!(!lease.fresh(2, 4, now, wall), "another term");
         assert!(!lease.fresh(1, 3, now, wall), "another follower");
@@ -160,21 +164,10 @@ mod tests {
     #[test]
     fn the_newest_ack_is_kept() {
         let (now, wall) = (Instant::now(), SystemTime::now());
-        let old = Ack {
-            term: 3,
-            sent: now,
-            sent_wall: wall,
-        };
+        let old = ack(now, wall);
         let lease = lease_with(old);
         let later = now + Duration::from_millis(50);
-        lease.acked(
-            2,
-            Ack {
-                term: 3,
-                sent: later,
-                sent_wall: wall + Duration::from_millis(50),
-            },
-        );
+        lease.acked(2, ack(later, wall + Duration::from_millis(50)));
         // An older answer arriving late does not replace the newer one.
         lease.acked(2, old);
         let at = later + Duration::from_millis(60);
