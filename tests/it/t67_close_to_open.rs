@@ -470,3 +470,77 @@ async fn close_to_open_holds_while_the_leader_changes() {
         "{stale} stale, {torn} torn, {errors} failed (the first of each listed above)"
     );
 }
+
+/// What another descriptor of the file on the writer's mount does while
+/// a version is half written, before it is closed.
+#[derive(Debug, Clone, Copy)]
+enum Other {
+    /// Opened for reading and read.
+    Reader,
+    /// Wrote the version before and fsync'd it (its late release is
+    /// what the kernel sends after a close, asynchronously).
+    CommittedWriter,
+    /// Opened for writing, wrote nothing.
+    IdleWriter,
+}
+
+/// A close publishes only the writes of its own descriptor: while one
+/// descriptor has cut the file with `open(O_TRUNC)` and written half of
+/// the next version, closing any other descriptor of the file on that
+/// mount (one that only read, one whose writes are committed, one that
+/// wrote nothing) leaves the other mount reading the previous version
+/// whole; the writer's own close publishes the new one whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_publishes_only_its_own_descriptors_writes() {
+    let cluster = Cluster::start(3, &[]).await;
+    let a = Mount::new(&cluster, 0, "").await;
+    let b = Mount::new(&cluster, 1, "").await;
+    let seen = |v: u64, what: &str| {
+        let got = read_whole(&b.join("f")).unwrap();
+        assert_eq!(
+            version_of(&got),
+            Ok(v),
+            "the other mount, {what}: expected v{v} whole"
+        );
+    };
+    let path = a.join("f");
+    std::fs::write(&path, content(1)).unwrap();
+    seen(1, "after the first version");
+    let mut v = 1;
+    for other in [Other::Reader, Other::CommittedWriter, Other::IdleWriter] {
+        let o = match other {
+            Other::Reader => {
+                let mut f = File::open(&path).unwrap();
+                let mut data = Vec::new();
+                f.read_to_end(&mut data).unwrap();
+                assert_eq!(version_of(&data), Ok(v));
+                f
+            }
+            Other::CommittedWriter => {
+                v += 1;
+                let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+                f.write_all(&content(v)).unwrap();
+                f.sync_all().unwrap();
+                f
+            }
+            Other::IdleWriter => OpenOptions::new().write(true).open(&path).unwrap(),
+        };
+        seen(v, &format!("with a {other:?} open"));
+        let mut w = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let next = content(v + 1);
+        w.write_all(&next[..SIZE / 2]).unwrap();
+        close(o).unwrap();
+        seen(
+            v,
+            &format!("after a {other:?} closed while v{} was half written", v + 1),
+        );
+        w.write_all(&next[SIZE / 2..]).unwrap();
+        close(w).unwrap();
+        v += 1;
+        seen(v, &format!("after the writer of v{v} closed"));
+    }
+}

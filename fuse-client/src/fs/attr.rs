@@ -225,10 +225,10 @@ impl Inner {
             && set.atime.is_none()
             && set.mtime.as_ref().is_none_or(|t| t.now);
         let last = *lock(&f.last_attr);
-        let a = match last {
-            Some(mut a) if by_descriptor && only_size => {
+        let a = match (last, fh) {
+            (Some(mut a), Some(fh)) if by_descriptor && only_size => {
                 let now = pb::now_ns();
-                f.truncate(size, now).await;
+                f.truncate(fh, size, now).await;
                 a.ctime_ns = now;
                 a
             }

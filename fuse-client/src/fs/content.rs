@@ -33,7 +33,7 @@ impl Inner {
             return Ok(0);
         }
         let permit = self.reserve(&f, data.len()).await.map_err(errno)?;
-        f.write(&self.io, offset, &data, permit)
+        f.write(&self.io, fh, offset, &data, permit)
             .await
             .map_err(errno)?;
         Ok(data.len() as u32)
@@ -114,7 +114,7 @@ impl Inner {
         let (src, dst) = (self.file_of(fh_in)?, self.file_of(fh_out)?);
         // One reply carries at most u32::MAX bytes; the caller loops.
         c.len = c.len.min(u64::from(u32::MAX) & !0xFFF);
-        self.flush_file(&src).await?;
+        self.flush_file(&src, None).await?;
         let client = self.client().clone();
         let (a, copied) = dst
             .change_content(&self.io, || client.copy_range(c))

@@ -113,6 +113,11 @@ pub struct FileState {
     /// The last commit found that another mount had changed the content
     /// too, and took the cluster's view.
     replaced: bool,
+    /// The handles whose writes (or truncations) are not committed yet:
+    /// the close of any other handle commits nothing, so a descriptor
+    /// that only read, or whose writes are committed, never publishes
+    /// another descriptor's version half made.
+    writers: BTreeSet<u64>,
 }
 
 /// What a flush committed.
@@ -274,10 +279,12 @@ impl OpenFile {
         st.base = base;
     }
 
-    /// Writes `data` at `offset`; `permit` is the budget for its bytes.
+    /// Writes `data` at `offset` through handle `fh`; `permit` is the
+    /// budget for its bytes.
     pub async fn write(
         &self,
         io: &Io,
+        fh: u64,
         offset: u64,
         data: &[u8],
         permit: OwnedSemaphorePermit,
@@ -305,6 +312,7 @@ impl OpenFile {
         }
         st.size = st.size.max(end);
         st.changed = true;
+        st.writers.insert(fh);
         self.local_size.store(st.size, Ordering::Relaxed);
         self.local_mtime.store(pb::now_ns(), Ordering::Relaxed);
         self.changed.store(true, Ordering::Relaxed);
@@ -412,10 +420,15 @@ impl OpenFile {
         }
     }
 
-    /// Makes every write durable and commits it. Returns what the commit
-    /// did, `None` if nothing changed.
-    pub async fn flush(&self, io: &Io) -> Result<Option<Committed>, ClientError> {
+    /// Makes every write durable and commits it: with `by`, only if that
+    /// handle has writes not committed yet (a close), else in any case
+    /// (fsync, the last close). Returns what the commit did, `None` if it
+    /// committed nothing.
+    pub async fn flush(&self, io: &Io, by: Option<u64>) -> Result<Option<Committed>, ClientError> {
         let mut st = self.state.lock().await;
+        if by.is_some_and(|fh| !st.writers.contains(&fh)) {
+            return Ok(None);
+        }
         let before = st.version;
         let Some(attr) = self.commit(io, &mut st).await? else {
             return Ok(None);
@@ -429,6 +442,7 @@ impl OpenFile {
 
     async fn commit(&self, io: &Io, st: &mut FileState) -> Result<Option<pb::Attr>, ClientError> {
         if !st.changed {
+            st.writers.clear();
             return Ok(None);
         }
         st.replaced = false;
@@ -472,6 +486,7 @@ impl OpenFile {
         base.cut(size);
         st.pending = ExtentMap::new();
         st.changed = false;
+        st.writers.clear();
         self.changed.store(false, Ordering::Relaxed);
         self.settle(io, st, &attr, base, batches).await?;
         // The data is committed: a compaction that fails changes nothing.
@@ -551,9 +566,11 @@ impl OpenFile {
     /// with the pending writes and committed with them, so other mounts
     /// see the file either as it was or as it is at the commit, never cut
     /// short in between (an `open(O_TRUNC)`, write, `close` publishes one
-    /// version). Returns the size and mtime the kernel now sees.
-    pub async fn truncate(&self, size: u64, mtime_ns: i64) -> (u64, i64) {
+    /// version). `fh` is the handle it came through. Returns the size and
+    /// mtime the kernel now sees.
+    pub async fn truncate(&self, fh: u64, size: u64, mtime_ns: i64) -> (u64, i64) {
         let mut st = self.state.lock().await;
+        st.writers.insert(fh);
         let from = st.size.min(size);
         st.cut = Some(st.cut.map_or(from, |c| c.min(from)));
         st.pending.cut(from);

@@ -158,7 +158,7 @@ impl Inner {
     /// in one commit at close.
     pub(super) async fn truncate_at_open(&self, fh: u64) {
         if let Ok(f) = self.file_of(fh) {
-            f.truncate(0, pb::now_ns()).await;
+            f.truncate(fh, 0, pb::now_ns()).await;
         }
     }
 
@@ -233,10 +233,11 @@ impl Inner {
         true
     }
 
-    /// Commits a file's writes; the attributes the kernel sees afterwards
-    /// are the committed ones.
-    pub(super) async fn flush_file(&self, f: &OpenFile) -> OpResult<()> {
-        let committed = f.flush(&self.io).await.map_err(|e| {
+    /// Commits a file's writes (with `by`, only if that handle has any
+    /// not committed: see `OpenFile::flush`); the attributes the kernel
+    /// sees afterwards are the committed ones.
+    pub(super) async fn flush_file(&self, f: &OpenFile, by: Option<u64>) -> OpResult<()> {
+        let committed = f.flush(&self.io, by).await.map_err(|e| {
             tracing::warn!(ino = f.ino, error = %e, "commit failed");
             errno(e)
         })?;
@@ -259,20 +260,34 @@ impl Inner {
         Ok(())
     }
 
-    /// flush(2) (every close) and fsync(2) of handle `fh`.
+    /// The flush at every close of handle `fh`: commits the file's writes
+    /// if some came through `fh`. A descriptor that only read, or whose
+    /// writes another close or an fsync committed, publishes nothing, so
+    /// it never makes another descriptor's half-made version (an
+    /// `open(O_TRUNC)` and the writes after it) visible.
     pub(super) async fn flush(&self, fh: u64) -> OpResult<()> {
         let f = self.file_of(fh)?;
-        self.flush_file(&f).await
+        self.flush_file(&f, Some(fh)).await
     }
 
-    /// The last close of a handle: commits, and when it was the inode's
-    /// last handle here, drops its state (and the inode itself if it was
-    /// deleted while open).
+    /// fsync(2) of handle `fh`: commits every write of the file on this
+    /// mount, through whichever descriptor (the file's data is durable
+    /// when it returns, as on a local filesystem).
+    pub(super) async fn fsync(&self, fh: u64) -> OpResult<()> {
+        let f = self.file_of(fh)?;
+        self.flush_file(&f, None).await
+    }
+
+    /// The last close of a handle: commits its writes (all of the file's
+    /// when it is the inode's last handle here), and when it was the
+    /// last, drops its state (and the inode itself if it was deleted
+    /// while open).
     pub(super) async fn release(&self, fh: u64) -> OpResult<()> {
         let Some(Handle_::File(f)) = lock(&self.handles).remove(&fh) else {
             return Ok(());
         };
-        let flushed = self.flush_file(&f).await;
+        let only_mine = f.opens.load(Ordering::Relaxed) > 1;
+        let flushed = self.flush_file(&f, only_mine.then_some(fh)).await;
         let last = {
             let mut files = lock(&self.files);
             let last = f.opens.fetch_sub(1, Ordering::Relaxed) == 1;

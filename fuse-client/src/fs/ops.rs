@@ -286,7 +286,7 @@ impl Filesystem for QuizFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.answer(reply, move |fs| async move { fs.flush(fh.0).await });
+        self.answer(reply, move |fs| async move { fs.fsync(fh.0).await });
     }
 
     fn fallocate(
