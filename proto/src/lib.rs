@@ -21,6 +21,13 @@ pub const CHUNK_SIZE: usize = 4 * 1024 * 1024;
 /// Size of one streamed piece of a chunk in `Chunks.Put` / `Chunks.Get`.
 pub const PIECE_SIZE: usize = 256 * 1024;
 
+/// Most chunk uploads one client keeps in flight to one node, and the
+/// slots a node gives each client: a client never sends an upload the
+/// node would hold unread (its data would sit in the connection's flow
+/// control window and stall the uploads being read, and every other call
+/// on that connection).
+pub const MAX_UPLOADS_PER_CLIENT: usize = 16;
+
 /// Largest range a `Chunks.GetRange` call may ask for; a larger read
 /// fetches the whole chunk.
 pub const MAX_RANGE_BYTES: u32 = 256 * 1024;

@@ -75,6 +75,24 @@ pub enum StartError {
 /// Most concurrent requests (HTTP/2 streams) on one connection: a client
 /// asking for more waits on its side.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Requests on one connection that the caller cancelled before this node
+/// took them up, after which the connection is closed as abuse (h2's
+/// guard against rapid resets, 20 by default). A node frozen or cut off
+/// comes back to a backlog of Raft and client calls cancelled by their
+/// deadlines; every caller has a certificate, so the bound is the
+/// connection's whole window of streams, not a handful.
+const MAX_PENDING_RESETS: usize = MAX_STREAMS_PER_CONNECTION as usize;
+/// Bytes a caller may send on one request before this node reads them
+/// (HTTP/2 stream window): two pieces of a chunk.
+const STREAM_WINDOW: u32 = 2 * quizfs_proto::PIECE_SIZE as u32;
+/// Bytes a caller may send on one connection before this node reads them.
+/// Uploads waiting for a slot hold their stream's window unread; room for
+/// all a client may send at once, and more for every other call, means a
+/// waiting upload never stalls the ones being read, nor a ping (with the
+/// HTTP/2 default of one stream's window, a node thawed after a freeze
+/// took no upload for seconds and the clients marked it down).
+const CONNECTION_WINDOW: u32 =
+    quizfs_proto::MAX_UPLOADS_PER_CLIENT as u32 * STREAM_WINDOW + (1 << 20);
 
 fn raft_config(cfg: &Config) -> Result<openraft::Config, StartError> {
     let ms = |d: Duration| d.as_millis() as u64;
@@ -507,6 +525,9 @@ async fn serve(
         .max_decoding_message_size(max);
     let res = Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .add_service(Authorized::new(raft, tls.clone()))

@@ -1,7 +1,10 @@
 //! Chunk transfer. A write sends the chunk to every node at once and returns
 //! when a majority has it durably; the other uploads finish in the
 //! background (a node that misses one gets it from its healer); nodes the
-//! heartbeats mark down are skipped while enough others are up. A read asks
+//! heartbeats mark down are skipped while enough others are up, and so are
+//! nodes with all of this client's upload slots taken
+//! ([`pb::MAX_UPLOADS_PER_CLIENT`]), so no upload waits behind a node that
+//! is not keeping up. A read asks
 //! one node, and is hedged: if that node has not answered within a few
 //! times the usual chunk latency (or fails, or is marked down), the next
 //! node is asked as well, and the first verified copy wins. A copy whose
@@ -9,9 +12,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quizfs_proto::{self as pb, ChunkHash, PIECE_SIZE, chunks_client::ChunksClient, range};
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::transport::Channel;
 
 use super::call::Retry;
@@ -50,12 +54,15 @@ struct PutFailure {
     message: String,
 }
 
+/// Uploads a chunk to one node, holding one of its upload `slot`s.
 async fn put_to(
     channel: Channel,
     hash: ChunkHash,
     data: Arc<Vec<u8>>,
     deadline: Duration,
+    slot: OwnedSemaphorePermit,
 ) -> Result<(), PutFailure> {
+    let _slot = slot;
     let pieces = data.len().div_ceil(PIECE_SIZE).max(1);
     let stream = tokio_stream::iter((0..pieces).map(move |i| pb::PutPiece {
         hash: if i == 0 { hash.0.to_vec() } else { Vec::new() },
@@ -162,18 +169,52 @@ impl ClusterClient {
             let needed = all.len() / 2 + 1;
             let up: Vec<_> = all.iter().filter(|n| n.is_up()).cloned().collect();
             let nodes = if up.len() >= needed { up } else { all };
-            let (tx, mut rx) = tokio::sync::mpsc::channel(nodes.len().max(1));
-            for node in &nodes {
-                let (tx, channel, addr, data) = (
+            // Nodes with a free upload slot take the chunk now. A node
+            // without one (slow, or just thawed) is left out when the
+            // others make a majority: its heal copies the chunk later, and
+            // no upload queues behind a node that is not keeping up.
+            let (free, busy): (Vec<_>, Vec<_>) = nodes
+                .iter()
+                .map(|n| (n, n.uploads.clone().try_acquire_owned().ok()))
+                .partition(|(_, slot)| slot.is_some());
+            let mut targets = free;
+            if targets.len() >= needed {
+                for (n, _) in &busy {
+                    tracing::debug!(node = %n.addr, ?hash, "node busy; its heal will copy the chunk");
+                }
+            } else {
+                targets.extend(busy);
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::channel(targets.len().max(1));
+            let sent = targets.len();
+            for (node, slot) in targets {
+                let (tx, slots, addr, data) = (
                     tx.clone(),
-                    node.channel.clone(),
+                    node.uploads.clone(),
                     node.addr.clone(),
                     data.clone(),
                 );
+                let channel = node.channel.clone();
                 // Spawned, so the uploads beyond the majority go on after
                 // this call has returned.
                 tokio::spawn(async move {
-                    let r = put_to(channel, hash, data, deadline).await;
+                    let began = Instant::now();
+                    let r = match slot {
+                        Some(slot) => put_to(channel, hash, data, deadline, slot).await,
+                        None => match tokio::time::timeout(deadline, slots.acquire_owned()).await {
+                            Ok(Ok(slot)) => {
+                                let left = deadline.saturating_sub(began.elapsed());
+                                put_to(channel, hash, data, left, slot).await
+                            }
+                            _ => Err(PutFailure {
+                                fatal: None,
+                                message: "no upload slot in time".into(),
+                            }),
+                        },
+                    };
+                    if let Err(e) = &r {
+                        tracing::debug!(node = %addr, took = ?began.elapsed(), error = %e.message, "chunk upload failed");
+                    }
                     let _ = tx.send((addr, r)).await;
                 });
             }
@@ -197,7 +238,7 @@ impl ClusterClient {
                 if ok >= needed {
                     return Ok(hash);
                 }
-                if failed > nodes.len() - needed {
+                if failed + needed > sent {
                     break;
                 }
             }

@@ -55,7 +55,14 @@ pub(super) async fn run(inner: Weak<Inner>) {
                         }
                         true
                     }
-                    _ => false,
+                    Ok(Err(s)) => {
+                        tracing::debug!(node = %node.addr, code = ?s.code(), message = s.message(), "ping failed");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::debug!(node = %node.addr, "ping timed out");
+                        false
+                    }
                 };
                 if node.liveness.heartbeat(ok) {
                     tracing::info!(node = %node.addr, up = ok, "node state changed");

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use quizfs_proto::tls::Transport;
 use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
+use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
 use super::liveness::Liveness;
@@ -27,6 +28,9 @@ pub struct NodeHandle {
     /// Whether the node is up (written only by the heartbeats and by a
     /// call that ran out its deadline).
     pub liveness: Liveness,
+    /// Slots for chunk uploads to the node: at most
+    /// [`pb::MAX_UPLOADS_PER_CLIENT`] in flight, the slots it gives us.
+    pub uploads: Arc<Semaphore>,
 }
 
 impl NodeHandle {
@@ -131,6 +135,7 @@ impl ClusterClient {
                     addr: member.addr.clone(),
                     channel: channel(&member.addr, &self.inner.opts.transport)?,
                     liveness: Liveness::default(),
+                    uploads: Arc::new(Semaphore::new(pb::MAX_UPLOADS_PER_CLIENT)),
                 })),
             }
         }

@@ -16,8 +16,9 @@ use crate::state::NodeState;
 
 /// Most chunk uploads a node receives at once; more wait their turn.
 pub const MAX_UPLOADS: usize = 64;
-/// Most chunk uploads a node receives at once from one peer.
-pub const MAX_UPLOADS_PER_PEER: usize = 16;
+/// Most chunk uploads a node receives at once from one peer (as many as
+/// a client sends at once).
+pub const MAX_UPLOADS_PER_PEER: usize = quizfs_proto::MAX_UPLOADS_PER_CLIENT;
 /// Longest a chunk upload may wait for its next piece before it is dropped
 /// (a stalled sender must not hold an upload slot and a temp file).
 pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
