@@ -2,7 +2,7 @@
 //! before openraft is told it is done: sled does not flush by itself.
 //!
 //! An append returns as soon as its entries are in sled's memory, and a
-//! flusher task acknowledges it once they are on disk: the leader sends
+//! flusher thread acknowledges it once they are on disk: the leader sends
 //! entries to its followers while its own flush runs, and appends that
 //! arrive during a flush share the next one (group commit).
 
@@ -11,7 +11,7 @@ use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, RaftLogReader, Vote};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig, decode, encode, read_err, write_err};
 
@@ -19,7 +19,7 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 
-/// Work for the flusher task.
+/// Work for the flusher thread.
 enum Flush {
     /// Acknowledge these appended entries once they are on disk.
     Appended(LogFlushed<TypeConfig>),
@@ -33,7 +33,7 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
-    flusher: mpsc::UnboundedSender<Flush>,
+    flusher: std::sync::mpsc::Sender<Flush>,
 }
 
 impl Debug for Flush {
@@ -55,13 +55,17 @@ async fn sync(db: &sled::Db) -> Result<(), String> {
         .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))
 }
 
-/// Flushes sled for every batch of appends waiting, then acknowledges them
-/// in order. Ends when every store handle is gone.
-async fn flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<Flush>) {
-    let mut waiting = Vec::new();
-    while rx.recv_many(&mut waiting, 1024).await > 0 {
-        let res = sync(&db).await;
-        for w in waiting.drain(..) {
+/// The flusher thread: flushes sled for every batch of appends waiting,
+/// then acknowledges them in order. Its own thread, blocking in sled's
+/// flush, so a flush costs no hand-off between runtime tasks and blocking
+/// threads on the way (each one a thread switch per Raft write). Ends when
+/// every store handle is gone.
+fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<Flush>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let res = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        for w in waiting {
             match w {
                 Flush::Appended(cb) => {
                     cb.log_io_completed(res.clone().map_err(std::io::Error::other));
@@ -75,11 +79,14 @@ async fn flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<Flush>) {
 }
 
 impl LogStore {
-    /// Opens the log trees of `db`. Must run inside a tokio runtime: it
-    /// starts the flusher task.
+    /// Opens the log trees of `db` and starts the flusher thread.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(db.clone(), rx));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flushed = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flusher(flushed, rx))
+            .map_err(sled::Error::Io)?;
         Ok(Self {
             db: db.clone(),
             log: db.open_tree("raft_log")?,
@@ -232,7 +239,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // The entries are readable now; the flusher acknowledges them once
         // they are on disk.
-        if let Err(mpsc::error::SendError(Flush::Appended(cb))) =
+        if let Err(std::sync::mpsc::SendError(Flush::Appended(cb))) =
             self.flusher.send(Flush::Appended(callback))
         {
             cb.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
