@@ -137,6 +137,18 @@ fn targets(r: &Results) -> Vec<Target> {
         2.0,
     );
     ratio("uploads, 3 writers, files/s", "upload3_files", true, 3.0);
+    ratio(
+        "uploads, 16 writers, one directory",
+        "upload16_files",
+        true,
+        3.0,
+    );
+    ratio(
+        "uploads, 16 writers, a directory each",
+        "upload16d_files",
+        true,
+        3.0,
+    );
     for (what, key) in [
         ("create", "meta_create"),
         ("stat", "meta_stat"),
@@ -325,12 +337,24 @@ pub const CHARTS: &[(&str, &str, &[&str])] = &[
     (
         "uploads",
         "100 KiB uploads, files/s",
-        &["upload_files", "upload3_files", "upload_readback"],
+        &[
+            "upload_files",
+            "upload3_files",
+            "upload16_files",
+            "upload16d_files",
+            "upload_readback",
+        ],
     ),
     (
         "upload-latency",
         "100 KiB upload latency, ms (lower is better)",
-        &["upload_p50", "upload_p99", "upload3_p99"],
+        &[
+            "upload_p50",
+            "upload_p99",
+            "upload3_p99",
+            "upload16_p99",
+            "upload16d_p99",
+        ],
     ),
     (
         "metadata",

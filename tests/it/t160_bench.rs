@@ -12,7 +12,7 @@ use quizfs_bench::compare::Results;
 use quizfs_bench::workloads::{Report, ScaleRow};
 use quizfs_tests::{Cluster, Mount, bin};
 
-const KEYS: [&str; 23] = [
+const KEYS: [&str; 27] = [
     "seq_write",
     "seq_read_warm",
     "seq_read_cold",
@@ -23,6 +23,10 @@ const KEYS: [&str; 23] = [
     "upload_readback",
     "upload3_files",
     "upload3_p99",
+    "upload16_files",
+    "upload16_p99",
+    "upload16d_files",
+    "upload16d_p99",
     "meta_create",
     "meta_stat",
     "meta_rename",

@@ -76,12 +76,12 @@ pub(crate) struct CompareArgs {
 /// Which workloads, at which sizes: shared by `run` and `compare`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkloadArgs {
-    /// Workloads, comma-separated: seq, uploads, uploads3, meta, ls, random,
+    /// Workloads, comma-separated: seq, uploads, uploads3, uploads16, meta, ls, random,
     /// sqlite, dbench.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "seq,uploads,uploads3,meta,ls,random,sqlite,dbench"
+        default_value = "seq,uploads,uploads3,uploads16,meta,ls,random,sqlite,dbench"
     )]
     pub(crate) workloads: Vec<String>,
     /// Seconds-long sizes (for CI) instead of the full ones.
@@ -182,7 +182,7 @@ pub(crate) fn parse_workloads(names: &[String]) -> anyhow::Result<Vec<Workload>>
         .map(|n| {
             Workload::parse(n).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "unknown workload {n:?}: use seq, uploads, uploads3, meta, ls or random"
+                    "unknown workload {n:?}: use seq, uploads, uploads3, uploads16, meta, ls, random, sqlite or dbench"
                 )
             })
         })

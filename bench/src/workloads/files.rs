@@ -1,4 +1,4 @@
-//! Many small files: `uploads` (and `uploads3`), `meta` and `ls`.
+//! Many small files: `uploads` (and `uploads3`, `uploads16`), `meta` and `ls`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -25,15 +25,36 @@ pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     rank(sorted.len(), p).map_or(f64::NAN, |i| sorted[i].as_secs_f64() * 1e3)
 }
 
+/// Where upload `i` of writer `w` goes: all in `dir`, or with `spread`
+/// in a directory per writer.
+fn upload_path(dir: &Path, spread: bool, w: usize, i: usize) -> PathBuf {
+    let name = format!("img-{i:06}.jpg");
+    if spread {
+        dir.join(format!("w{w:02}")).join(name)
+    } else {
+        dir.join(name)
+    }
+}
+
+/// `sizes.uploads` uploads split over `writers` concurrent writers, into
+/// one directory or (with `spread`) a directory per writer; then read
+/// back and compared.
 pub(super) fn uploads(
     dir: &Path,
     sizes: &Sizes,
     writers: usize,
+    spread: bool,
     bound: &Bound,
     report: &mut Report,
 ) -> Result<(), String> {
     let len = sizes.upload_kib * 1024;
     let per = sizes.uploads.div_ceil(writers);
+    if spread {
+        for w in 0..writers {
+            let d = dir.join(format!("w{w:02}"));
+            io(format!("mkdir {}", d.display()), std::fs::create_dir(&d))?;
+        }
+    }
     let t = Instant::now();
     let results: Vec<Result<Vec<Duration>, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
@@ -43,7 +64,7 @@ pub(super) fn uploads(
                     for i in (w * per)..((w + 1) * per).min(sizes.uploads) {
                         bound.check()?;
                         let data = content(i as u64, len);
-                        lat.push(upload(&dir.join(format!("img-{i:06}.jpg")), &data)?);
+                        lat.push(upload(&upload_path(dir, spread, w, i), &data)?);
                     }
                     Ok(lat)
                 })
@@ -65,7 +86,7 @@ pub(super) fn uploads(
     let t = Instant::now();
     for i in 0..sizes.uploads {
         bound.check()?;
-        let path = dir.join(format!("img-{i:06}.jpg"));
+        let path = upload_path(dir, spread, i / per, i);
         let got = io(format!("read {}", path.display()), std::fs::read(&path))?;
         if got != content(i as u64, len) {
             return Err(format!(
@@ -113,16 +134,22 @@ pub(super) fn uploads(
             read,
         );
     } else {
+        // upload3_*, upload16_* (one directory), upload16d_* (spread).
+        let (key, place) = if spread {
+            (format!("upload{writers}d"), ", a directory each")
+        } else {
+            (format!("upload{writers}"), "")
+        };
         report.add(
-            "upload3_files",
-            &format!("uploads, {writers} writers, files/s"),
+            &format!("{key}_files"),
+            &format!("uploads, {writers} writers{place}, files/s"),
             "files/s",
             true,
             n / wall,
         );
         report.add(
-            "upload3_p99",
-            &format!("uploads, {writers} writers, p99"),
+            &format!("{key}_p99"),
+            &format!("uploads, {writers} writers{place}, p99"),
             "ms",
             false,
             percentile(&lat, 0.99),

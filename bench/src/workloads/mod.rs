@@ -8,6 +8,9 @@
 //! - `uploads`: image-sized files, each create + write + close (close's
 //!   result checked), then read back and compared; per-file latency;
 //! - `uploads3`: the same split over three concurrent writers;
+//! - `uploads16`: the same split over 16 concurrent writers, all in one
+//!   directory and then in a directory each (the issue's "16 concurrent
+//!   uploaders", against `uploads` by one);
 //! - `meta`: empty files created, stat'ed (kernel caches dropped first),
 //!   renamed and unlinked;
 //! - `ls`: `ls -l` of a large directory, kernel caches dropped first;
@@ -52,6 +55,9 @@ use files::{ls, ls_prepare, meta, uploads};
 use random::{random, random_prepare};
 pub use scale::{ScaleRow, ScaleSizes, scale};
 use seq::seq;
+
+/// Concurrent writers in `uploads16`.
+pub const UPLOADERS: usize = 16;
 
 /// Sizes and repetitions of every workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +137,8 @@ pub enum Workload {
     Uploads,
     /// Uploads by concurrent writers.
     Uploads3,
+    /// Uploads by 16 concurrent writers, in one directory and spread.
+    Uploads16,
     /// Create, stat, rename, unlink.
     Meta,
     /// `ls -l` of a large directory.
@@ -145,10 +153,11 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in run order.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Self::Seq,
         Self::Uploads,
         Self::Uploads3,
+        Self::Uploads16,
         Self::Meta,
         Self::Ls,
         Self::Random,
@@ -162,6 +171,7 @@ impl Workload {
             Self::Seq => "seq",
             Self::Uploads => "uploads",
             Self::Uploads3 => "uploads3",
+            Self::Uploads16 => "uploads16",
             Self::Meta => "meta",
             Self::Ls => "ls",
             Self::Random => "random",
@@ -349,9 +359,18 @@ pub fn run(
                 io("mkdir", std::fs::create_dir(&rdir))?;
                 match w {
                     Workload::Seq => seq(&rdir, sizes, &bound, &mut report)?,
-                    Workload::Uploads => uploads(&rdir, sizes, 1, &bound, &mut report)?,
+                    Workload::Uploads => uploads(&rdir, sizes, 1, false, &bound, &mut report)?,
                     Workload::Uploads3 => {
-                        uploads(&rdir, sizes, sizes.writers, &bound, &mut report)?;
+                        uploads(&rdir, sizes, sizes.writers, false, &bound, &mut report)?;
+                    }
+                    Workload::Uploads16 => {
+                        let one = rdir.join("one");
+                        let spread = rdir.join("spread");
+                        for d in [&one, &spread] {
+                            io("mkdir", std::fs::create_dir(d))?;
+                        }
+                        uploads(&one, sizes, UPLOADERS, false, &bound, &mut report)?;
+                        uploads(&spread, sizes, UPLOADERS, true, &bound, &mut report)?;
                     }
                     Workload::Meta => meta(&rdir, sizes, &bound, &mut report)?,
                     Workload::Ls => {

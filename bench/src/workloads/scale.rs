@@ -129,7 +129,7 @@ fn scale_in(
             let bound = Bound::new(probe.bound_secs);
             let p = root.join(format!("probe-{level}-{rep}"));
             io("mkdir", std::fs::create_dir(&p))?;
-            uploads(&p, &probe, 1, &bound, &mut report)?;
+            uploads(&p, &probe, 1, false, &bound, &mut report)?;
             let m = p.join("meta");
             io("mkdir", std::fs::create_dir(&m))?;
             meta(&m, &probe, &bound, &mut report)?;
