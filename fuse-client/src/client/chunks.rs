@@ -54,15 +54,30 @@ struct PutFailure {
     message: String,
 }
 
-/// Uploads a chunk to one node, holding one of its upload `slot`s.
+/// Uploads a chunk to `node` within `deadline`, in one of its upload
+/// slots: `slot` when the caller took one, else the first to come free.
 async fn put_to(
-    channel: Channel,
+    node: &NodeHandle,
     hash: ChunkHash,
     data: Arc<Vec<u8>>,
     deadline: Duration,
-    slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
 ) -> Result<(), PutFailure> {
-    let _slot = slot;
+    let began = Instant::now();
+    let _slot = match slot {
+        Some(slot) => slot,
+        None => match tokio::time::timeout(deadline, node.uploads.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                return Err(PutFailure {
+                    fatal: None,
+                    message: "no upload slot in time".into(),
+                });
+            }
+        },
+    };
+    let deadline = deadline.saturating_sub(began.elapsed());
+    let channel = node.channel.clone();
     let pieces = data.len().div_ceil(PIECE_SIZE).max(1);
     let stream = tokio_stream::iter((0..pieces).map(move |i| pb::PutPiece {
         hash: if i == 0 { hash.0.to_vec() } else { Vec::new() },
@@ -188,34 +203,16 @@ impl ClusterClient {
             let (tx, mut rx) = tokio::sync::mpsc::channel(targets.len().max(1));
             let sent = targets.len();
             for (node, slot) in targets {
-                let (tx, slots, addr, data) = (
-                    tx.clone(),
-                    node.uploads.clone(),
-                    node.addr.clone(),
-                    data.clone(),
-                );
-                let channel = node.channel.clone();
+                let (tx, node, data) = (tx.clone(), node.clone(), data.clone());
                 // Spawned, so the uploads beyond the majority go on after
                 // this call has returned.
                 tokio::spawn(async move {
                     let began = Instant::now();
-                    let r = match slot {
-                        Some(slot) => put_to(channel, hash, data, deadline, slot).await,
-                        None => match tokio::time::timeout(deadline, slots.acquire_owned()).await {
-                            Ok(Ok(slot)) => {
-                                let left = deadline.saturating_sub(began.elapsed());
-                                put_to(channel, hash, data, left, slot).await
-                            }
-                            _ => Err(PutFailure {
-                                fatal: None,
-                                message: "no upload slot in time".into(),
-                            }),
-                        },
-                    };
+                    let r = put_to(&node, hash, data, deadline, slot).await;
                     if let Err(e) = &r {
-                        tracing::debug!(node = %addr, took = ?began.elapsed(), error = %e.message, "chunk upload failed");
+                        tracing::debug!(node = %node.addr, took = ?began.elapsed(), error = %e.message, "chunk upload failed");
                     }
-                    let _ = tx.send((addr, r)).await;
+                    let _ = tx.send((node.addr.clone(), r)).await;
                 });
             }
             drop(tx);

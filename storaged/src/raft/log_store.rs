@@ -23,14 +23,14 @@ const KEY_PURGED: &[u8] = b"last_purged";
 enum Flush {
     /// Acknowledge these appended entries once they are on disk.
     Appended(LogFlushed<TypeConfig>),
-    /// Answer once everything sent before has been acknowledged.
-    Barrier(oneshot::Sender<()>),
+    /// Answer, with the flush's outcome, once everything written before
+    /// is on disk and every append sent before has been acknowledged.
+    Barrier(oneshot::Sender<Result<(), String>>),
 }
 
 /// Log entries keyed by big-endian index, and the vote, in one sled database.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
     flusher: std::sync::mpsc::Sender<Flush>,
@@ -43,16 +43,6 @@ impl Debug for Flush {
             Flush::Barrier(_) => "Barrier",
         })
     }
-}
-
-/// Flushes sled on a blocking thread (sled's `flush_async` goes through
-/// its own thread pool, one more hand-off per flush).
-async fn sync(db: &sled::Db) -> Result<(), String> {
-    let db = db.clone();
-    tokio::task::spawn_blocking(move || db.flush())
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))
 }
 
 /// The flusher thread: flushes sled for every batch of appends waiting,
@@ -71,7 +61,7 @@ fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<Flush>) {
                     cb.log_io_completed(res.clone().map_err(std::io::Error::other));
                 }
                 Flush::Barrier(tx) => {
-                    let _ = tx.send(());
+                    let _ = tx.send(res.clone());
                 }
             }
         }
@@ -88,25 +78,22 @@ impl LogStore {
             .spawn(move || flusher(flushed, rx))
             .map_err(sled::Error::Io)?;
         Ok(Self {
-            db: db.clone(),
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher: tx,
         })
     }
 
-    /// Waits until every append so far has been flushed and acknowledged,
-    /// so that a truncate or purge never races an acknowledgement.
-    async fn drain(&self) -> Result<(), StorageError> {
+    /// Flushes everything written so far, through the flusher thread (the
+    /// one place the log is flushed), and waits until every append before
+    /// has been acknowledged, so that a truncate or purge never races an
+    /// acknowledgement.
+    async fn flush(&self) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
-        let gone = || {
-            write_err(
-                ErrorSubject::Logs,
-                &std::io::Error::other("log flusher stopped"),
-            )
-        };
+        let failed = |e: String| write_err(ErrorSubject::Logs, &std::io::Error::other(e));
+        let gone = || failed("log flusher stopped".into());
         self.flusher.send(Flush::Barrier(tx)).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        rx.await.map_err(|_| gone())?.map_err(failed)
     }
 
     fn get_meta<T: for<'a> serde::Deserialize<'a>>(
@@ -130,12 +117,6 @@ impl LogStore {
             .insert(key, encode(value))
             .map_err(|e| write_err(ErrorSubject::Store, &e))?;
         Ok(())
-    }
-
-    async fn flush(&self) -> Result<(), StorageError> {
-        sync(&self.db)
-            .await
-            .map_err(|e| write_err(ErrorSubject::Logs, &std::io::Error::other(e)))
     }
 
     /// Whether this node has ever stored a vote or a log entry.
@@ -248,7 +229,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.drain().await?;
+        self.flush().await?;
         let mut batch = sled::Batch::default();
         for item in self.log.range(index_key(log_id.index)..) {
             let (k, _) = item.map_err(|e| read_err(ErrorSubject::Logs, &e))?;
@@ -261,7 +242,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.drain().await?;
+        self.flush().await?;
         // Record the purge point first: a crash in between leaves entries
         // that are merely redundant, never a hole.
         self.put_meta(KEY_PURGED, &Some(log_id))?;
