@@ -33,6 +33,8 @@ Mount options (-o, comma-separated):
   backup_servers=H[,H]   more servers to try first contact with (also H:H)
   chunk_cache=MIB        MiB of file data cached for reads (default 64)
   write_buffers=N        4 MiB buffers the mount may fill before uploading (default 16)
+  sync_create            open(O_CREAT) waits for the create's commit (default: a create
+                         of a new name is answered at once and committed by close)
   log=PATH               write the background process's log to PATH
   tls_dir=DIR            where ca.crt, client.crt and client.key are (default /etc/quizfs)
   insecure               plaintext without certificates, for local experiments only
@@ -169,6 +171,7 @@ pub(crate) fn parse(
                 }
                 in_backup = true;
             }
+            "sync_create" => req.fs.early_create = false,
             "log" => req.log = Some(PathBuf::from(need()?)),
             "tls_dir" => tls_dir = PathBuf::from(need()?),
             "insecure" => insecure = true,

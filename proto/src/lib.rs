@@ -45,6 +45,9 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Longest file name in bytes, as on Linux.
 pub const MAX_NAME_BYTES: usize = 255;
 
+/// Most inode numbers one `ReserveInodes` command may reserve.
+pub const MAX_RESERVE_INODES: u32 = 65_536;
+
 /// Longest symlink target in bytes (PATH_MAX).
 pub const MAX_SYMLINK_BYTES: usize = 4096;
 

@@ -17,6 +17,7 @@ mod t175_limits;
 mod t180_full_disk;
 mod t190_scenario;
 mod t20_namespace;
+mod t22_early_create;
 mod t30_exactly_once;
 mod t35_content;
 mod t40_corruption;

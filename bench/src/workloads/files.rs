@@ -8,13 +8,18 @@ use std::time::{Duration, Instant};
 use super::{Bound, Report, Sizes, drop_caches, io, rank};
 use crate::load::{close, content};
 
+/// Opens a file for an upload as web applications do: `O_CREAT |
+/// O_TRUNC`, not `O_EXCL` (PHP's `fopen(..., "wb")` behind
+/// `move_uploaded_file` across filesystems, Python's `open(..., "wb")`,
+/// Node's `fs.createWriteStream`, the reference deployment's `app.py`).
+pub(super) fn open_upload(path: &Path) -> std::io::Result<File> {
+    File::create(path)
+}
+
 /// One upload: create, write, close; returns its latency.
 pub(super) fn upload(path: &Path, data: &[u8]) -> Result<Duration, String> {
     let t = Instant::now();
-    let mut f = io(
-        format!("create {}", path.display()),
-        OpenOptions::new().write(true).create_new(true).open(path),
-    )?;
+    let mut f = io(format!("create {}", path.display()), open_upload(path))?;
     io(format!("write {}", path.display()), f.write_all(data))?;
     io(format!("close {}", path.display()), close(f))?;
     Ok(t.elapsed())

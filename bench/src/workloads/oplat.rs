@@ -1,7 +1,8 @@
 //! `oplat`: what each operation costs through a mount, one at a time, so
 //! that the steps of an upload and of a metadata write can be told apart:
 //! a stat of a missing name (a negative lookup), an exclusive create, a
-//! chmod; then uploads of 100 KiB with open, write and close timed apart;
+//! create as web applications open uploads (`O_CREAT|O_TRUNC`), a chmod;
+//! then uploads of 100 KiB with open, write and close timed apart;
 //! then stat, chmod, rename and unlink of those files.
 
 use std::fs::{OpenOptions, Permissions};
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::files::open_upload;
 use super::{io, rank};
 use crate::load::{close, content};
 
@@ -66,6 +68,7 @@ fn measure(d: &Path, n: usize) -> Result<Vec<OpLatency>, String> {
     let mut rows: Vec<(&str, Vec<f64>)> = [
         "negative lookup",
         "create (open O_EXCL)",
+        "create (O_CREAT|O_TRUNC)",
         "chmod",
         "upload: open",
         "upload: write 100 KiB",
@@ -88,7 +91,10 @@ fn measure(d: &Path, n: usize) -> Result<Vec<OpLatency>, String> {
         })?;
         let f = timed(&mut rows[1].1, || create(&p))?;
         io("close", close(f))?;
-        timed(&mut rows[2].1, || {
+        let m = d.join(format!("m{i}"));
+        let f = timed(&mut rows[2].1, || io("create", open_upload(&m)))?;
+        io("close", close(f))?;
+        timed(&mut rows[3].1, || {
             io("chmod", std::fs::set_permissions(&p, mode(0o600)))
         })?;
     }
@@ -96,28 +102,30 @@ fn measure(d: &Path, n: usize) -> Result<Vec<OpLatency>, String> {
     for i in 0..n {
         let p = d.join(format!("u{i}"));
         let t = Instant::now();
-        let mut f = timed(&mut rows[3].1, || create(&p))?;
-        timed(&mut rows[4].1, || io("write", f.write_all(&data)))?;
-        timed(&mut rows[5].1, || io("close", close(f)))?;
-        rows[6].1.push(t.elapsed().as_secs_f64() * 1e3);
+        let mut f = timed(&mut rows[4].1, || io("open", open_upload(&p)))?;
+        timed(&mut rows[5].1, || io("write", f.write_all(&data)))?;
+        timed(&mut rows[6].1, || io("close", close(f)))?;
+        rows[7].1.push(t.elapsed().as_secs_f64() * 1e3);
     }
     for i in 0..n {
         let p = d.join(format!("u{i}"));
-        timed(&mut rows[7].1, || io("stat", std::fs::metadata(&p)))?;
+        timed(&mut rows[8].1, || io("stat", std::fs::metadata(&p)))?;
     }
     for i in 0..n {
         let p = d.join(format!("u{i}"));
-        timed(&mut rows[8].1, || {
+        timed(&mut rows[9].1, || {
             io("chmod", std::fs::set_permissions(&p, mode(0o600)))
         })?;
     }
     for i in 0..n {
         let (from, to) = (d.join(format!("u{i}")), d.join(format!("r{i}")));
-        timed(&mut rows[9].1, || io("rename", std::fs::rename(&from, &to)))?;
+        timed(&mut rows[10].1, || {
+            io("rename", std::fs::rename(&from, &to))
+        })?;
     }
     for i in 0..n {
         let p = d.join(format!("r{i}"));
-        timed(&mut rows[10].1, || io("unlink", std::fs::remove_file(&p)))?;
+        timed(&mut rows[11].1, || io("unlink", std::fs::remove_file(&p)))?;
     }
     Ok(rows
         .into_iter()

@@ -106,8 +106,10 @@ impl ClusterClient {
         .await
     }
 
-    /// Sends a metadata write.
+    /// Sends a metadata write, after the early creates sent before it (see
+    /// [`super::creates`]).
     pub async fn apply(&self, op_name: &'static str, op: Op) -> Result<pb::MetaReply, ClientError> {
+        self.settle_all_creates().await;
         self.apply_raw(op_name, op, true).await
     }
 
@@ -247,6 +249,7 @@ impl ClusterClient {
             mtime_ns: None,
             if_version: None,
             cut,
+            create: None,
         };
         self.commit("write", c).await
     }
@@ -269,14 +272,33 @@ impl ClusterClient {
             mtime_ns: Some(mtime_ns),
             if_version: Some(version),
             cut: None,
+            create: None,
         };
         self.commit("compact", c).await
     }
 
     /// Commits a change of a file's content (the one command for writes,
-    /// truncation with them, and compaction).
-    async fn commit(&self, op: &'static str, c: pb::CommitWrite) -> Result<pb::Attr, ClientError> {
-        self.apply_attr(op, Op::CommitWrite(c)).await
+    /// truncation with them, and compaction). A commit waits for no other
+    /// file's early create: it carries its own file's if that is still
+    /// held (see [`super::creates`]), else waits for it.
+    async fn commit(
+        &self,
+        op: &'static str,
+        mut c: pb::CommitWrite,
+    ) -> Result<pb::Attr, ClientError> {
+        let ino = c.ino;
+        let held = self.create_for_commit(ino).await?;
+        c.create = held.as_ref().map(|(create, _)| create.clone());
+        let r = self.apply_raw(op, Op::CommitWrite(c), true).await;
+        if let Some((create, done)) = held {
+            match &r {
+                Ok(reply) => self.create_done(ino, done, reply.errno),
+                Err(ClientError::Posix { errno, .. }) => self.create_done(ino, done, *errno),
+                // Not answered: the create is held again for the next try.
+                Err(_) => self.create_again(ino, create),
+            }
+        }
+        attr_of(op, r?)
     }
 
     /// fallocate(2) on a file (see `pb::Fallocate` for the modes).
@@ -359,18 +381,45 @@ impl ClusterClient {
 
     /// Looks a name up.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<pb::Attr, ClientError> {
+        self.lookup_or_dir(parent, name)
+            .await?
+            .map_err(|_| ClientError::Posix {
+                op: "lookup",
+                errno: libc::ENOENT,
+            })
+    }
+
+    /// Looks a name up: its attributes, or, when the directory exists and
+    /// has no such name, the directory's attributes (what an early create
+    /// of the name needs; see [`super::creates`]).
+    pub async fn lookup_or_dir(
+        &self,
+        parent: u64,
+        name: &[u8],
+    ) -> Result<Result<pb::Attr, pb::Attr>, ClientError> {
+        self.settle_name(parent, name).await;
         let req = pb::LookupRequest {
             parent,
             name: name.to_vec(),
         };
         let r = self
-            .query("lookup", req, |mut c, r| async move { c.lookup(r).await })
+            .leader_call("lookup", |ch| {
+                let r = req.clone();
+                async move { MetaClient::new(ch).lookup(r).await }
+            })
             .await?;
-        attr_in("lookup", r.attr)
+        match (r.errno, r.parent) {
+            (libc::ENOENT, Some(dir)) => Ok(Err(dir)),
+            (errno, _) => {
+                check("lookup", errno)?;
+                attr_in("lookup", r.attr).map(Ok)
+            }
+        }
     }
 
     /// Reads attributes.
     pub async fn getattr(&self, ino: u64) -> Result<pb::Attr, ClientError> {
+        self.settle_ino(ino).await;
         let req = pb::InodeRequest { ino };
         let r = self
             .query(
@@ -385,6 +434,7 @@ impl ClusterClient {
     /// Reads attributes and the extent map (checked as the state machine
     /// checks a commit: a node that sends a malformed map gets EIO).
     pub async fn layout(&self, ino: u64) -> Result<(pb::Attr, Extents), ClientError> {
+        self.settle_ino(ino).await;
         let req = pb::InodeRequest { ino };
         let r = self
             .query("layout", req, |c, r| async move {
@@ -410,6 +460,7 @@ impl ClusterClient {
         after: &[u8],
         limit: u32,
     ) -> Result<(Vec<pb::DirEntry>, bool), ClientError> {
+        self.settle_dir(ino).await;
         let req = pb::ReadDirRequest {
             ino,
             after: after.to_vec(),
@@ -440,6 +491,7 @@ impl ClusterClient {
 
     /// Reads a symlink.
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, ClientError> {
+        self.settle_ino(ino).await;
         let req = pb::InodeRequest { ino };
         let r = self
             .query(
@@ -453,6 +505,7 @@ impl ClusterClient {
 
     /// Reads an extended attribute.
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, ClientError> {
+        self.settle_ino(ino).await;
         let req = pb::GetXattrRequest {
             ino,
             name: name.to_vec(),
@@ -469,6 +522,7 @@ impl ClusterClient {
 
     /// Lists extended attribute names.
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, ClientError> {
+        self.settle_ino(ino).await;
         let req = pb::InodeRequest { ino };
         let r = self
             .query(

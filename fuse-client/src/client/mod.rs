@@ -7,11 +7,14 @@
 //! - [`call`]: deadlines, redirects and failover of calls, and the retry
 //!   budget every retrying path uses.
 //! - [`meta`]: typed metadata operations.
+//! - [`creates`]: creates answered before they are committed, and the
+//!   order every later command keeps with them.
 //! - [`chunks`]: chunk upload to a majority and verified download.
 //! - [`io`]: whole-file reads and writes built on the two.
 
 pub mod call;
 pub mod chunks;
+pub mod creates;
 pub mod error;
 pub mod health;
 pub mod io;
@@ -87,6 +90,7 @@ struct Inner {
     next_seq: AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
     next_reader: AtomicU64,
+    creates: creates::Creates,
 }
 
 impl ClusterClient {
@@ -105,6 +109,7 @@ impl ClusterClient {
             next_seq: AtomicU64::new(1),
             in_flight: Mutex::new(BTreeSet::new()),
             next_reader: AtomicU64::new(0),
+            creates: creates::Creates::default(),
         });
         let client = Self { inner };
         client.update_members(&members)?;

@@ -427,6 +427,10 @@ impl OpenFile {
     pub async fn flush(&self, io: &Io, by: Option<u64>) -> Result<Option<Committed>, ClientError> {
         let mut st = self.state.lock().await;
         if by.is_some_and(|fh| !st.writers.contains(&fh)) {
+            drop(st);
+            // A file made by an early create exists once that create is
+            // applied: every close waits for it, and fails if it failed.
+            io.client.created(self.ino).await?;
             return Ok(None);
         }
         let before = st.version;
@@ -442,6 +446,7 @@ impl OpenFile {
 
     async fn commit(&self, io: &Io, st: &mut FileState) -> Result<Option<pb::Attr>, ClientError> {
         if !st.changed {
+            io.client.created(self.ino).await?;
             st.writers.clear();
             return Ok(None);
         }

@@ -68,6 +68,9 @@ pub struct FsOptions {
     /// Written data all files of the mount may hold in memory before it
     /// is uploaded, in chunks (4 MiB each).
     pub write_buffers: usize,
+    /// Answer `open(O_CREAT)` of a name just found missing before its
+    /// create is committed (see `client::creates`); false: wait for it.
+    pub early_create: bool,
 }
 
 impl Default for FsOptions {
@@ -78,6 +81,7 @@ impl Default for FsOptions {
             read_only: false,
             chunk_cache_bytes: 64 << 20,
             write_buffers: 16,
+            early_create: true,
         }
     }
 }
@@ -90,6 +94,9 @@ pub const MAX_READ_WINDOW: u32 = 1 << 20;
 
 /// What a request's body answers the kernel with: a value or an errno.
 type OpResult<T> = Result<T, Errno>;
+
+/// When a lookup found a name missing, and its directory's attributes.
+type MissingSince = (Instant, pb::Attr);
 
 /// The state of one mount, shared by the tasks of its requests.
 #[derive(Debug)]
@@ -117,6 +124,9 @@ struct Inner {
     /// extended attributes at t, so attributes fetched meanwhile must not
     /// mark it bare until `attr_timeout` has passed.
     bare: Mutex<HashMap<u64, (bool, Instant)>>,
+    /// Names a lookup just found missing, with when and their directory's
+    /// attributes: what an early create of that name starts from.
+    missing: Mutex<HashMap<(u64, Vec<u8>), MissingSince>>,
     notifier: OnceLock<Notifier>,
 }
 
@@ -148,6 +158,7 @@ impl QuizFs {
                 pages: Mutex::new(HashMap::new()),
                 estale: Mutex::new(HashMap::new()),
                 bare: Mutex::new(HashMap::new()),
+                missing: Mutex::new(HashMap::new()),
                 notifier: OnceLock::new(),
             }),
             rt,

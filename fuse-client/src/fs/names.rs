@@ -3,12 +3,18 @@
 //! until its last close (an orphan).
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use quizfs_proto::{self as pb, meta_op::Op};
 
 use super::errno::{err, errno};
 use super::reply::{Created, Entry};
 use super::{Inner, OpResult, lock};
+
+/// How long a lookup's "no such name" may start an early create.
+const MISSING_FRESH: Duration = Duration::from_secs(1);
+/// Most missing names remembered.
+const MAX_MISSING: usize = 4096;
 
 impl Inner {
     /// A name's entry for the kernel.
@@ -39,15 +45,52 @@ impl Inner {
 
     /// lookup(2) by thread `pid` (see `open` for why the thread matters).
     pub(super) async fn lookup(&self, parent: u64, name: &[u8], pid: u32) -> OpResult<Entry> {
-        let r = self.client().lookup(parent, name).await;
+        let r = match self.client().lookup_or_dir(parent, name).await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(dir)) => {
+                self.note_missing(parent, name, dir);
+                Err(err(libc::ENOENT))
+            }
+            Err(e) => Err(errno(e)),
+        };
         tracing::trace!(parent, name = %String::from_utf8_lossy(name), ino = ?r.as_ref().map(|a| a.ino), "lookup");
         self.looked_up(pid, r.as_ref().ok().map(|a| a.ino));
-        Ok(self.entry(&r.map_err(errno)?))
+        Ok(self.entry(&r?))
+    }
+
+    /// Records that `parent` had no `name` just now, and its attributes.
+    fn note_missing(&self, parent: u64, name: &[u8], dir: pb::Attr) {
+        if !self.opts.early_create || self.opts.read_only {
+            return;
+        }
+        let mut missing = lock(&self.missing);
+        if missing.len() >= MAX_MISSING {
+            missing.retain(|_, (t, _)| t.elapsed() < MISSING_FRESH);
+        }
+        if missing.len() < MAX_MISSING {
+            missing.insert((parent, name.to_vec()), (Instant::now(), dir));
+        }
+    }
+
+    /// The attributes of `parent` if a lookup found it without `name` just
+    /// now (the record is used up).
+    fn just_missing(&self, parent: u64, name: &[u8]) -> Option<pb::Attr> {
+        let (t, dir) = lock(&self.missing).remove(&(parent, name.to_vec()))?;
+        (t.elapsed() < MISSING_FRESH).then_some(dir)
     }
 
     /// create(2), opening the file: by thread `pid`, with open `flags`.
+    /// A create of a name a lookup just found missing (not `O_EXCL`) is
+    /// answered at once and committed in the background, before any later
+    /// command of this mount and before the file's close returns (see
+    /// `client::creates`).
     pub(super) async fn create(&self, op: pb::Create, flags: i32, pid: u32) -> OpResult<Created> {
         self.writable()?;
+        if !op.exclusive {
+            if let Some(dir) = self.just_missing(op.parent, &op.name) {
+                return self.create_early(op, dir, pid).await;
+            }
+        }
         let attr = self.apply_attr("create", Op::Create(op)).await?;
         // A new file has no chunks; an existing one (no O_EXCL) is read.
         let fresh = (attr.size == 0).then_some(attr);
@@ -56,6 +99,36 @@ impl Inner {
         if flags & libc::O_TRUNC != 0 && attr.size > 0 {
             self.truncate_at_open(fh).await;
         }
+        Ok(Created {
+            entry: self.entry(&attr),
+            fh,
+        })
+    }
+
+    /// The early create: the new file's attributes as the cluster will
+    /// make them (a set-group-id directory gives its group), from a
+    /// number this client reserved.
+    async fn create_early(&self, op: pb::Create, dir: pb::Attr, pid: u32) -> OpResult<Created> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let gid = if dir.mode & libc::S_ISGID != 0 {
+            dir.gid
+        } else {
+            op.gid
+        };
+        let mut attr = pb::Attr {
+            mode: op.mode,
+            uid: op.uid,
+            gid,
+            nlink: 1,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            ..Default::default()
+        };
+        attr.ino = self.client().create_early(op).await.map_err(errno)?;
+        let (fh, _) = self.open_ino(attr.ino, Some(attr), pid).await?;
         Ok(Created {
             entry: self.entry(&attr),
             fh,

@@ -296,6 +296,9 @@ impl Inner {
             }
             last
         };
+        if last {
+            self.client().forget_create(f.ino);
+        }
         if last && f.orphan.load(Ordering::Relaxed) {
             if let Err(e) = self.client().release_orphan(f.ino).await {
                 tracing::warn!(ino = f.ino, error = %e, "releasing a deleted open file failed");

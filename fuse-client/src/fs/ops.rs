@@ -111,6 +111,7 @@ impl Filesystem for QuizFs {
             gid: req.gid(),
             rdev,
             exclusive: true,
+            ino: 0,
         });
         self.answer(
             reply,
@@ -470,6 +471,7 @@ impl Filesystem for QuizFs {
             gid: req.gid(),
             rdev: 0,
             exclusive: flags & libc::O_EXCL != 0,
+            ino: 0,
         };
         self.answer(
             reply,

@@ -11,7 +11,8 @@
 //!   and `parent` equal to the directory holding it;
 //! - chunk reference counts equal the extents of all inodes (tombstones
 //!   aside) that use each chunk, no extent reaches past its file's size, and the
-//!   inode count equals the inode records;
+//!   inode count equals the inode records; every inode's number was
+//!   handed out (counted or reserved) before it was used;
 //!
 //! and two replicas that apply the same log, one command per batch on one
 //! and the whole log in one batch on the other, end byte-identical.
@@ -27,8 +28,8 @@ use prost::Message;
 use quizfs_proto::{self as pb, meta_op::Op};
 
 use super::schema::{
-    self, DirEntryRec, Inode, KEY_INODE_COUNT, PREFIX_CHUNK, PREFIX_DIRENT, PREFIX_INODE,
-    PREFIX_ORPHAN, PREFIX_TOMB, Tombstone,
+    self, DirEntryRec, Inode, KEY_INODE_COUNT, KEY_NEXT_INO, PREFIX_CHUNK, PREFIX_DIRENT,
+    PREFIX_INODE, PREFIX_ORPHAN, PREFIX_TOMB, Tombstone,
 };
 use super::state_machine::StateMachine;
 use crate::raft::{Cmd, Entry};
@@ -66,15 +67,21 @@ fn extent() -> impl Strategy<Value = pb::Extent> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (ino(), name(), prop::bool::ANY).prop_map(|(parent, name, exclusive)| Op::Create(
-            pb::Create {
+        (
+            ino(),
+            name(),
+            prop::bool::ANY,
+            prop_oneof![3 => Just(0u64), 1 => ino()]
+        )
+            .prop_map(|(parent, name, exclusive, ino)| Op::Create(pb::Create {
                 parent,
                 name,
                 mode: schema::S_IFREG | 0o644,
                 exclusive,
+                ino,
                 ..Default::default()
-            }
-        )),
+            })),
+        (0u32..5).prop_map(|count| Op::ReserveInodes(pb::ReserveInodes { count })),
         (ino(), name()).prop_map(|(parent, name)| Op::Mkdir(pb::Mkdir {
             parent,
             name,
@@ -148,6 +155,14 @@ fn op() -> impl Strategy<Value = Op> {
                     if_version: (size % 3 == 0).then_some(size),
                     // Past the size now and then: refused.
                     cut: cut.then_some(size / 2 + size % 5),
+                    // Now and then the file's early create comes along.
+                    create: (size % 5 == 1).then(|| pb::Create {
+                        parent: pb::ROOT_INO,
+                        name: format!("c{ino}").into_bytes(),
+                        mode: schema::S_IFREG | 0o644,
+                        ino,
+                        ..Default::default()
+                    }),
                 })
             }),
         (
@@ -250,6 +265,7 @@ fn check(sm: &StateMachine) -> Result<(), String> {
     let mut orphans = Vec::new();
     let mut tombs = Vec::new();
     let mut inode_count = 0;
+    let mut next_ino = 0;
     for (k, v) in dump(sm) {
         match k.first() {
             Some(&PREFIX_INODE) => {
@@ -278,11 +294,16 @@ fn check(sm: &StateMachine) -> Result<(), String> {
                 tombs.push(t.ino);
             }
             _ if k == KEY_INODE_COUNT => inode_count = u64_of(&v),
+            _ if k == KEY_NEXT_INO => next_ino = u64_of(&v),
             _ => {}
         }
     }
     if inodes.is_empty() {
         return Ok(()); // nothing applied yet
+    }
+    // Every number in use was handed out (a reserved one only once).
+    if let Some(ino) = inodes.keys().find(|&&i| i != pb::ROOT_INO && i >= next_ino) {
+        return Err(format!("inode {ino} in use, next number {next_ino}"));
     }
     if inode_count != inodes.len() as u64 {
         return Err(format!(

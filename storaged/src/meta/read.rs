@@ -54,25 +54,40 @@ impl MetaReader {
         Ok(Some((inode, tomb)))
     }
 
-    /// Looks a name up in a directory: (errno, attr).
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Result<pb::Attr, i32>, ReadError> {
+    /// Looks a name up in a directory: its attributes, or the errno and,
+    /// when the directory has no such name, the directory's attributes.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<pb::AttrReply, ReadError> {
+        let failed = |errno| pb::AttrReply {
+            errno,
+            ..Default::default()
+        };
         if let Err(e) = super::validate::name(name) {
-            return Ok(Err(e));
+            return Ok(failed(e));
         }
         let Some(dir) = self.inode(parent)? else {
-            return Ok(Err(libc::ENOENT));
+            return Ok(failed(libc::ENOENT));
         };
         if !dir.is_dir() {
-            return Ok(Err(libc::ENOTDIR));
+            return Ok(failed(libc::ENOTDIR));
         }
-        let Some(v) = self.tree.get(dirent_key(parent, name))? else {
-            return Ok(Err(libc::ENOENT));
+        let found = match self.tree.get(dirent_key(parent, name))? {
+            Some(v) => {
+                let e: DirEntryRec = decode(&v)?;
+                self.inode(e.ino)?.map(|i| i.attr(e.ino))
+            }
+            None => None,
         };
-        let e: DirEntryRec = decode(&v)?;
-        Ok(self
-            .inode(e.ino)?
-            .map(|i| i.attr(e.ino))
-            .ok_or(libc::ENOENT))
+        Ok(match found {
+            Some(a) => pb::AttrReply {
+                errno: 0,
+                attr: Some(a),
+                parent: None,
+            },
+            None => pb::AttrReply {
+                parent: Some(dir.attr(parent)),
+                ..failed(libc::ENOENT)
+            },
+        })
     }
 
     /// Lists a directory after `after`, at most `limit` entries; the bool

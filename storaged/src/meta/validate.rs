@@ -109,6 +109,9 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
             if c.cut.is_some_and(|cut| cut > c.size) {
                 return Err(libc::EINVAL);
             }
+            if let Some(create) = &c.create {
+                name(&create.name)?;
+            }
             extents(&c.extents, c.size)
         }
         Op::Fallocate(c) => {
@@ -133,9 +136,14 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
             Ok(())
         }
         Op::RemoveXattr(c) => xattr_name(&c.name),
-        Op::RegisterClient(_) | Op::AllocNodeId(_) | Op::InitVolume(_) | Op::ReleaseOrphan(_) => {
-            Ok(())
+        Op::ReserveInodes(c) if c.count == 0 || c.count > pb::MAX_RESERVE_INODES => {
+            Err(libc::EINVAL)
         }
+        Op::RegisterClient(_)
+        | Op::AllocNodeId(_)
+        | Op::InitVolume(_)
+        | Op::ReleaseOrphan(_)
+        | Op::ReserveInodes(_) => Ok(()),
     }
 }
 

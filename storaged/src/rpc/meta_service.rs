@@ -64,6 +64,7 @@ fn attr_reply(a: pb::Attr) -> pb::AttrReply {
     pb::AttrReply {
         errno: 0,
         attr: Some(a),
+        parent: None,
     }
 }
 
@@ -104,7 +105,7 @@ impl Meta for MetaService {
         let found = r
             .lookup(req.parent, &req.name)
             .map_err(status::read_error)?;
-        answer(found.map(attr_reply))
+        Ok(Response::new(found))
     }
 
     async fn get_attr(

@@ -51,7 +51,15 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
         Op::Link(c) => attr(namespace::link(txn, ctx, c)?),
         Op::Symlink(c) => attr(namespace::symlink(txn, ctx, c)?),
         Op::SetAttr(c) => attr(attr::set_attr(txn, ctx, c)?),
-        Op::CommitWrite(c) => attr(content::commit_write(txn, ctx, c)?),
+        Op::CommitWrite(c) => {
+            if let Some(create) = &c.create {
+                if create.ino == 0 || create.ino != c.ino {
+                    return Err(Fail::Posix(libc::EINVAL));
+                }
+                namespace::create(txn, ctx, create)?;
+            }
+            attr(content::commit_write(txn, ctx, c)?)
+        }
         Op::Fallocate(c) => attr(content::fallocate(txn, ctx, c)?),
         Op::CopyRange(c) => {
             let (a, copied) = content::copy_range(txn, ctx, c)?;
@@ -68,6 +76,10 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
         },
         Op::AllocNodeId(_) => pb::MetaReply {
             value: next_counter(txn, KEY_NEXT_NODE, schema::FIRST_JOINED_NODE_ID)?,
+            ..done
+        },
+        Op::ReserveInodes(c) => pb::MetaReply {
+            value: reserve_inodes(txn, c.count)?,
             ..done
         },
         Op::InitVolume(_) => done,
@@ -137,12 +149,28 @@ fn entry(txn: &Txn<'_>, parent: u64, name: &[u8]) -> OpResult<Option<DirEntryRec
     Ok(txn.get(&dirent_key(parent, name))?)
 }
 
-/// Allocates a new inode number.
-fn alloc_ino(txn: &mut Txn<'_>) -> OpResult<u64> {
-    let ino = next_counter(txn, KEY_NEXT_INO, pb::ROOT_INO + 1)?;
+/// Allocates a new inode number: `chosen` if not 0 (a number the client
+/// reserved and has not used: EINVAL otherwise), else the next one.
+fn alloc_ino(txn: &mut Txn<'_>, chosen: u64) -> OpResult<u64> {
+    let ino = if chosen == 0 {
+        next_counter(txn, KEY_NEXT_INO, pb::ROOT_INO + 1)?
+    } else {
+        let reserved = chosen > pb::ROOT_INO && chosen < txn.get_u64(KEY_NEXT_INO)?;
+        if !reserved || txn.get_raw(&inode_key(chosen))?.is_some() {
+            return Err(Fail::Posix(libc::EINVAL));
+        }
+        chosen
+    };
     let count = txn.get_u64(KEY_INODE_COUNT)?;
     txn.put_u64(KEY_INODE_COUNT, count + 1);
     Ok(ino)
+}
+
+/// Reserves `count` inode numbers for a client's creates; returns the first.
+fn reserve_inodes(txn: &mut Txn<'_>, count: u32) -> OpResult<u64> {
+    let first = txn.get_u64(KEY_NEXT_INO)?.max(pb::ROOT_INO + 1);
+    txn.put_u64(KEY_NEXT_INO, first + u64::from(count));
+    Ok(first)
 }
 
 /// Adds an entry to a directory and updates the directory's times and

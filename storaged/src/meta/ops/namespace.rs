@@ -34,15 +34,17 @@ fn new_inode(ctx: &Ctx, mode: u32, uid: u32, gid: u32) -> Inode {
     }
 }
 
-/// Gives `inode` a fresh number and links it into `parent` as `name`.
+/// Gives `inode` a number (`chosen`, or a fresh one for 0; see
+/// [`alloc_ino`]) and links it into `parent` as `name`.
 fn insert_new(
     txn: &mut Txn<'_>,
     ctx: &Ctx,
     parent: u64,
     name: &[u8],
     inode: &Inode,
+    chosen: u64,
 ) -> OpResult<pb::Attr> {
-    let ino = alloc_ino(txn)?;
+    let ino = alloc_ino(txn, chosen)?;
     save(txn, ino, inode);
     add_entry(
         txn,
@@ -73,7 +75,8 @@ pub(super) fn create(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Create) -> OpResult<p
         _ => return Err(Fail::Posix(libc::EINVAL)),
     };
     if let Some(existing) = entry(txn, c.parent, &c.name)? {
-        if c.exclusive || kind != S_IFREG {
+        // A create with its number was answered as a new file already.
+        if c.exclusive || kind != S_IFREG || c.ino != 0 {
             return Err(Fail::Posix(libc::EEXIST));
         }
         if existing.kind == S_IFDIR {
@@ -84,7 +87,7 @@ pub(super) fn create(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Create) -> OpResult<p
     let (gid, _) = inherit_gid(&parent, c.gid);
     let mut inode = new_inode(ctx, kind | (c.mode & 0o7777), c.uid, gid);
     inode.rdev = c.rdev;
-    insert_new(txn, ctx, c.parent, &c.name, &inode)
+    insert_new(txn, ctx, c.parent, &c.name, &inode, c.ino)
 }
 
 /// Creates a directory.
@@ -101,7 +104,7 @@ pub(super) fn mkdir(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Mkdir) -> OpResult<pb:
     let mut inode = new_inode(ctx, mode, c.uid, gid);
     inode.nlink = 2;
     inode.parent = c.parent;
-    insert_new(txn, ctx, c.parent, &c.name, &inode)
+    insert_new(txn, ctx, c.parent, &c.name, &inode, 0)
 }
 
 /// Removes a non-directory name.
@@ -185,5 +188,5 @@ pub(super) fn symlink(txn: &mut Txn<'_>, ctx: &Ctx, c: &pb::Symlink) -> OpResult
     let mut inode = new_inode(ctx, S_IFLNK | 0o777, c.uid, gid);
     inode.target = c.target.clone();
     inode.size = c.target.len() as u64;
-    insert_new(txn, ctx, c.parent, &c.name, &inode)
+    insert_new(txn, ctx, c.parent, &c.name, &inode, 0)
 }
