@@ -5,7 +5,7 @@
 //! are refused by the cluster.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -131,9 +131,34 @@ async fn a_file_created_on_one_mount_is_what_the_cluster_made() {
     let dir = a.path.join("shared");
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, None, Some(4321)).unwrap();
-    let mut perms = std::fs::metadata(&dir).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o2775);
-    std::fs::set_permissions(&dir, perms).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2775)).unwrap();
+
+    // The directory's attributes right after creates in it come from the
+    // mount (the kernel asks after every create); they must show this
+    // mount's own changes at once, and the creates' times.
+    let before = std::fs::metadata(&dir).unwrap();
+    for i in 0..3 {
+        std::fs::write(dir.join(format!("f{i}")), b"x").unwrap();
+        let m = std::fs::metadata(&dir).unwrap();
+        assert!(
+            m.mtime_nsec() + m.mtime() * 1_000_000_000
+                >= before.mtime_nsec() + before.mtime() * 1_000_000_000
+        );
+        assert_eq!((m.nlink(), m.mode()), (before.nlink() + i, before.mode()));
+        std::fs::create_dir(dir.join(format!("d{i}"))).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().nlink(),
+            before.nlink() + i + 1
+        );
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    std::fs::write(dir.join("f9"), b"x").unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o2770);
+    for i in 0..3 {
+        std::fs::remove_dir(dir.join(format!("d{i}"))).unwrap();
+    }
+    std::fs::write(dir.join("f8"), b"x").unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().nlink(), before.nlink());
 
     let path = dir.join("upload.jpg");
     let data = pattern(9, 300 * 1024);

@@ -4,7 +4,7 @@
 //! setattr (a truncation through a descriptor waits for the commit).
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
 use quizfs_proto::{self as pb, meta_op::Op};
@@ -13,6 +13,23 @@ use super::errno::{err, errno};
 use super::open::Handle_;
 use super::{Inner, OpResult, lock};
 use crate::client::ClientError;
+
+/// Most directories whose attributes are kept.
+const MAX_DIRS: usize = 4096;
+
+/// A directory's attributes from the cluster, kept for the kernel's next
+/// GETATTR of it: the kernel drops its copy after every create in the
+/// directory and asks again at the next path walk through it (an upload
+/// each). Answered here only while younger than the attribute timeout
+/// (the staleness the kernel's own cache allows) and while this mount
+/// has changed no name or attribute since, except by early creates,
+/// which set the directory's times as the cluster will.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DirSeen {
+    at: Instant,
+    changes: u64,
+    attr: pb::Attr,
+}
 
 /// Block size reported to applications (stdio and cp size buffers by it).
 const BLKSIZE: u32 = 1 << 20;
@@ -146,8 +163,18 @@ impl Inner {
     /// the size at end of file). Other inodes wait for the cluster as every
     /// metadata read does. `pid` is the asking thread (see `open`).
     pub(super) async fn getattr(&self, ino: u64, pid: u32) -> OpResult<(Duration, FileAttr)> {
+        if let Some(a) = self.kept_dir(ino) {
+            return Ok(self.attr_reply(&a));
+        }
         let answer = match self.open_file(ino) {
-            None => Some(self.client().getattr(ino).await),
+            None => {
+                let since = self.changes();
+                let r = self.client().getattr(ino).await;
+                if let Ok(a) = &r {
+                    self.saw_dir(a, since);
+                }
+                Some(r)
+            }
             Some(f) => {
                 let patience = self.client().patience();
                 let r = tokio::time::timeout(patience, self.client().getattr(ino)).await;
@@ -196,6 +223,62 @@ impl Inner {
                 Err(err(libc::ESTALE))
             }
             Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// The count of this mount's changes to names and attributes.
+    pub(super) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// Counts a change to names or attributes: called before it is sent
+    /// and after it is answered, so that no directory attributes read
+    /// meanwhile are kept.
+    pub(super) fn changing(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Keeps `a` if it is a directory's, from a reply to a request sent
+    /// when the change count was `since`.
+    pub(super) fn saw_dir(&self, a: &pb::Attr, since: u64) {
+        if a.mode & libc::S_IFMT != libc::S_IFDIR || self.opts.attr_timeout.is_zero() {
+            return;
+        }
+        let mut dirs = lock(&self.dirs);
+        if self.changes() != since {
+            return;
+        }
+        if dirs.len() >= MAX_DIRS {
+            dirs.clear();
+        }
+        dirs.insert(
+            a.ino,
+            DirSeen {
+                at: Instant::now(),
+                changes: since,
+                attr: *a,
+            },
+        );
+    }
+
+    /// An early create in `dir` at `now_ns`: the kept attributes take the
+    /// times the cluster sets.
+    pub(super) fn dir_gained(&self, dir: u64, now_ns: i64) {
+        if let Some(d) = lock(&self.dirs).get_mut(&dir) {
+            d.attr.mtime_ns = now_ns;
+            d.attr.ctime_ns = now_ns;
+        }
+    }
+
+    /// The kept attributes of directory `ino`, while they may be answered.
+    fn kept_dir(&self, ino: u64) -> Option<pb::Attr> {
+        let mut dirs = lock(&self.dirs);
+        let d = *dirs.get(&ino)?;
+        if d.changes == self.changes() && d.at.elapsed() < self.opts.attr_timeout {
+            Some(d.attr)
+        } else {
+            dirs.remove(&ino);
+            None
         }
     }
 

@@ -127,6 +127,11 @@ struct Inner {
     /// Names a lookup just found missing, with when and their directory's
     /// attributes: what an early create of that name starts from.
     missing: Mutex<HashMap<(u64, Vec<u8>), MissingSince>>,
+    /// Directories' attributes as the cluster last gave them (see
+    /// `attr::DirSeen`), and the count of this mount's changes to names
+    /// and attributes that makes them unusable.
+    dirs: Mutex<HashMap<u64, attr::DirSeen>>,
+    changes: AtomicU64,
     notifier: OnceLock<Notifier>,
 }
 
@@ -159,6 +164,8 @@ impl QuizFs {
                 estale: Mutex::new(HashMap::new()),
                 bare: Mutex::new(HashMap::new()),
                 missing: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashMap::new()),
+                changes: AtomicU64::new(0),
                 notifier: OnceLock::new(),
             }),
             rt,

@@ -28,12 +28,18 @@ impl Inner {
 
     /// Applies a command whose reply carries the inode's attributes.
     pub(super) async fn apply_attr(&self, name: &'static str, op: Op) -> OpResult<pb::Attr> {
-        self.client().apply_attr(name, op).await.map_err(errno)
+        self.changing();
+        let r = self.client().apply_attr(name, op).await.map_err(errno);
+        self.changing();
+        r
     }
 
     /// Applies a command whose reply carries only an errno.
     async fn apply_unit(&self, name: &'static str, op: Op) -> OpResult<()> {
-        self.client().apply_unit(name, op).await.map_err(errno)
+        self.changing();
+        let r = self.client().apply_unit(name, op).await.map_err(errno);
+        self.changing();
+        r
     }
 
     /// Applies a command that makes a name (mknod, mkdir, symlink).
@@ -45,9 +51,11 @@ impl Inner {
 
     /// lookup(2) by thread `pid` (see `open` for why the thread matters).
     pub(super) async fn lookup(&self, parent: u64, name: &[u8], pid: u32) -> OpResult<Entry> {
+        let since = self.changes();
         let r = match self.client().lookup_or_dir(parent, name).await {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(dir)) => {
+                self.saw_dir(&dir, since);
                 self.note_missing(parent, name, dir);
                 Err(err(libc::ENOENT))
             }
@@ -127,7 +135,9 @@ impl Inner {
             ctime_ns: now,
             ..Default::default()
         };
+        let parent = op.parent;
         attr.ino = self.client().create_early(op).await.map_err(errno)?;
+        self.dir_gained(parent, now);
         let (fh, _) = self.open_ino(attr.ino, Some(attr), pid).await?;
         Ok(Created {
             entry: self.entry(&attr),
@@ -138,12 +148,10 @@ impl Inner {
     /// link(2).
     pub(super) async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> OpResult<Entry> {
         self.writable()?;
-        let a = self
-            .client()
-            .link(ino, new_parent, new_name)
-            .await
-            .map_err(errno)?;
-        Ok(self.entry(&a))
+        self.changing();
+        let a = self.client().link(ino, new_parent, new_name).await;
+        self.changing();
+        Ok(self.entry(&a.map_err(errno)?))
     }
 
     /// unlink(2).
@@ -163,7 +171,10 @@ impl Inner {
     /// rmdir(2).
     pub(super) async fn rmdir(&self, parent: u64, name: &[u8]) -> OpResult<()> {
         self.writable()?;
-        self.client().rmdir(parent, name).await.map_err(errno)
+        self.changing();
+        let r = self.client().rmdir(parent, name).await.map_err(errno);
+        self.changing();
+        r
     }
 
     /// rename(2) with its flags (RENAME_WHITEOUT is not supported).

@@ -67,7 +67,9 @@ impl Inner {
         flags: u32,
     ) -> OpResult<()> {
         self.writable()?;
+        self.changing();
         let r = self.client().setxattr(ino, name, value, flags).await;
+        self.changing();
         self.forget_bare(ino);
         r.map_err(errno)
     }
@@ -75,7 +77,9 @@ impl Inner {
     /// removexattr, as setxattr.
     pub(super) async fn removexattr(&self, ino: u64, name: &[u8]) -> OpResult<()> {
         self.writable()?;
+        self.changing();
         let r = self.client().removexattr(ino, name).await;
+        self.changing();
         self.forget_bare(ino);
         r.map_err(errno)
     }
