@@ -110,7 +110,7 @@ impl ClusterClient {
         let client = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(HOLD).await;
-            client.send_held(|i, _| i == ino);
+            client.send_ino(ino);
         });
         Ok(ino)
     }
@@ -165,32 +165,50 @@ impl ClusterClient {
             }
         }
         for (ino, c, tx) in sends {
-            tracing::debug!(ino, "early create sent alone");
-            let client = self.clone();
-            tokio::spawn(async move {
-                let errno = match client.apply_raw("create", Op::Create(c), true).await {
-                    Ok(reply) => reply.errno,
-                    Err(e) => e.errno(),
-                };
-                client.create_done(ino, tx, errno);
-            });
+            self.send_alone(ino, c, tx);
         }
         waits
+    }
+
+    /// The same for the create of `ino` alone, found by its key (the
+    /// path of every close): its receiver, if it has a create.
+    fn send_ino(&self, ino: u64) -> Option<watch::Receiver<Option<i32>>> {
+        let (rx, send) = {
+            let mut pending = self.inner.creates.lock();
+            let p = pending.get_mut(&ino)?;
+            let send = take(p);
+            let State::Sent(rx) = &p.state else {
+                unreachable!("a create just taken is sent");
+            };
+            (rx.clone(), send)
+        };
+        if let Some((c, tx)) = send {
+            self.send_alone(ino, c, tx);
+        }
+        Some(rx)
+    }
+
+    /// Sends one create as its own command; `tx` gets its errno.
+    fn send_alone(&self, ino: u64, c: pb::Create, tx: Done) {
+        tracing::debug!(ino, "early create sent alone");
+        let client = self.clone();
+        tokio::spawn(async move {
+            let errno = match client.apply_raw("create", Op::Create(c), true).await {
+                Ok(reply) => reply.errno,
+                Err(e) => e.errno(),
+            };
+            client.create_done(ino, tx, errno);
+        });
     }
 
     /// Waits for the early create of `ino`, if there is one (sending it if
     /// held): Ok once it is applied (or if there was none), else the error
     /// it failed with.
     pub async fn created(&self, ino: u64) -> Result<(), ClientError> {
-        self.send_held(|i, _| i == ino);
-        let rx = match self.inner.creates.lock().get(&ino) {
-            Some(Pending {
-                state: State::Sent(rx),
-                ..
-            }) => rx.clone(),
-            _ => return Ok(()),
+        let Some(mut rx) = self.send_ino(ino) else {
+            return Ok(());
         };
-        let errno = match rx.clone().wait_for(Option::is_some).await {
+        let errno = match rx.wait_for(Option::is_some).await {
             Ok(v) => v.unwrap_or(libc::EIO),
             Err(_) => libc::EIO,
         };
@@ -239,7 +257,9 @@ impl ClusterClient {
 
     /// The same for the create of `ino`.
     pub(crate) async fn settle_ino(&self, ino: u64) {
-        self.settle_creates(|i, _| i == ino).await;
+        if let Some(mut rx) = self.send_ino(ino) {
+            let _ = rx.wait_for(Option::is_some).await;
+        }
     }
 
     /// The same for the creates in directory `dir`.

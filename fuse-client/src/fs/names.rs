@@ -117,9 +117,7 @@ impl Inner {
     /// make them (a set-group-id directory gives its group), from a
     /// number this client reserved.
     async fn create_early(&self, op: pb::Create, dir: pb::Attr, pid: u32) -> OpResult<Created> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let now = pb::now_ns();
         let gid = if dir.mode & libc::S_ISGID != 0 {
             dir.gid
         } else {

@@ -79,7 +79,7 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
             ..done
         },
         Op::ReserveInodes(c) => pb::MetaReply {
-            value: reserve_inodes(txn, c.count)?,
+            value: take_from_counter(txn, KEY_NEXT_INO, pb::ROOT_INO + 1, c.count.into())?,
             ..done
         },
         Op::InitVolume(_) => done,
@@ -109,8 +109,14 @@ fn ensure_root(txn: &mut Txn<'_>, ctx: &Ctx) -> OpResult<()> {
 
 /// Returns a counter's value and advances it; `first` when it was never used.
 fn next_counter(txn: &mut Txn<'_>, key: &[u8], first: u64) -> OpResult<u64> {
+    take_from_counter(txn, key, first, 1)
+}
+
+/// Returns a counter's value and advances it by `n`: the values
+/// `[v, v + n)` are the caller's; `first` when it was never used.
+fn take_from_counter(txn: &mut Txn<'_>, key: &[u8], first: u64, n: u64) -> OpResult<u64> {
     let v = txn.get_u64(key)?.max(first);
-    txn.put_u64(key, v + 1);
+    txn.put_u64(key, v + n);
     Ok(v)
 }
 
@@ -164,13 +170,6 @@ fn alloc_ino(txn: &mut Txn<'_>, chosen: u64) -> OpResult<u64> {
     let count = txn.get_u64(KEY_INODE_COUNT)?;
     txn.put_u64(KEY_INODE_COUNT, count + 1);
     Ok(ino)
-}
-
-/// Reserves `count` inode numbers for a client's creates; returns the first.
-fn reserve_inodes(txn: &mut Txn<'_>, count: u32) -> OpResult<u64> {
-    let first = txn.get_u64(KEY_NEXT_INO)?.max(pb::ROOT_INO + 1);
-    txn.put_u64(KEY_NEXT_INO, first + u64::from(count));
-    Ok(first)
 }
 
 /// Adds an entry to a directory and updates the directory's times and
