@@ -52,6 +52,9 @@ pub struct Cluster {
     /// Data directories that are size-limited tmpfs mounts, unmounted when
     /// the cluster is dropped.
     pub small_disks: Vec<PathBuf>,
+    /// Data directories that are `quizfs-lazyfs` mounts (disks that forget
+    /// what was not synced), one per node; see [`Cluster::power_cut`].
+    pub lazy_disks: Vec<LazyDisk>,
     pub(super) _tmp: tempfile::TempDir,
 }
 
@@ -69,27 +72,123 @@ fn free_port(ips: &[String]) -> u16 {
     panic!("no port free on all of {ips:?}");
 }
 
+/// A node's data directory on a `quizfs-lazyfs` mount: content written but
+/// not fsynced lives only in the lazyfs process, and is lost when it dies.
+#[derive(Debug)]
+pub struct LazyDisk {
+    /// What the disk holds: the directory lazyfs writes synced content to.
+    pub backing: PathBuf,
+    /// The node's data directory, where lazyfs is mounted.
+    pub mountpoint: PathBuf,
+    /// The lazyfs process.
+    pub child: Option<Child>,
+}
+
+impl LazyDisk {
+    fn mount(backing: PathBuf, mountpoint: PathBuf) -> Self {
+        std::fs::create_dir_all(&backing).expect("create a lazy disk's backing directory");
+        std::fs::create_dir_all(&mountpoint).expect("create a lazy disk's mountpoint");
+        let child = Command::new(bin("quizfs-lazyfs"))
+            .arg(&backing)
+            .arg(&mountpoint)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin("quizfs-lazyfs").display()));
+        let disk = Self {
+            backing,
+            mountpoint,
+            child: Some(child),
+        };
+        super::block_until(Duration::from_secs(10), "lazyfs to mount", || {
+            if super::mount::is_mounted(&disk.mountpoint) {
+                Ok(())
+            } else {
+                Err(format!("{} not mounted yet", disk.mountpoint.display()))
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        disk
+    }
+
+    /// Kills lazyfs (its unsynced content is gone) and detaches the mount.
+    fn lose_power(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // umount2 itself, not umount(8), which is one more process to start.
+        if let Ok(p) = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes()) {
+            #[allow(unsafe_code)]
+            // SAFETY: a NUL-terminated path that lives across the call.
+            let _ = unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Which disks the nodes' data directories are on.
+enum Disks {
+    Plain,
+    /// A tmpfs of this many MiB each.
+    Small(u64),
+    /// A `quizfs-lazyfs` mount each.
+    Lazy,
+}
+
 impl Cluster {
     /// Starts `n` nodes on 127.0.0.21.. with `extra` flags and waits until
     /// they have a leader and every node has applied the bootstrap.
     pub async fn start(n: usize, extra: &[&str]) -> Self {
-        Self::start_with(n, extra, None, None).await
+        Self::start_with(n, extra, None, Disks::Plain).await
     }
 
     /// Starts `n` nodes whose data directories are each a tmpfs of `mib`
     /// MiB, so that a full disk can be tested. Needs root.
     pub async fn start_with_small_disks(n: usize, extra: &[&str], mib: u64) -> Self {
-        Self::start_with(n, extra, None, Some(mib)).await
+        Self::start_with(n, extra, None, Disks::Small(mib)).await
+    }
+
+    /// Starts `n` nodes whose data directories are `quizfs-lazyfs` mounts,
+    /// so that [`Cluster::power_cut`] can take every unsynced write away.
+    pub async fn start_on_lazy_disks(n: usize, extra: &[&str]) -> Self {
+        Self::start_with(n, extra, None, Disks::Lazy).await
+    }
+
+    /// A power cut of every node at once: each node's disk loses what was
+    /// not synced (its lazyfs dies first, so nothing more reaches the
+    /// disk), then every node is SIGKILLed. The disks come back, holding
+    /// what was synced; the nodes stay down until [`Cluster::spawn`].
+    ///
+    /// It starts processes (lazyfs), and a process started by a process
+    /// that has files of a quizfs mount open closes them at `exec`, which
+    /// flushes them to a cluster that is down: run the writers in other
+    /// processes.
+    pub fn power_cut(&mut self) {
+        assert!(!self.lazy_disks.is_empty(), "power_cut needs lazy disks");
+        for d in &mut self.lazy_disks {
+            if let Some(c) = d.child.as_mut() {
+                let _ = c.kill();
+            }
+        }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for d in &mut self.lazy_disks {
+            d.lose_power();
+            *d = LazyDisk::mount(d.backing.clone(), d.mountpoint.clone());
+        }
     }
 
     /// Starts `n` nodes each in its own network namespace (see [`Net`]),
     /// so that a node can be cut off the network. Needs root.
     pub async fn start_in_netns(n: usize, extra: &[&str]) -> Self {
         let net = Net::create(n).unwrap_or_else(|e| panic!("network namespaces: {e}"));
-        Self::start_with(n, extra, Some(net), None).await
+        Self::start_with(n, extra, Some(net), Disks::Plain).await
     }
 
-    async fn start_with(n: usize, extra: &[&str], net: Option<Net>, disk_mib: Option<u64>) -> Self {
+    async fn start_with(n: usize, extra: &[&str], net: Option<Net>, disks: Disks) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("quizfs-it-")
             .tempdir()
@@ -136,9 +235,17 @@ impl Cluster {
             net,
             ca,
             small_disks: Vec::new(),
+            lazy_disks: Vec::new(),
             _tmp: tmp,
         };
-        if let Some(mib) = disk_mib {
+        if let Disks::Lazy = disks {
+            for i in 0..n {
+                let backing = c._tmp.path().join(format!("nas{}.disk", i + 1));
+                let disk = LazyDisk::mount(backing, c.nodes[i].dir.clone());
+                c.lazy_disks.push(disk);
+            }
+        }
+        if let Disks::Small(mib) = disks {
             for i in 0..n {
                 let dir = c.nodes[i].dir.clone();
                 std::fs::create_dir_all(&dir).expect("create a data directory");
@@ -263,6 +370,9 @@ impl Drop for Cluster {
         }
         for d in &self.small_disks {
             let _ = Command::new("umount").arg("-l").arg(d).status();
+        }
+        for d in &mut self.lazy_disks {
+            d.lose_power();
         }
         if std::thread::panicking() {
             for i in 0..self.nodes.len() {

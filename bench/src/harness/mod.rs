@@ -21,7 +21,7 @@ mod faults;
 mod mount;
 mod observe;
 
-pub use cluster::{Cluster, Node, TEST_CLIENT};
+pub use cluster::{Cluster, LazyDisk, Node, TEST_CLIENT};
 pub use mount::{Mount, is_mounted};
 
 /// Path of a workspace binary: `$QUIZFS_BIN_DIR/name`, else next to the
