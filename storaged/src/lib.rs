@@ -3,6 +3,7 @@
 //! - [`config`]: the checked command line (peers, this node, data directory).
 //! - [`node`]: wiring, bootstrap or join, start and stop order.
 //! - [`state`]: what the services of a node share.
+//! - [`db`]: the node's sled database and its durable flush.
 //! - [`disk`]: the space of the data directory's disk.
 //! - [`raft`]: openraft types, the sled log store, the tonic transport, snapshots.
 //! - [`meta`]: the metadata state machine: schema, commands, namespace operations.
@@ -16,6 +17,7 @@
 
 pub mod chunk;
 pub mod config;
+pub mod db;
 pub mod disk;
 pub mod meta;
 pub mod node;

@@ -159,6 +159,7 @@ enum Identity {
 async fn choose_identity(
     cfg: &Config,
     meta: &sled::Tree,
+    db: &crate::db::Db,
     log: &LogStore,
     pool: &PeerPool,
     cancel: &CancellationToken,
@@ -232,7 +233,9 @@ async fn choose_identity(
             }
             meta.insert(KEY_NODE_ID, id.to_be_bytes().as_slice())
                 .map_err(db_err)?;
-            meta.flush_async().await.map_err(db_err)?;
+            db.flush_async()
+                .await
+                .map_err(|e| db_err(sled::Error::Io(e)))?;
             return Ok(Some(identity));
         }
         if rounds.is_multiple_of(20) {
@@ -309,6 +312,7 @@ async fn finish_join(
     cfg: Config,
     id: NodeId,
     meta: sled::Tree,
+    db: crate::db::Db,
     pool: PeerPool,
     cancel: CancellationToken,
 ) {
@@ -327,7 +331,7 @@ async fn finish_join(
             {
                 Ok(_) => {
                     let _ = meta.remove(KEY_JOIN_PENDING);
-                    let _ = meta.flush_async().await;
+                    let _ = db.flush_async().await;
                     tracing::info!(node = id, "--- joined the cluster as a new member");
                     return;
                 }
@@ -342,16 +346,17 @@ async fn finish_join(
 /// accepting, drain requests, stop background work, stop Raft, flush.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let data = cfg.data_dir.clone();
-    let db = sled::Config::new()
-        .path(data.join("meta"))
-        .cache_capacity(SLED_CACHE_BYTES)
-        .open()
+    let db = crate::db::Db::open(&data.join("meta"), SLED_CACHE_BYTES)
         .map_err(|e| StartError::Db(data.display().to_string(), e))?;
     let db_err = |e| StartError::Db(data.display().to_string(), e);
     let log = LogStore::open(&db).map_err(db_err)?;
-    let node_meta = db.open_tree("node").map_err(db_err)?;
-    crate::meta::format::check(&node_meta, db.was_recovered(), &data.display().to_string())
-        .map_err(StartError::Format)?;
+    let node_meta = db.sled().open_tree("node").map_err(db_err)?;
+    crate::meta::format::check(
+        &node_meta,
+        db.sled().was_recovered(),
+        &data.display().to_string(),
+    )
+    .map_err(StartError::Format)?;
     let sm = StateMachine::open(&db, &data.join("snapshots"))
         .map_err(|e| StartError::Io("snapshots".into(), e))?;
     let store = Arc::new(
@@ -404,7 +409,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     let tasks = TaskTracker::new();
     let work = CancellationToken::new();
     let identity = tokio::select! {
-        r = choose_identity(&cfg, &node_meta, &log, &pool, &shutdown) => r?,
+        r = choose_identity(&cfg, &node_meta, &db, &log, &pool, &shutdown) => r?,
         _ = shutdown.cancelled() => None,
     };
     let mut raft = None;
@@ -430,6 +435,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
                 cfg.clone(),
                 id,
                 node_meta.clone(),
+                db.clone(),
                 pool.clone(),
                 work.clone(),
             ));
@@ -476,7 +482,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             tracing::warn!(error = %e, "raft shutdown");
         }
     }
-    db.flush_async().await.map_err(db_err)?;
+    db.flush_async()
+        .await
+        .map_err(|e| db_err(sled::Error::Io(e)))?;
     tracing::info!("stopped");
     Ok(())
 }

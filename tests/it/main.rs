@@ -10,6 +10,7 @@ mod t120_heal;
 mod t130_two_down;
 mod t140_rolling_restart;
 mod t150_crash;
+mod t155_power_cut;
 mod t15_shutdown;
 mod t160_bench;
 mod t170_tls;

@@ -234,10 +234,7 @@ fn entry(index: u64, mut cmd: Cmd) -> Entry {
 
 fn open() -> (tempfile::TempDir, StateMachine) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = sled::Config::new()
-        .path(dir.path().join("meta"))
-        .open()
-        .expect("open sled");
+    let db = crate::db::Db::open(&dir.path().join("meta"), 8 << 20).expect("open sled");
     let sm = StateMachine::open(&db, &dir.path().join("snapshots")).expect("state machine");
     (dir, sm)
 }

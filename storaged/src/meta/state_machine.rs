@@ -35,7 +35,7 @@ type Applied = (Option<LogId>, StoredMembership);
 /// The metadata state machine.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
-    db: sled::Db,
+    db: crate::db::Db,
     tree: sled::Tree,
     raft_meta: sled::Tree,
     dir: PathBuf,
@@ -75,12 +75,15 @@ fn io_err(verb_write: bool, e: std::io::Error) -> StorageError {
 impl StateMachine {
     /// Opens the state machine tree of `db`, with snapshots kept in `dir`.
     /// Finishes a snapshot load that a crash interrupted.
-    pub fn open(db: &sled::Db, dir: &Path) -> Result<Self, std::io::Error> {
+    pub fn open(db: &crate::db::Db, dir: &Path) -> Result<Self, std::io::Error> {
         std::fs::create_dir_all(dir)?;
         let sm = Self {
             db: db.clone(),
-            tree: db.open_tree("sm").map_err(std::io::Error::other)?,
-            raft_meta: db.open_tree("raft_meta").map_err(std::io::Error::other)?,
+            tree: db.sled().open_tree("sm").map_err(std::io::Error::other)?,
+            raft_meta: db
+                .sled()
+                .open_tree("raft_meta")
+                .map_err(std::io::Error::other)?,
             dir: dir.to_path_buf(),
             recv_counter: Arc::new(AtomicU64::new(0)),
         };
@@ -121,14 +124,14 @@ impl StateMachine {
         self.raft_meta
             .insert(KEY_INSTALLING, b"1".as_slice())
             .map_err(other)?;
-        self.db.flush().map_err(other)?;
+        self.db.flush()?;
         let meta = snapshot::import(&self.current_path(), &self.tree)?;
         let applied: Applied = (meta.last_log_id, meta.last_membership.clone());
         self.tree
             .insert(KEY_APPLIED, encode(&applied))
             .map_err(other)?;
         self.raft_meta.remove(KEY_INSTALLING).map_err(other)?;
-        self.db.flush().map_err(other)?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -259,7 +262,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let tmp = self.dir.join(format!("build-{}.tmp", meta.snapshot_id));
             // The tree itself goes to disk first: the log may be purged up to
             // this snapshot as soon as it exists.
-            self.db.flush().map_err(std::io::Error::other)?;
+            self.db.flush()?;
             snapshot::export(&self.tree, &meta, &tmp)?;
             std::fs::rename(&tmp, self.current_path())?;
             File::open(&self.dir)?.sync_all()?;
@@ -319,7 +322,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.tree
                 .insert(KEY_APPLIED, encode(&applied))
                 .map_err(std::io::Error::other)?;
-            self.db.flush().map_err(std::io::Error::other)?;
+            self.db.flush()?;
             Ok(())
         })
         .map_err(|e| io_err(true, e))
@@ -357,10 +360,7 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let db = sled::Config::new()
-                .path(dir.path().join("meta"))
-                .open()
-                .expect("open sled");
+            let db = crate::db::Db::open(&dir.path().join("meta"), 8 << 20).expect("open sled");
             let log = LogStore::open(&db).expect("log store");
             let sm = StateMachine::open(&db, &dir.path().join("snapshots")).expect("state machine");
             Ok((dir, log, sm))

@@ -1,5 +1,6 @@
 //! The Raft log and vote in sled. Every append and vote is flushed to disk
-//! before openraft is told it is done: sled does not flush by itself.
+//! ([`Db::flush`]: sled's flush and an `fdatasync`) before openraft is told
+//! it is done: sled does not flush by itself.
 //!
 //! An append returns as soon as its entries are in sled's memory, and a
 //! flusher thread acknowledges it once they are on disk: the leader sends
@@ -12,6 +13,8 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, RaftLogReader, Vote};
 use tokio::sync::oneshot;
+
+use crate::db::Db;
 
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig, decode, encode, read_err, write_err};
 
@@ -50,11 +53,11 @@ impl Debug for Flush {
 /// flush, so a flush costs no hand-off between runtime tasks and blocking
 /// threads on the way (each one a thread switch per Raft write). Ends when
 /// every store handle is gone.
-fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<Flush>) {
+fn flusher(db: Db, rx: std::sync::mpsc::Receiver<Flush>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
-        let res = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let res = db.flush().map_err(|e| e.to_string());
         for w in waiting {
             match w {
                 Flush::Appended(cb) => {
@@ -70,7 +73,7 @@ fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<Flush>) {
 
 impl LogStore {
     /// Opens the log trees of `db` and starts the flusher thread.
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub fn open(db: &Db) -> Result<Self, sled::Error> {
         let (tx, rx) = std::sync::mpsc::channel();
         let flushed = db.clone();
         std::thread::Builder::new()
@@ -78,8 +81,8 @@ impl LogStore {
             .spawn(move || flusher(flushed, rx))
             .map_err(sled::Error::Io)?;
         Ok(Self {
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
+            log: db.sled().open_tree("raft_log")?,
+            meta: db.sled().open_tree("raft_meta")?,
             flusher: tx,
         })
     }

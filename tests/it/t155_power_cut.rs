@@ -1,0 +1,156 @@
+//! A power cut of all three nodes at once. Each node's data directory is a
+//! `quizfs-lazyfs` disk, which keeps written content in memory until it is
+//! fsynced; the cut kills the disks and then the nodes, so every byte that
+//! was not synced is gone on every node, as after a real power cut. Then
+//! every node starts again from what its disk holds.
+//!
+//! While the cut happens, `tests/posix/power_cut_writer.py` writes as a web
+//! application does: uploads (`open(O_CREAT|O_TRUNC)`, write, `close`),
+//! renamed uploads (a temporary name, `close`, `rename` into place), and a
+//! file overwritten version after version with an `fsync` each. On a fresh
+//! mount after the cluster is back: every upload whose `close` (or rename)
+//! returned is there byte for byte, and the overwritten file holds its last
+//! fsynced version, a later one, or (a later version's truncation committed
+//! without its data) nothing. Two cuts in a row, so that a node that
+//! recovered from one recovers from the next too.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quizfs_tests::{Cluster, Mount, wait_until};
+
+/// What the writer reported: acknowledged uploads (name, length) and the
+/// last fsynced version of `versioned.bin`.
+#[derive(Default)]
+struct Acked {
+    files: Vec<(String, usize)>,
+    synced: Option<String>,
+}
+
+/// The content the writer gives `name`: lines of the name and the line's
+/// offset (as `power_cut_writer.py`'s `content`).
+fn content(name: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    while out.len() < len {
+        let line = format!("{name} {:010}\n", out.len());
+        out.extend_from_slice(line.as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Starts the writer on `dir`; a thread records what it acknowledges.
+fn start_writer(dir: &Path, round: u32, acked: Arc<Mutex<Acked>>) -> Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("posix/power_cut_writer.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(dir)
+        .arg(round.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start power_cut_writer.py");
+    let out = child.stdout.take().expect("the writer's stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let mut a = acked.lock().unwrap();
+            match line.split(' ').collect::<Vec<_>>()[..] {
+                ["ack", name, len] => a.files.push((name.into(), len.parse().unwrap())),
+                ["synced", tag] => a.synced = Some(tag.into()),
+                _ => panic!("the writer said {line:?}"),
+            }
+        }
+    });
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_of_every_node_loses_no_closed_file() {
+    let mut cluster = Cluster::start_on_lazy_disks(3, &[]).await;
+    let servers = format!("backup_servers={},{}", cluster.addr(1), cluster.addr(2));
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    for round in 0..2u32 {
+        let mount = Mount::new(&cluster, 0, &servers).await;
+        let mut writer = start_writer(&mount.path, round, acked.clone());
+        // Cut while all three write, once each has made progress.
+        let before = acked.lock().unwrap().files.len();
+        wait_until(Duration::from_secs(60), "uploads before the cut", || {
+            let (n, v) = {
+                let a = acked.lock().unwrap();
+                (a.files.len(), a.synced.clone())
+            };
+            async move {
+                if n >= before + 40
+                    && v.as_ref()
+                        .is_some_and(|v| v.starts_with(&format!("v{round}-")))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{} uploads, version {v:?}", n - before))
+                }
+            }
+        })
+        .await;
+        println!(
+            "--- power cut {} after {} acknowledged uploads",
+            round + 1,
+            acked.lock().unwrap().files.len()
+        );
+        cluster.power_cut();
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        cluster.wait_healthy(Duration::from_secs(60)).await;
+        // The writer finishes the operation in progress against the
+        // restarted cluster (or sees it fail), then stops.
+        drop(writer.stdin.take());
+        let status = writer.wait().expect("wait for the writer");
+        assert!(status.success(), "the writer failed: {status}");
+        drop(mount);
+
+        let check = Mount::new(&cluster, 1, &servers).await;
+        let (files, synced) = {
+            let a = acked.lock().unwrap();
+            (
+                a.files.clone(),
+                a.synced.clone().expect("a version was fsynced"),
+            )
+        };
+        let mut lost = Vec::new();
+        for (name, len) in &files {
+            match std::fs::read(check.join(name)) {
+                Ok(got) if got == content(name, *len) => {}
+                Ok(got) => lost.push(format!("{name}: {} bytes, not its content", got.len())),
+                Err(e) => lost.push(format!("{name}: {e}")),
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "after power cut {}: {} of {} acknowledged uploads lost or damaged: {:?}",
+            round + 1,
+            lost.len(),
+            files.len(),
+            &lost[..lost.len().min(10)]
+        );
+        let got = std::fs::read(check.join("versioned.bin")).expect("read versioned.bin");
+        let (prefix, last) = synced.rsplit_once('-').expect("a version tag");
+        let last: u64 = last.parse().expect("a version number");
+        let version = (last..last + 4)
+            .map(|v| format!("{prefix}-{v}"))
+            .find(|tag| got == content(tag, 64 << 10));
+        assert!(
+            version.is_some() || got.is_empty(),
+            "versioned.bin holds neither {synced} (fsynced), a later version, nor nothing ({} bytes)",
+            got.len()
+        );
+        println!(
+            "--- after power cut {}: all {} acknowledged uploads intact; versioned.bin is {} ({synced} fsynced)",
+            round + 1,
+            files.len(),
+            version.as_deref().unwrap_or("empty")
+        );
+    }
+}

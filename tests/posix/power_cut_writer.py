@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Writes to a quizfs mount as a web application does, for the power-cut test
+(t155), and reports each write the filesystem acknowledged, one line each:
+
+  ack NAME LEN     NAME's close (or, for a renamed upload, its rename) returned
+  synced V         version V of versioned.bin was fsynced
+
+Three threads: uploads (open O_CREAT|O_TRUNC, write, close), renamed uploads
+(write a temporary name, close, rename into place) and one file overwritten
+version after version with an fsync each. It stops when its standard input
+closes, after the operation in progress. The content of NAME is
+content(NAME, LEN) below; the test computes the same.
+
+It runs as its own process so that the test process holds no file of the
+mount open when it starts processes (an exec closes inherited descriptors,
+and a close flushes to the cluster).
+"""
+import os
+import sys
+import threading
+
+SIZES = [1 << 10, 37 << 10, 100 << 10, 300 << 10]
+VERSION_BYTES = 64 << 10
+
+
+def content(name, length):
+    """Lines of the name and the line's offset: every byte depends on both."""
+    out = bytearray()
+    while len(out) < length:
+        out += f"{name} {len(out):010}\n".encode()
+    return bytes(out[:length])
+
+
+stop = threading.Event()
+out_lock = threading.Lock()
+
+
+def report(line):
+    with out_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def write_file(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        os.close(fd)
+        raise
+    os.close(fd)
+
+
+def uploads(root, tag, rnd):
+    n = 0
+    while not stop.is_set():
+        name = f"{tag}-{rnd}-{n:05}.jpg"
+        length = SIZES[n % len(SIZES)]
+        n += 1
+        try:
+            if tag == "renamed":
+                tmp = os.path.join(root, ".tmp-" + name)
+                write_file(tmp, content(name, length))
+                os.rename(tmp, os.path.join(root, name))
+            else:
+                write_file(os.path.join(root, name), content(name, length))
+        except OSError as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            continue
+        report(f"ack {name} {length}")
+
+
+def versions(root, rnd):
+    v = 0
+    while not stop.is_set():
+        v += 1
+        tag = f"v{rnd}-{v}"
+        try:
+            fd = os.open(os.path.join(root, "versioned.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, content(tag, VERSION_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            print(f"versioned.bin {tag}: {e}", file=sys.stderr)
+            continue
+        report(f"synced {tag}")
+
+
+def main():
+    root, rnd = sys.argv[1], sys.argv[2]
+    threads = [
+        threading.Thread(target=uploads, args=(root, "upload", rnd)),
+        threading.Thread(target=uploads, args=(root, "renamed", rnd)),
+        threading.Thread(target=versions, args=(root, rnd)),
+    ]
+    for t in threads:
+        t.start()
+    sys.stdin.read()
+    stop.set()
+    for t in threads:
+        t.join()
+
+
+if __name__ == "__main__":
+    main()
