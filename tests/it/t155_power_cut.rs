@@ -7,12 +7,14 @@
 //! While the cut happens, `tests/posix/power_cut_writer.py` writes as a web
 //! application does: uploads (`open(O_CREAT|O_TRUNC)`, write, `close`),
 //! renamed uploads (a temporary name, `close`, `rename` into place), and a
-//! file overwritten version after version with an `fsync` each. On a fresh
-//! mount after the cluster is back: every upload whose `close` (or rename)
-//! returned is there byte for byte, and the overwritten file holds its last
+//! file overwritten version after version with an `fsync` each, and SQLite
+//! transactions (rollback journal, `synchronous=full`). On a fresh mount
+//! after the cluster is back: every upload whose `close` (or rename)
+//! returned is there byte for byte, the overwritten file holds its last
 //! fsynced version, a later one, or (a later version's truncation committed
-//! without its data) nothing. Two cuts in a row, so that a node that
-//! recovered from one recovers from the next too.
+//! without its data) nothing, and the database passes `integrity_check` with
+//! every transaction whose COMMIT returned. Two cuts in a row, so that a
+//! node that recovered from one recovers from the next too.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -22,12 +24,14 @@ use std::time::Duration;
 
 use quizfs_tests::{Cluster, Mount, wait_until};
 
-/// What the writer reported: acknowledged uploads (name, length) and the
-/// last fsynced version of `versioned.bin`.
+/// What the writer reported: acknowledged uploads (name, length), the last
+/// fsynced version of `versioned.bin`, and committed SQLite transactions
+/// (database, number).
 #[derive(Default)]
 struct Acked {
     files: Vec<(String, usize)>,
     synced: Option<String>,
+    txns: Vec<(String, u64)>,
 }
 
 /// The content the writer gives `name`: lines of the name and the line's
@@ -60,6 +64,7 @@ fn start_writer(dir: &Path, round: u32, acked: Arc<Mutex<Acked>>) -> Child {
             match line.split(' ').collect::<Vec<_>>()[..] {
                 ["ack", name, len] => a.files.push((name.into(), len.parse().unwrap())),
                 ["synced", tag] => a.synced = Some(tag.into()),
+                ["txn", db, n] => a.txns.push((db.into(), n.parse().unwrap())),
                 _ => panic!("the writer said {line:?}"),
             }
         }
@@ -78,18 +83,23 @@ async fn a_power_cut_of_every_node_loses_no_closed_file() {
         // Cut while all three write, once each has made progress.
         let before = acked.lock().unwrap().files.len();
         wait_until(Duration::from_secs(60), "uploads before the cut", || {
-            let (n, v) = {
+            let (n, v, t) = {
                 let a = acked.lock().unwrap();
-                (a.files.len(), a.synced.clone())
+                let db = format!("cut-{round}.db");
+                let t = a.txns.iter().filter(|(d, _)| *d == db).count();
+                (a.files.len(), a.synced.clone(), t)
             };
             async move {
-                if n >= before + 40
-                    && v.as_ref()
-                        .is_some_and(|v| v.starts_with(&format!("v{round}-")))
-                {
+                let versioned = v
+                    .as_ref()
+                    .is_some_and(|v| v.starts_with(&format!("v{round}-")));
+                if n >= before + 40 && versioned && t >= 3 {
                     Ok(())
                 } else {
-                    Err(format!("{} uploads, version {v:?}", n - before))
+                    Err(format!(
+                        "{} uploads, version {v:?}, {t} transactions",
+                        n - before
+                    ))
                 }
             }
         })
@@ -152,5 +162,22 @@ async fn a_power_cut_of_every_node_loses_no_closed_file() {
             files.len(),
             version.as_deref().unwrap_or("empty")
         );
+        let db = format!("cut-{round}.db");
+        let txns: Vec<String> = acked
+            .lock()
+            .unwrap()
+            .txns
+            .iter()
+            .filter(|(d, _)| *d == db)
+            .map(|(_, n)| n.to_string())
+            .collect();
+        assert!(
+            !txns.is_empty(),
+            "no SQLite transaction committed before the cut"
+        );
+        let path = check.join(&db).display().to_string();
+        let mut args = vec!["verify", path.as_str()];
+        args.extend(txns.iter().map(String::as_str));
+        print!("{}", quizfs_tests::run_script("sqlite_crash.py", &args));
     }
 }

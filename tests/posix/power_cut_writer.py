@@ -4,18 +4,22 @@
 
   ack NAME LEN     NAME's close (or, for a renamed upload, its rename) returned
   synced V         version V of versioned.bin was fsynced
+  txn DB N         SQLite transaction N (20 rows) of database DB committed
 
-Three threads: uploads (open O_CREAT|O_TRUNC, write, close), renamed uploads
-(write a temporary name, close, rename into place) and one file overwritten
-version after version with an fsync each. It stops when its standard input
-closes, after the operation in progress. The content of NAME is
-content(NAME, LEN) below; the test computes the same.
+Four threads: uploads (open O_CREAT|O_TRUNC, write, close), renamed uploads
+(write a temporary name, close, rename into place), one file overwritten
+version after version with an fsync each, and SQLite transactions
+(rollback journal, synchronous=full, as tests/posix/sqlite_crash.py writes
+them, which verifies them). It stops when its standard input closes, after
+the operation in progress. The content of NAME is content(NAME, LEN)
+below; the test computes the same.
 
 It runs as its own process so that the test process holds no file of the
 mount open when it starts processes (an exec closes inherited descriptors,
 and a close flushes to the cluster).
 """
 import os
+import sqlite3
 import sys
 import threading
 
@@ -90,12 +94,39 @@ def versions(root, rnd):
         report(f"synced {tag}")
 
 
+def transactions(root, rnd):
+    name = f"cut-{rnd}.db"
+    db = sqlite3.connect(os.path.join(root, name), isolation_level=None)
+    db.execute("PRAGMA journal_mode=delete")
+    db.execute("PRAGMA synchronous=full")
+    db.execute("CREATE TABLE IF NOT EXISTS t (txn INTEGER, k INTEGER, v BLOB)")
+    db.execute("CREATE INDEX IF NOT EXISTS t_txn ON t (txn)")
+    i = 0
+    while not stop.is_set():
+        i += 1
+        try:
+            db.execute("BEGIN")
+            for k in range(20):
+                db.execute("INSERT INTO t VALUES (?, ?, ?)", (i, k, os.urandom(2000)))
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            print(f"{name} transaction {i}: {e}", file=sys.stderr)
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            continue
+        report(f"txn {name} {i}")
+    db.close()
+
+
 def main():
     root, rnd = sys.argv[1], sys.argv[2]
     threads = [
         threading.Thread(target=uploads, args=(root, "upload", rnd)),
         threading.Thread(target=uploads, args=(root, "renamed", rnd)),
         threading.Thread(target=versions, args=(root, rnd)),
+        threading.Thread(target=transactions, args=(root, rnd)),
     ]
     for t in threads:
         t.start()
