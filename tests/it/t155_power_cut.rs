@@ -14,7 +14,8 @@
 //! fsynced version, a later one, or (a later version's truncation committed
 //! without its data) nothing, and the database passes `integrity_check` with
 //! every transaction whose COMMIT returned. Two cuts in a row, so that a
-//! node that recovered from one recovers from the next too.
+//! node that recovered from one recovers from the next too; snapshots and
+//! log purges happen every 40 entries meanwhile.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -74,7 +75,10 @@ fn start_writer(dir: &Path, round: u32, acked: Arc<Mutex<Acked>>) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_cut_of_every_node_loses_no_closed_file() {
-    let mut cluster = Cluster::start_on_lazy_disks(3, &[]).await;
+    // Snapshots and log purges every few dozen entries, so that the cuts
+    // also meet a state machine restored from a snapshot.
+    let mut cluster =
+        Cluster::start_on_lazy_disks(3, &["--snapshot-logs", "40", "--keep-logs", "5"]).await;
     let servers = format!("backup_servers={},{}", cluster.addr(1), cluster.addr(2));
     let acked: Arc<Mutex<Acked>> = Arc::default();
     for round in 0..2u32 {
@@ -179,5 +183,11 @@ async fn a_power_cut_of_every_node_loses_no_closed_file() {
         let mut args = vec!["verify", path.as_str()];
         args.extend(txns.iter().map(String::as_str));
         print!("{}", quizfs_tests::run_script("sqlite_crash.py", &args));
+        let snapshots = cluster
+            .lazy_disks
+            .iter()
+            .filter(|d| d.backing.join("snapshots/current.snap").exists())
+            .count();
+        assert!(snapshots > 0, "no node's disk holds a snapshot");
     }
 }
