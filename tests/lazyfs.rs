@@ -435,7 +435,12 @@ impl Filesystem for Lazy {
             // Paths under the old name move with it.
             for p in st.paths.values_mut() {
                 if let Ok(rest) = p.strip_prefix(&from_rel) {
-                    *p = to_rel.join(rest);
+                    // join("") would add a trailing slash.
+                    *p = if rest.as_os_str().is_empty() {
+                        to_rel.clone()
+                    } else {
+                        to_rel.join(rest)
+                    };
                 }
             }
             Ok(())

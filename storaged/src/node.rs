@@ -357,6 +357,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         &data.display().to_string(),
     )
     .map_err(StartError::Format)?;
+    db.flush()
+        .map_err(|e| StartError::Db(data.display().to_string(), sled::Error::Io(e)))?;
     let sm = StateMachine::open(&db, &data.join("snapshots"))
         .map_err(|e| StartError::Io("snapshots".into(), e))?;
     let store = Arc::new(

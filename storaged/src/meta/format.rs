@@ -37,7 +37,7 @@ pub enum FormatError {
 }
 
 /// Checks the version recorded in `node_tree`, recording ours in a new
-/// data directory. `existing`: the database held data before this start
+/// data directory (the caller flushes it). `existing`: the database held data before this start
 /// (sled recovered it), so a missing record means version 1.
 pub fn check(node_tree: &sled::Tree, existing: bool, dir: &str) -> Result<(), FormatError> {
     let sled_err = |source| FormatError::Sled {
@@ -49,10 +49,10 @@ pub fn check(node_tree: &sled::Tree, existing: bool, dir: &str) -> Result<(), Fo
         Some(v) => <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes),
         None if existing => 1,
         None => {
+            // Made durable by the caller's flush, with the rest of the start.
             node_tree
                 .insert(KEY_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())
                 .map_err(sled_err)?;
-            node_tree.flush().map_err(sled_err)?;
             FORMAT_VERSION
         }
     };
