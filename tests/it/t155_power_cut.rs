@@ -47,8 +47,13 @@ fn content(name: &str, len: usize) -> Vec<u8> {
     out
 }
 
-/// Starts the writer on `dir`; a thread records what it acknowledges.
-fn start_writer(dir: &Path, round: u32, acked: Arc<Mutex<Acked>>) -> Child {
+/// Starts the writer on `dir`, and a thread that records what it
+/// acknowledges (it ends when the writer does).
+fn start_writer(
+    dir: &Path,
+    round: u32,
+    acked: Arc<Mutex<Acked>>,
+) -> (Child, std::thread::JoinHandle<()>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("posix/power_cut_writer.py");
     let mut child = Command::new("python3")
         .arg(script)
@@ -59,7 +64,7 @@ fn start_writer(dir: &Path, round: u32, acked: Arc<Mutex<Acked>>) -> Child {
         .spawn()
         .expect("start power_cut_writer.py");
     let out = child.stdout.take().expect("the writer's stdout");
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             let mut a = acked.lock().unwrap();
             match line.split(' ').collect::<Vec<_>>()[..] {
@@ -70,7 +75,7 @@ fn start_writer(dir: &Path, round: u32, acked: Arc<Mutex<Acked>>) -> Child {
             }
         }
     });
-    child
+    (child, reader)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,8 +88,8 @@ async fn a_power_cut_of_every_node_loses_no_closed_file() {
     let acked: Arc<Mutex<Acked>> = Arc::default();
     for round in 0..2u32 {
         let mount = Mount::new(&cluster, 0, &servers).await;
-        let mut writer = start_writer(&mount.path, round, acked.clone());
-        // Cut while all three write, once each has made progress.
+        let (mut writer, reader) = start_writer(&mount.path, round, acked.clone());
+        // Cut while all four kinds of writes run, once each has made progress.
         let before = acked.lock().unwrap().files.len();
         wait_until(Duration::from_secs(60), "uploads before the cut", || {
             let (n, v, t) = {
@@ -123,6 +128,7 @@ async fn a_power_cut_of_every_node_loses_no_closed_file() {
         drop(writer.stdin.take());
         let status = writer.wait().expect("wait for the writer");
         assert!(status.success(), "the writer failed: {status}");
+        reader.join().expect("the writer's reader thread");
         drop(mount);
 
         let check = Mount::new(&cluster, 1, &servers).await;
