@@ -32,6 +32,12 @@ impl Db {
             .cache_capacity(cache_bytes)
             .open()?;
         let file = File::open(dir.join("db"))?;
+        // The files' names, as POSIX asks: a new database's directory
+        // entries are durable only once their directories are synced.
+        File::open(dir)?.sync_all()?;
+        if let Some(parent) = dir.parent() {
+            File::open(parent)?.sync_all()?;
+        }
         Ok(Self {
             db,
             file: Arc::new(file),

@@ -113,6 +113,8 @@ impl ChunkStore {
         for d in [&root, &tmp, &quarantine] {
             std::fs::create_dir_all(d)?;
         }
+        // Their names, durable before any chunk is written under them.
+        std::fs::File::open(data_dir)?.sync_all()?;
         // Leftovers of writes interrupted by a crash.
         for e in std::fs::read_dir(&tmp)? {
             let _ = std::fs::remove_file(e?.path());
@@ -497,6 +499,8 @@ impl ChunkWriter<'_> {
         file.sync_all().await.map_err(|e| ChunkError::io(hash, e))?;
         drop(file);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+        // A fan-out directory made now must have its own name synced too.
+        let new_dir = !tokio::fs::try_exists(&dir).await.unwrap_or(false);
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| ChunkError::io(hash, e))?;
@@ -505,10 +509,19 @@ impl ChunkWriter<'_> {
             self.guard.0 = Some(tmp);
             return Err(ChunkError::io(hash, e));
         }
-        tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-            .await
-            .map_err(|e| ChunkError::io(hash, io::Error::other(e)))?
-            .map_err(|e| ChunkError::io(hash, e))?;
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&dir)?.sync_all()?;
+            if new_dir {
+                // chunks/ab/cd: sync ab (for cd) and chunks (for ab).
+                for up in dir.ancestors().skip(1).take(2) {
+                    std::fs::File::open(up)?.sync_all()?;
+                }
+            }
+            Ok::<(), io::Error>(())
+        })
+        .await
+        .map_err(|e| ChunkError::io(hash, io::Error::other(e)))?
+        .map_err(|e| ChunkError::io(hash, e))?;
         let newly = self
             .store
             .present
