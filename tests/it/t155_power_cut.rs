@@ -4,18 +4,21 @@
 //! was not synced is gone on every node, as after a real power cut. Then
 //! every node starts again from what its disk holds.
 //!
-//! While the cut happens, `tests/posix/power_cut_writer.py` writes as a web
-//! application does: uploads (`open(O_CREAT|O_TRUNC)`, write, `close`),
-//! renamed uploads (a temporary name, `close`, `rename` into place), and a
-//! file overwritten version after version with an `fsync` each, and SQLite
-//! transactions (rollback journal, `synchronous=full`). On a fresh mount
-//! after the cluster is back: every upload whose `close` (or rename)
-//! returned is there byte for byte, the overwritten file holds its last
-//! fsynced version, a later one, or (a later version's truncation committed
-//! without its data) nothing, and the database passes `integrity_check` with
-//! every transaction whose COMMIT returned. Two cuts in a row, so that a
-//! node that recovered from one recovers from the next too; snapshots and
-//! log purges happen every 40 entries meanwhile.
+//! While the cut happens, `tests/posix/power_cut_writer.py` writes as
+//! applications do: uploads (`open(O_CREAT|O_TRUNC)`, write, `close`);
+//! renamed uploads (a temporary name, `close`, `rename` into place); a file
+//! overwritten version after version with an `fsync` each; SQLite
+//! transactions (rollback journal, `synchronous=full`); and a 16 MiB file
+//! written once in 4,096 scattered pieces and fsynced, whose commit is a
+//! Raft entry and a state machine record over sled's inline limit (sled
+//! keeps those in blob files of their own). On a fresh mount after the
+//! cluster is back: every upload whose `close` (or rename) returned is there
+//! byte for byte; the overwritten file holds its last fsynced version, a
+//! later one, or (a later version's truncation committed without its data)
+//! nothing; the database passes `integrity_check` with every transaction
+//! whose COMMIT returned; the scattered file holds what was fsynced. Two
+//! cuts in a row, so that a node that recovered from one recovers from the
+//! next too; snapshots and log purges happen every 40 entries meanwhile.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -33,6 +36,7 @@ struct Acked {
     files: Vec<(String, usize)>,
     synced: Option<String>,
     txns: Vec<(String, u64)>,
+    scattered: Option<String>,
 }
 
 /// The content the writer gives `name`: lines of the name and the line's
@@ -71,6 +75,7 @@ fn start_writer(
                 ["ack", name, len] => a.files.push((name.into(), len.parse().unwrap())),
                 ["synced", tag] => a.synced = Some(tag.into()),
                 ["txn", db, n] => a.txns.push((db.into(), n.parse().unwrap())),
+                ["scattered", hex] => a.scattered = Some(hex.into()),
                 _ => panic!("the writer said {line:?}"),
             }
         }
@@ -92,21 +97,21 @@ async fn a_power_cut_of_every_node_loses_no_closed_file() {
         // Cut while all four kinds of writes run, once each has made progress.
         let before = acked.lock().unwrap().files.len();
         wait_until(Duration::from_secs(60), "uploads before the cut", || {
-            let (n, v, t) = {
+            let (n, v, t, sc) = {
                 let a = acked.lock().unwrap();
                 let db = format!("cut-{round}.db");
                 let t = a.txns.iter().filter(|(d, _)| *d == db).count();
-                (a.files.len(), a.synced.clone(), t)
+                (a.files.len(), a.synced.clone(), t, a.scattered.is_some())
             };
             async move {
                 let versioned = v
                     .as_ref()
                     .is_some_and(|v| v.starts_with(&format!("v{round}-")));
-                if n >= before + 40 && versioned && t >= 3 {
+                if n >= before + 40 && versioned && t >= 3 && sc {
                     Ok(())
                 } else {
                     Err(format!(
-                        "{} uploads, version {v:?}, {t} transactions",
+                        "{} uploads, version {v:?}, {t} transactions, scattered file fsynced: {sc}",
                         n - before
                     ))
                 }
@@ -189,6 +194,13 @@ async fn a_power_cut_of_every_node_loses_no_closed_file() {
         let mut args = vec!["verify", path.as_str()];
         args.extend(txns.iter().map(String::as_str));
         print!("{}", quizfs_tests::run_script("sqlite_crash.py", &args));
+        let hex = acked.lock().unwrap().scattered.take().expect("scattered");
+        let path = check.join(&format!("scattered-{round}.bin"));
+        let path = path.display().to_string();
+        print!(
+            "{}",
+            quizfs_tests::run_script("power_cut_writer.py", &["sha256", &path, &hex])
+        );
         let snapshots = cluster
             .lazy_disks
             .iter()

@@ -5,20 +5,27 @@
   ack NAME LEN     NAME's close (or, for a renamed upload, its rename) returned
   synced V         version V of versioned.bin was fsynced
   txn DB N         SQLite transaction N (20 rows) of database DB committed
+  scattered HEX    scattered-R.bin was written in 4,096 random 4 KiB pieces
+                   and fsynced; HEX is the sha256 of its content then
 
-Four threads: uploads (open O_CREAT|O_TRUNC, write, close), renamed uploads
-(write a temporary name, close, rename into place), one file overwritten
-version after version with an fsync each, and SQLite transactions
-(rollback journal, synchronous=full, as tests/posix/sqlite_crash.py writes
-them, which verifies them). It stops when its standard input closes, after
-the operation in progress. The content of NAME is content(NAME, LEN)
+Five threads: uploads (open O_CREAT|O_TRUNC, write, close); renamed uploads
+(write a temporary name, close, rename into place); one file overwritten
+version after version with an fsync each; SQLite transactions (rollback
+journal, synchronous=full, as tests/posix/sqlite_crash.py writes them, which
+verifies them); and one file written once in scattered pieces. It stops when
+its standard input closes, after the operation in progress. The content of
+NAME is content(NAME, LEN)
 below; the test computes the same.
+
+`power_cut_writer.py sha256 PATH HEX` checks a file's sha256 instead.
 
 It runs as its own process so that the test process holds no file of the
 mount open when it starts processes (an exec closes inherited descriptors,
 and a close flushes to the cluster).
 """
+import hashlib
 import os
+import random
 import sqlite3
 import sys
 import threading
@@ -120,13 +127,48 @@ def transactions(root, rnd):
     db.close()
 
 
+def scattered(root, rnd):
+    """One file of 16 MiB written in 4,096 random 4 KiB pieces, then
+    fsynced once: its commit carries thousands of extents, a Raft entry
+    and a state machine record over sled's inline limit (sled keeps those
+    in blob files of their own)."""
+    size, piece = 16 << 20, 4096
+    model = bytearray(size)
+    rng = random.Random(int(rnd) + 7)
+    path = os.path.join(root, f"scattered-{rnd}.bin")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            for _ in range(4096):
+                at = rng.randrange(size // piece) * piece
+                data = rng.randbytes(piece)
+                os.pwrite(fd, data, at)
+                model[at:at + piece] = data
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        print(f"{path}: {e}", file=sys.stderr)
+        return
+    report(f"scattered {hashlib.sha256(model).hexdigest()}")
+
+
 def main():
+    if sys.argv[1] == "sha256":
+        with open(sys.argv[2], "rb") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+        if got != sys.argv[3]:
+            raise SystemExit(f"{sys.argv[2]}: sha256 {got}, not the fsynced {sys.argv[3]}")
+        print(f"{sys.argv[2]}: the fsynced content")
+        return
     root, rnd = sys.argv[1], sys.argv[2]
     threads = [
         threading.Thread(target=uploads, args=(root, "upload", rnd)),
         threading.Thread(target=uploads, args=(root, "renamed", rnd)),
         threading.Thread(target=versions, args=(root, rnd)),
         threading.Thread(target=transactions, args=(root, rnd)),
+        threading.Thread(target=scattered, args=(root, rnd)),
     ]
     for t in threads:
         t.start()
