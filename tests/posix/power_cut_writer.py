@@ -14,8 +14,7 @@ version after version with an fsync each; SQLite transactions (rollback
 journal, synchronous=full, as tests/posix/sqlite_crash.py writes them, which
 verifies them); and one file written once in scattered pieces. It stops when
 its standard input closes, after the operation in progress. The content of
-NAME is content(NAME, LEN)
-below; the test computes the same.
+NAME is content(NAME, LEN) below; the test computes the same.
 
 `power_cut_writer.py sha256 PATH HEX` checks a file's sha256 instead.
 
@@ -52,12 +51,16 @@ def report(line):
         sys.stdout.flush()
 
 
-def write_file(path, data):
+def write_file(path, data, sync=False):
+    """open(O_CREAT|O_TRUNC), write all of `data`, fsync if asked, close;
+    raises OSError if any of them fails (close included)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
     except OSError:
         os.close(fd)
         raise
@@ -89,12 +92,7 @@ def versions(root, rnd):
         v += 1
         tag = f"v{rnd}-{v}"
         try:
-            fd = os.open(os.path.join(root, "versioned.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, content(tag, VERSION_BYTES))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_file(os.path.join(root, "versioned.bin"), content(tag, VERSION_BYTES), sync=True)
         except OSError as e:
             print(f"versioned.bin {tag}: {e}", file=sys.stderr)
             continue
