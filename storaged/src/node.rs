@@ -349,7 +349,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     let db = crate::db::Db::open(&data.join("meta"), SLED_CACHE_BYTES)
         .map_err(|e| StartError::Db(data.display().to_string(), e))?;
     let db_err = |e| StartError::Db(data.display().to_string(), e);
-    let log = LogStore::open(&db).map_err(db_err)?;
     let node_meta = db.sled().open_tree("node").map_err(db_err)?;
     crate::meta::format::check(
         &node_meta,
@@ -357,6 +356,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         &data.display().to_string(),
     )
     .map_err(StartError::Format)?;
+    // After the format check, which refuses a directory this build would
+    // misread before the log is moved out of sled.
+    let log = LogStore::open(&db, &data.join("raftlog"))
+        .map_err(|e| StartError::Io("the Raft log".into(), e))?;
     db.flush()
         .map_err(|e| StartError::Db(data.display().to_string(), sled::Error::Io(e)))?;
     let sm = StateMachine::open(&db, &data.join("snapshots"))

@@ -10,8 +10,8 @@
 //! overwritten version after version with an `fsync` each; SQLite
 //! transactions (rollback journal, `synchronous=full`); and a 16 MiB file
 //! written once in 4,096 scattered pieces and fsynced, whose commit is a
-//! Raft entry and a state machine record over sled's inline limit (sled
-//! keeps those in blob files of their own). On a fresh mount after the
+//! large Raft entry and a state machine record over sled's inline limit
+//! (sled keeps those in blob files of their own). On a fresh mount after the
 //! cluster is back: every upload whose `close` (or rename) returned is there
 //! byte for byte; the overwritten file holds its last fsynced version, a
 //! later one, or (a later version's truncation committed without its data)

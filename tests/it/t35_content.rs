@@ -394,7 +394,7 @@ fn another_metadata_format_is_refused() {
     let err = err.trim();
     assert!(!status.success());
     assert!(
-        err.contains("format version 1") && err.contains("reads only version 2"),
+        err.contains("format version 1") && err.contains("reads versions 2 to 3"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");

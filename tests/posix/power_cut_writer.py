@@ -127,9 +127,9 @@ def transactions(root, rnd):
 
 def scattered(root, rnd):
     """One file of 16 MiB written in 4,096 random 4 KiB pieces, then
-    fsynced once: its commit carries thousands of extents, a Raft entry
-    and a state machine record over sled's inline limit (sled keeps those
-    in blob files of their own)."""
+    fsynced once: its commit carries thousands of extents, a large Raft
+    entry and a state machine record over sled's inline limit (sled keeps
+    those in blob files of their own)."""
     size, piece = 16 << 20, 4096
     model = bytearray(size)
     rng = random.Random(int(rnd) + 7)

@@ -6,9 +6,12 @@
 //! | --- | --- |
 //! | 1 | a list of whole chunks per file (chunk i at i * 4 MiB); recorded by its absence |
 //! | 2 | extents: (offset, length) -> (chunk, offset inside it) |
+//! | 3 | as 2, with the Raft log in segment files (`DATA/raftlog`) instead of sled; a version 2 directory is moved at start ([`crate::raft::log_store`]) |
 
 /// The version this build writes and reads.
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
+/// The oldest version this build reads, and moves to [`FORMAT_VERSION`].
+pub const OLDEST_READ: u64 = 2;
 
 /// Key of the version in the node tree.
 const KEY_FORMAT: &[u8] = b"format_version";
@@ -18,7 +21,7 @@ const KEY_FORMAT: &[u8] = b"format_version";
 pub enum FormatError {
     /// The directory was written by another format version.
     #[error(
-        "the metadata in {dir} is format version {found}; this storaged reads only version {FORMAT_VERSION} (no migration exists yet: start it on an empty data directory)"
+        "the metadata in {dir} is format version {found}; this storaged reads versions {OLDEST_READ} to {FORMAT_VERSION} (no migration from other versions exists: start it on an empty data directory)"
     )]
     Other {
         /// The data directory.
@@ -37,8 +40,10 @@ pub enum FormatError {
 }
 
 /// Checks the version recorded in `node_tree`, recording ours in a new
-/// data directory (the caller flushes it). `existing`: the database held data before this start
-/// (sled recovered it), so a missing record means version 1.
+/// data directory or one of an older version this build reads (the caller
+/// flushes it; the caller has moved the Raft log already). `existing`: the
+/// database held data before this start (sled recovered it), so a missing
+/// record means version 1.
 pub fn check(node_tree: &sled::Tree, existing: bool, dir: &str) -> Result<(), FormatError> {
     let sled_err = |source| FormatError::Sled {
         dir: dir.to_string(),
@@ -56,11 +61,17 @@ pub fn check(node_tree: &sled::Tree, existing: bool, dir: &str) -> Result<(), Fo
             FORMAT_VERSION
         }
     };
-    if found != FORMAT_VERSION {
+    if !(OLDEST_READ..=FORMAT_VERSION).contains(&found) {
         return Err(FormatError::Other {
             dir: dir.to_string(),
             found,
         });
+    }
+    if found != FORMAT_VERSION {
+        tracing::info!(from = found, to = FORMAT_VERSION, "metadata format moved");
+        node_tree
+            .insert(KEY_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())
+            .map_err(sled_err)?;
     }
     Ok(())
 }
@@ -80,9 +91,15 @@ mod tests {
             .unwrap();
         let e = check(&tree, true, "d").unwrap_err().to_string();
         assert!(
-            e.contains("format version 7") && e.contains("only version 2"),
+            e.contains("format version 7") && e.contains("reads versions 2 to 3"),
             "{e}"
         );
+        // Version 2 is moved to 3.
+        tree.insert(KEY_FORMAT, 2u64.to_be_bytes().as_slice())
+            .unwrap();
+        check(&tree, true, "d").unwrap();
+        let v = tree.get(KEY_FORMAT).unwrap().unwrap();
+        assert_eq!(v.as_ref(), FORMAT_VERSION.to_be_bytes().as_slice());
         tree.remove(KEY_FORMAT).unwrap();
         let e = check(&tree, true, "d").unwrap_err().to_string();
         assert!(e.contains("format version 1"), "{e}");
