@@ -41,8 +41,9 @@ pub enum FormatError {
 
 /// Checks the version recorded in `node_tree`, recording ours in a new
 /// data directory or one of an older version this build reads (the
-/// caller then moves the Raft log of a version 2 directory, and flushes:
-/// the new record is durable only with the moved log). `existing`: the
+/// caller then moves the Raft log of a version 2 directory, a move that
+/// is repeated at every start until done whatever the record says, and
+/// flushes). `existing`: the
 /// database held data before this start (sled recovered it), so a missing
 /// record means version 1.
 pub fn check(node_tree: &sled::Tree, existing: bool, dir: &str) -> Result<(), FormatError> {
