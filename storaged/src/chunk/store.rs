@@ -6,7 +6,7 @@
 //! whenever it is read; a file whose content does not match its name is moved
 //! to `quarantine/` and never returned.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +77,9 @@ pub struct ChunkStore {
     reserve: u64,
     /// Outboards of chunks read by range lately (16 KiB for a 4 MiB chunk).
     outboards: Mutex<Outboards>,
+    /// Fan-out directories (`chunks/ab/cd`) whose names are known to be
+    /// durable: a chunk renamed into any other first syncs its parents.
+    durable_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 /// Outboards kept in memory at most: 64 MiB for 4 MiB chunks.
@@ -121,9 +124,16 @@ impl ChunkStore {
         }
         let mut present = HashMap::new();
         let mut bytes = 0;
+        let mut durable_dirs = HashSet::new();
+        // The fan-out directories' names are made durable once here, so a
+        // directory a crash left unsynced is not taken for a durable one.
+        std::fs::File::open(&root)?.sync_all()?;
         for a in std::fs::read_dir(&root)? {
-            for b in std::fs::read_dir(a?.path())? {
-                for f in std::fs::read_dir(b?.path())? {
+            let a = a?.path();
+            std::fs::File::open(&a)?.sync_all()?;
+            for b in std::fs::read_dir(&a)? {
+                let b = b?.path();
+                for f in std::fs::read_dir(&b)? {
                     let f = f?;
                     if let Some(h) = f.file_name().to_str().and_then(ChunkHash::from_hex) {
                         let len = f.metadata()?.len();
@@ -131,6 +141,7 @@ impl ChunkStore {
                         present.insert(h, len);
                     }
                 }
+                durable_dirs.insert(b);
             }
         }
         tracing::info!(chunks = present.len(), bytes, "chunk store opened");
@@ -144,6 +155,7 @@ impl ChunkStore {
             gc_lock: Mutex::new(()),
             reserve: 0,
             outboards: Mutex::new(Outboards::default()),
+            durable_dirs: Mutex::new(durable_dirs),
         })
     }
 
@@ -499,8 +511,15 @@ impl ChunkWriter<'_> {
         file.sync_all().await.map_err(|e| ChunkError::io(hash, e))?;
         drop(file);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        // A fan-out directory made now must have its own name synced too.
-        let new_dir = !tokio::fs::try_exists(&dir).await.unwrap_or(false);
+        // A fan-out directory not known durable has its own name synced
+        // too; concurrent writers into a new one each sync it, so none
+        // returns before its name is durable.
+        let known = self
+            .store
+            .durable_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&dir);
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| ChunkError::io(hash, e))?;
@@ -509,11 +528,12 @@ impl ChunkWriter<'_> {
             self.guard.0 = Some(tmp);
             return Err(ChunkError::io(hash, e));
         }
+        let synced = dir.clone();
         tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&dir)?.sync_all()?;
-            if new_dir {
+            std::fs::File::open(&synced)?.sync_all()?;
+            if !known {
                 // chunks/ab/cd: sync ab (for cd) and chunks (for ab).
-                for up in dir.ancestors().skip(1).take(2) {
+                for up in synced.ancestors().skip(1).take(2) {
                     std::fs::File::open(up)?.sync_all()?;
                 }
             }
@@ -522,6 +542,13 @@ impl ChunkWriter<'_> {
         .await
         .map_err(|e| ChunkError::io(hash, io::Error::other(e)))?
         .map_err(|e| ChunkError::io(hash, e))?;
+        if !known {
+            self.store
+                .durable_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(dir);
+        }
         let newly = self
             .store
             .present
