@@ -5,7 +5,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // prost-build finds protoc through this variable.
     std::env::set_var("PROTOC", protoc);
-    tonic_build::configure().compile_protos(&["quizfs.proto"], &["."])?;
+    // A chunk's pieces are `Bytes`: a sender slices one buffer for every
+    // node without copying it, and a receiver keeps the decoded pieces
+    // without copying them out of the receive buffer.
+    tonic_build::configure()
+        .bytes([".quizfs.v1.PutPiece.data"])
+        .compile_protos(&["quizfs.proto"], &["."])?;
     println!("cargo:rerun-if-changed=quizfs.proto");
     Ok(())
 }

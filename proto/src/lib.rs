@@ -7,6 +7,9 @@ mod generated {
 }
 
 pub use generated::*;
+/// The buffer type of the messages' `bytes` fields that are kept without
+/// copying (a chunk's pieces).
+pub use prost::bytes::Bytes;
 
 pub mod extent;
 pub mod range;

@@ -84,7 +84,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 const MAX_PENDING_RESETS: usize = MAX_STREAMS_PER_CONNECTION as usize;
 /// Bytes a caller may send on one request before this node reads them
 /// (HTTP/2 stream window): two pieces of a chunk.
-const STREAM_WINDOW: u32 = 2 * quizfs_proto::PIECE_SIZE as u32;
+pub const STREAM_WINDOW: u32 = 2 * quizfs_proto::PIECE_SIZE as u32;
 /// Bytes a caller may send on one connection before this node reads them.
 /// Uploads waiting for a slot hold their stream's window unread; room for
 /// all a client may send at once, and more for every other call, means a

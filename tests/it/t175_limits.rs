@@ -1,7 +1,8 @@
 //! One misbehaving client cannot exhaust a node: a client that opens a
-//! hundred chunk uploads on every node and then stalls holds at most its
-//! own share of upload slots and temp files, and another client still
-//! writes and reads meanwhile.
+//! hundred chunk uploads on every node, sends most of a chunk on each and
+//! then stalls holds at most its own share of upload slots and of the
+//! memory they buffer, and another client still writes and reads
+//! meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,12 +13,21 @@ use quizfs_proto::tls::{Role, TlsFiles, Transport};
 use quizfs_proto::{self as pb, ROOT_INO, chunks_client::ChunksClient};
 use quizfs_tests::{Cluster, pattern, wait_until};
 
-/// Open descriptors of process `pid`.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0)
+        / 1024
 }
+
+/// Uploads the flood opens on each node.
+const FLOOD: u32 = 100;
+/// Pieces each stalled upload sends: all of a chunk but its last piece.
+const SENT_PIECES: usize = pb::CHUNK_SIZE / pb::PIECE_SIZE - 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_flooding_uploads_cannot_starve_another() {
@@ -31,42 +41,57 @@ async fn a_client_flooding_uploads_cannot_starve_another() {
         TlsFiles::load(&dir, Role::Client, "-o insecure").unwrap(),
     ));
     let pids: Vec<u32> = (0..3).map(|i| cluster.nodes[i].pid()).collect();
-    let before: Vec<usize> = pids.iter().map(|&p| fds(p)).collect();
+    let before: Vec<u64> = pids.iter().map(|&p| rss_mib(p)).collect();
 
-    // On every node: 100 uploads that send one piece, then nothing.
+    // On every node: 100 uploads that send all of a chunk but its last
+    // piece, then nothing, each on a connection of its own (so no
+    // connection's flow control window stops the flood before the node's
+    // limits do) and from a task of its own.
+    let piece = pb::Bytes::from(vec![1u8; pb::PIECE_SIZE]);
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut held = Vec::new();
     for node in 0..3 {
-        let ch = membership::channel(&cluster.addr(node), &hostile).unwrap();
-        for i in 0..100u32 {
-            let mut c = ChunksClient::new(ch.clone());
+        for i in 0..FLOOD {
+            let ch = membership::channel(&cluster.addr(node), &hostile).unwrap();
+            let mut c = ChunksClient::new(ch);
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             let mut hash = vec![0u8; 32];
             hash[..4].copy_from_slice(&i.to_be_bytes());
             hash[4] = node as u8;
-            tx.send(pb::PutPiece {
-                hash,
-                data: vec![1; 1000],
-            })
-            .await
-            .unwrap();
             let call = tokio::spawn(async move {
                 c.put(tokio_stream::wrappers::ReceiverStream::new(rx)).await
             });
-            held.push((tx, call));
+            let (piece, mut stop) = (piece.clone(), stop.subscribe());
+            let sender = tokio::spawn(async move {
+                for k in 0..SENT_PIECES {
+                    let hash = if k == 0 { hash.clone() } else { Vec::new() };
+                    let data = piece.clone();
+                    if tx.send(pb::PutPiece { hash, data }).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = stop.recv().await;
+                drop(tx);
+            });
+            held.push((sender, call));
         }
     }
-    // The nodes take up the flood's share of temp files.
-    let share = storaged::rpc::chunk_service::MAX_UPLOADS_PER_PEER;
+    // The nodes take up the flood's share of uploads, and buffer them.
+    let share = storaged::rpc::chunk_service::MAX_UPLOADS_PER_PEER as u64;
+    let share_mib = (share * (SENT_PIECES * pb::PIECE_SIZE) as u64) >> 20;
     wait_until(
-        Duration::from_secs(10),
-        "the flood's uploads to be open",
+        Duration::from_secs(20),
+        "the flood's share of uploads to be buffered",
         || async {
-            let open: Vec<usize> = pids.iter().map(|&p| fds(p)).collect();
-            let grown = open.iter().zip(&before).all(|(o, b)| *o >= b + share);
+            let now: Vec<u64> = pids.iter().map(|&p| rss_mib(p)).collect();
+            let grown = now
+                .iter()
+                .zip(&before)
+                .all(|(n, b)| *n >= b + share_mib * 9 / 10);
             if grown {
                 Ok(())
             } else {
-                Err(format!("{open:?} from {before:?}"))
+                Err(format!("{now:?} MiB from {before:?}"))
             }
         },
     )
@@ -84,19 +109,31 @@ async fn a_client_flooding_uploads_cannot_starve_another() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert!(legit.read_file(attr.ino).await.unwrap() == data);
 
-    // Each node holds at most the flood's share of uploads open (a temp
-    // file each), plus a few descriptors for the new connections.
+    // Each node holds at most the flood's share of uploads in memory, plus
+    // the stream window of each upload it is not reading and some slack;
+    // without the share it would buffer an upload in every slot (64).
+    let window_mib = (u64::from(FLOOD) * u64::from(storaged::node::STREAM_WINDOW)) >> 20;
+    let upload_mib = (SENT_PIECES * pb::PIECE_SIZE) as u64 >> 20;
+    let all_mib = storaged::rpc::chunk_service::MAX_UPLOADS as u64 * upload_mib;
+    let bound = share_mib + window_mib + 40;
+    assert!(
+        bound < all_mib,
+        "the bound must tell the share from no share"
+    );
     for (i, (&p, b)) in pids.iter().zip(&before).enumerate() {
-        let open = fds(p);
+        let now = rss_mib(p);
         println!(
-            "nas{}: {b} descriptors before the flood, {open} during it",
+            "nas{}: {b} MiB resident before the flood, {now} during it (bound {b} + {bound})",
             i + 1
         );
+        assert!(now <= b + bound, "nas{}: {now} MiB, {b} before", i + 1);
+    }
+    let _ = stop.send(());
+    for (sender, call) in held {
+        sender.await.unwrap();
         assert!(
-            open <= b + share + 8,
-            "nas{}: {open} open, {b} before",
-            i + 1
+            call.await.unwrap().is_err(),
+            "a stalled upload must not be stored"
         );
     }
-    drop(held);
 }

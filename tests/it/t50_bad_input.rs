@@ -138,7 +138,7 @@ async fn hostile_requests_are_refused_and_change_nothing() {
     let claimed = ChunkHash::of(b"the real content");
     let lie = tokio_stream::iter(vec![pb::PutPiece {
         hash: claimed.0.to_vec(),
-        data: b"something else".to_vec(),
+        data: pb::Bytes::from_static(b"something else"),
     }]);
     let err = chunks.put(lie).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -147,7 +147,7 @@ async fn hostile_requests_are_refused_and_change_nothing() {
     // A message over the size limit is refused.
     let huge = tokio_stream::iter(vec![pb::PutPiece {
         hash: claimed.0.to_vec(),
-        data: vec![0; 2 * pb::MAX_MESSAGE_BYTES],
+        data: vec![0; 2 * pb::MAX_MESSAGE_BYTES].into(),
     }]);
     let err = chunks.put(huge).await.unwrap_err();
     assert!(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use quizfs_proto::{self as pb, ChunkHash, PIECE_SIZE, chunks_client::ChunksClient, range};
+use quizfs_proto::{self as pb, Bytes, ChunkHash, PIECE_SIZE, chunks_client::ChunksClient, range};
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::transport::Channel;
 
@@ -46,6 +46,16 @@ fn transfer_deadline(base: Duration, len: usize) -> Duration {
     base + PER_MIB * (len / (1024 * 1024)) as u32
 }
 
+/// A chunk buffer shared with the cache, as the owner of the `Bytes` that
+/// the uploads slice.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
 /// Why one node did not take a chunk; `fatal` holds the errno when
 /// retrying cannot help (the node refused the content, or its disk is full).
 #[derive(Debug)]
@@ -59,7 +69,7 @@ struct PutFailure {
 async fn put_to(
     node: &NodeHandle,
     hash: ChunkHash,
-    data: Arc<Vec<u8>>,
+    data: Bytes,
     deadline: Duration,
     slot: Option<OwnedSemaphorePermit>,
 ) -> Result<(), PutFailure> {
@@ -81,7 +91,7 @@ async fn put_to(
     let pieces = data.len().div_ceil(PIECE_SIZE).max(1);
     let stream = tokio_stream::iter((0..pieces).map(move |i| pb::PutPiece {
         hash: if i == 0 { hash.0.to_vec() } else { Vec::new() },
-        data: data[i * PIECE_SIZE..((i + 1) * PIECE_SIZE).min(data.len())].to_vec(),
+        data: data.slice(i * PIECE_SIZE..((i + 1) * PIECE_SIZE).min(data.len())),
     }));
     let mut client = ChunksClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES);
     match tokio::time::timeout(deadline, client.put(stream)).await {
@@ -176,6 +186,8 @@ impl ClusterClient {
     /// Stores a chunk on a majority of nodes; returns its hash.
     pub async fn put_chunk(&self, data: Arc<Vec<u8>>) -> Result<ChunkHash, ClientError> {
         let hash = ChunkHash::of(&data);
+        // Every node's upload slices this one buffer; none copies it.
+        let data = Bytes::from_owner(Shared(data));
         let deadline = transfer_deadline(self.inner.opts.call_timeout, data.len());
         let mut retry = Retry::new(self.inner.opts.op_timeout);
         let mut detail = Vec::new();

@@ -7,15 +7,15 @@
 //! to `quarantine/` and never returned.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
+use prost::bytes::Bytes;
 use quizfs_proto::range::{self, GROUP, Outboard};
 use quizfs_proto::{CHUNK_SIZE, ChunkHash};
-use tokio::io::AsyncWriteExt;
 
 /// Errors of the chunk store, each naming its chunk.
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +218,7 @@ impl ChunkStore {
     }
 
     /// Starts receiving a chunk that claims to hash to `hash`.
-    pub async fn writer(&self, hash: ChunkHash) -> Result<ChunkWriter<'_>, ChunkError> {
+    pub fn writer(&self, hash: ChunkHash) -> Result<ChunkWriter<'_>, ChunkError> {
         let present = self
             .present
             .read()
@@ -227,25 +227,19 @@ impl ChunkStore {
         if !present && self.short_of_space() {
             return Err(ChunkError::NoSpace(hash));
         }
-        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let path = self.tmp.join(format!("{}.{n}", hash.to_hex()));
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| ChunkError::io(hash, e))?;
         Ok(ChunkWriter {
             store: self,
             hash,
-            guard: TmpGuard(Some(path)),
-            file: Some(file),
+            pieces: Vec::new(),
             hasher: blake3::Hasher::new(),
             len: 0,
         })
     }
 
     /// Stores a whole chunk held in memory (used by healing).
-    pub async fn put(&self, hash: ChunkHash, data: &[u8]) -> Result<bool, ChunkError> {
-        let mut w = self.writer(hash).await?;
-        w.write(data).await?;
+    pub async fn put(&self, hash: ChunkHash, data: Vec<u8>) -> Result<bool, ChunkError> {
+        let mut w = self.writer(hash)?;
+        w.write(Bytes::from(data))?;
         w.finish().await
     }
 
@@ -455,36 +449,34 @@ impl Drop for TmpGuard {
     }
 }
 
-/// A chunk being received: hashed as it is written, checked at the end.
+/// A chunk being received: hashed as its pieces arrive and held in memory
+/// (at most [`CHUNK_SIZE`]), then checked and written to disk in one go.
 #[derive(Debug)]
 pub struct ChunkWriter<'a> {
     store: &'a ChunkStore,
     hash: ChunkHash,
-    guard: TmpGuard,
-    file: Option<tokio::fs::File>,
+    pieces: Vec<Bytes>,
     hasher: blake3::Hasher,
     len: u64,
 }
 
 impl ChunkWriter<'_> {
     /// Appends received bytes.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), ChunkError> {
+    pub fn write(&mut self, data: Bytes) -> Result<(), ChunkError> {
         self.len += data.len() as u64;
         if self.len > CHUNK_SIZE as u64 {
             return Err(ChunkError::TooLarge(self.hash));
         }
-        self.hasher.update(data);
-        if let Some(f) = self.file.as_mut() {
-            f.write_all(data)
-                .await
-                .map_err(|e| ChunkError::io(self.hash, e))?;
+        self.hasher.update(&data);
+        if !data.is_empty() {
+            self.pieces.push(data);
         }
         Ok(())
     }
 
     /// Checks the hash and makes the chunk durable. Returns whether the chunk
     /// was already present.
-    pub async fn finish(mut self) -> Result<bool, ChunkError> {
+    pub async fn finish(self) -> Result<bool, ChunkError> {
         let hash = self.hash;
         let actual = ChunkHash(*self.hasher.finalize().as_bytes());
         if actual != hash {
@@ -493,9 +485,6 @@ impl ChunkWriter<'_> {
                 actual,
             });
         }
-        let Some(mut file) = self.file.take() else {
-            return Err(ChunkError::NotFound(hash));
-        };
         let dest = self.store.path(&hash);
         if self.store.contains(&hash) {
             // Restart the garbage-collection grace period: a write that
@@ -507,9 +496,6 @@ impl ChunkWriter<'_> {
                 }
             }
         }
-        file.flush().await.map_err(|e| ChunkError::io(hash, e))?;
-        file.sync_all().await.map_err(|e| ChunkError::io(hash, e))?;
-        drop(file);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
         // A fan-out directory not known durable has its own name synced
         // too; concurrent writers into a new one each sync it, so none
@@ -520,16 +506,23 @@ impl ChunkWriter<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&dir);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| ChunkError::io(hash, e))?;
-        let tmp = self.guard.0.take().unwrap_or_default();
-        if let Err(e) = tokio::fs::rename(&tmp, &dest).await {
-            self.guard.0 = Some(tmp);
-            return Err(ChunkError::io(hash, e));
-        }
+        let n = self.store.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.store.tmp.join(format!("{}.{n}", hash.to_hex()));
+        let pieces = self.pieces;
         let synced = dir.clone();
+        // One blocking task writes, syncs and renames the whole chunk: one
+        // hand-off to the blocking pool per chunk, not one per piece.
         tokio::task::spawn_blocking(move || {
+            let mut guard = TmpGuard(Some(tmp.clone()));
+            let mut file = std::fs::File::create(&tmp)?;
+            for p in &pieces {
+                file.write_all(p)?;
+            }
+            file.sync_all()?;
+            drop(file);
+            std::fs::create_dir_all(&synced)?;
+            std::fs::rename(&tmp, &dest)?;
+            guard.0 = None;
             std::fs::File::open(&synced)?.sync_all()?;
             if !known {
                 // chunks/ab/cd: sync ab (for cd) and chunks (for ab).

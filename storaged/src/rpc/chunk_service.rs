@@ -14,13 +14,15 @@ use super::status;
 use crate::chunk::store::ChunkError;
 use crate::state::NodeState;
 
-/// Most chunk uploads a node receives at once; more wait their turn.
+/// Most chunk uploads a node receives at once; more wait their turn. Each
+/// holds up to a chunk in memory until it is checked and written, so
+/// uploads hold at most 256 MiB.
 pub const MAX_UPLOADS: usize = 64;
 /// Most chunk uploads a node receives at once from one peer (as many as
 /// a client sends at once).
 pub const MAX_UPLOADS_PER_PEER: usize = quizfs_proto::MAX_UPLOADS_PER_CLIENT;
 /// Longest a chunk upload may wait for its next piece before it is dropped
-/// (a stalled sender must not hold an upload slot and a temp file).
+/// (a stalled sender must not hold an upload slot and its memory).
 pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most chunk downloads a node serves at once (up to 4 MiB of memory each).
 pub const MAX_DOWNLOADS: usize = 32;
@@ -36,7 +38,7 @@ pub struct ChunkService {
 /// The transfers a node serves at once.
 #[derive(Debug)]
 struct Slots {
-    /// Chunk uploads received at once (each holds a temp file).
+    /// Chunk uploads received at once (each holds up to a chunk in memory).
     uploads: Semaphore,
     /// Chunk uploads received at once per peer (by certificate name, or by
     /// address in plaintext), so one client cannot take every upload slot.
@@ -80,7 +82,7 @@ impl Chunks for ChunkService {
         &self,
         req: Request<Streaming<pb::PutPiece>>,
     ) -> Result<Response<pb::PutReply>, Status> {
-        // Bounds the temp files and disk writes open at once: per sender,
+        // Bounds the uploads buffered and written at once: per sender,
         // so that one cannot take every slot, and in all.
         let peer = req
             .extensions()
@@ -117,16 +119,13 @@ impl Chunks for ChunkService {
             .state
             .store
             .writer(hash)
-            .await
             .map_err(|e| status::chunk_error(&e))?;
         writer
-            .write(&first.data)
-            .await
+            .write(first.data)
             .map_err(|e| status::chunk_error(&e))?;
         while let Some(piece) = next().await? {
             writer
-                .write(&piece.data)
-                .await
+                .write(piece.data)
                 .map_err(|e| status::chunk_error(&e))?;
         }
         let already_present = writer.finish().await.map_err(|e| {
