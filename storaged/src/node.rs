@@ -82,6 +82,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// deadlines; every caller has a certificate, so the bound is the
 /// connection's whole window of streams, not a handful.
 const MAX_PENDING_RESETS: usize = MAX_STREAMS_PER_CONNECTION as usize;
+/// Largest HTTP/2 frame a caller may send: a whole piece of a chunk in
+/// one frame, not sixteen of the default 16 KiB.
+const MAX_FRAME: u32 = quizfs_proto::PIECE_SIZE as u32;
 /// Bytes a caller may send on one request before this node reads them
 /// (HTTP/2 stream window): two pieces of a chunk.
 pub const STREAM_WINDOW: u32 = 2 * quizfs_proto::PIECE_SIZE as u32;
@@ -541,6 +544,7 @@ async fn serve(
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(Some(MAX_FRAME))
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .add_service(Authorized::new(raft, tls.clone()))
