@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
-use prost::bytes::Bytes;
 use quizfs_proto::range::{self, GROUP, Outboard};
-use quizfs_proto::{CHUNK_SIZE, ChunkHash};
+use quizfs_proto::{CHUNK_SIZE, ChunkHash, PIECE_SIZE};
 
 /// Errors of the chunk store, each naming its chunk.
 #[derive(Debug, thiserror::Error)]
@@ -230,16 +229,19 @@ impl ChunkStore {
         Ok(ChunkWriter {
             store: self,
             hash,
-            pieces: Vec::new(),
+            data: Vec::new(),
             hasher: blake3::Hasher::new(),
-            len: 0,
         })
     }
 
     /// Stores a whole chunk held in memory (used by healing).
     pub async fn put(&self, hash: ChunkHash, data: Vec<u8>) -> Result<bool, ChunkError> {
         let mut w = self.writer(hash)?;
-        w.write(Bytes::from(data))?;
+        if data.len() > CHUNK_SIZE {
+            return Err(ChunkError::TooLarge(hash));
+        }
+        w.hasher.update(&data);
+        w.data = data;
         w.finish().await
     }
 
@@ -449,28 +451,38 @@ impl Drop for TmpGuard {
     }
 }
 
-/// A chunk being received: hashed as its pieces arrive and held in memory
-/// (at most [`CHUNK_SIZE`]), then checked and written to disk in one go.
+/// A chunk being received: hashed as its pieces arrive and gathered in one
+/// buffer (at most [`CHUNK_SIZE`]), then checked and written to disk in
+/// one go.
 #[derive(Debug)]
 pub struct ChunkWriter<'a> {
     store: &'a ChunkStore,
     hash: ChunkHash,
-    pieces: Vec<Bytes>,
+    data: Vec<u8>,
     hasher: blake3::Hasher,
-    len: u64,
 }
 
 impl ChunkWriter<'_> {
-    /// Appends received bytes.
-    pub fn write(&mut self, data: Bytes) -> Result<(), ChunkError> {
-        self.len += data.len() as u64;
-        if self.len > CHUNK_SIZE as u64 {
+    /// Appends received bytes. The buffer is sized once: a first piece
+    /// shorter than [`PIECE_SIZE`] is the whole chunk, a full one may be
+    /// followed by up to a chunk. (Keeping the received pieces instead
+    /// would save this copy, but each can hold on to a receive buffer up
+    /// to twice its size, so an upload's memory would not be bounded by
+    /// its length.)
+    pub fn write(&mut self, data: &[u8]) -> Result<(), ChunkError> {
+        if self.data.len() + data.len() > CHUNK_SIZE {
             return Err(ChunkError::TooLarge(self.hash));
         }
-        self.hasher.update(&data);
-        if !data.is_empty() {
-            self.pieces.push(data);
+        if self.data.capacity() == 0 {
+            let want = if data.len() < PIECE_SIZE {
+                data.len()
+            } else {
+                CHUNK_SIZE
+            };
+            self.data.reserve_exact(want);
         }
+        self.hasher.update(data);
+        self.data.extend_from_slice(data);
         Ok(())
     }
 
@@ -508,16 +520,15 @@ impl ChunkWriter<'_> {
             .contains(&dir);
         let n = self.store.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.store.tmp.join(format!("{}.{n}", hash.to_hex()));
-        let pieces = self.pieces;
+        let data = self.data;
+        let len = data.len() as u64;
         let synced = dir.clone();
         // One blocking task writes, syncs and renames the whole chunk: one
         // hand-off to the blocking pool per chunk, not one per piece.
         tokio::task::spawn_blocking(move || {
             let mut guard = TmpGuard(Some(tmp.clone()));
             let mut file = std::fs::File::create(&tmp)?;
-            for p in &pieces {
-                file.write_all(p)?;
-            }
+            file.write_all(&data)?;
             file.sync_all()?;
             drop(file);
             std::fs::create_dir_all(&synced)?;
@@ -547,10 +558,10 @@ impl ChunkWriter<'_> {
             .present
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, self.len)
+            .insert(hash, len)
             .is_none();
         if newly {
-            self.store.bytes.fetch_add(self.len, Ordering::Relaxed);
+            self.store.bytes.fetch_add(len, Ordering::Relaxed);
         }
         Ok(!newly)
     }

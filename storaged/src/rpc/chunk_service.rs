@@ -121,11 +121,11 @@ impl Chunks for ChunkService {
             .writer(hash)
             .map_err(|e| status::chunk_error(&e))?;
         writer
-            .write(first.data)
+            .write(&first.data)
             .map_err(|e| status::chunk_error(&e))?;
         while let Some(piece) = next().await? {
             writer
-                .write(piece.data)
+                .write(&piece.data)
                 .map_err(|e| status::chunk_error(&e))?;
         }
         let already_present = writer.finish().await.map_err(|e| {
