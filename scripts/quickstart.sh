@@ -36,7 +36,8 @@ for i in 1 2 3; do
   pidf="$RUN_DIR/nas$i.pid"
   if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then continue; fi
   nohup "$BIN/storaged" --peers "$PEERS" --listen "127.0.0.2$i" --data-dir "$RUN_DIR/nas$i" \
-    --tls-dir "$CA/nodes/127.0.0.2$i" >>"$RUN_DIR/nas$i.log" 2>&1 &
+    --tls-dir "$CA/nodes/127.0.0.2$i" --metrics-listen "127.0.0.2$i:7421" \
+    >>"$RUN_DIR/nas$i.log" 2>&1 &
   echo $! >"$pidf"
 done
 for _ in $(seq 1 150); do

@@ -11,6 +11,8 @@
 //!   metadata, `ls -l`, random 4 KiB) on any directory.
 //! - [`compare`]: the comparison's tables, targets and charts.
 //! - [`gluster`]: GlusterFS replica 3 in namespaces, for the comparison.
+//! - [`nodestats`]: a node's metrics endpoint read from outside, and the
+//!   mean of each latency between two readings.
 //! - [`failover`]: kill, freeze and cut a node under that load, then
 //!   measure the heal, through a small adapter per system.
 
@@ -21,4 +23,5 @@ pub mod gluster;
 pub mod harness;
 pub mod load;
 pub mod netns;
+pub mod nodestats;
 pub mod workloads;

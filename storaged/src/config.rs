@@ -73,6 +73,12 @@ pub struct Args {
     /// can always be written (0: no reserve).
     #[arg(long, default_value_t = 128)]
     pub reserve_mib: u64,
+    /// Address for the Prometheus metrics and the health check (HTTP:
+    /// /metrics, /health), host:port, or "off". Default 127.0.0.1:7421,
+    /// and left off with a warning if another process has that port (a
+    /// second node on the same host). They carry no file names or data.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// Plaintext, without certificates: for local experiments only. Anyone
     /// who can reach the port can read and change everything.
     #[arg(long)]
@@ -97,6 +103,9 @@ pub enum ConfigError {
     /// The data directory cannot be used.
     #[error("data directory {0} is not writable: {1}")]
     DataDir(PathBuf, std::io::Error),
+    /// `--metrics-listen` is neither host:port nor "off".
+    #[error("invalid --metrics-listen {0:?}: expected host:port or off")]
+    BadMetricsListen(String),
     /// A flag value is out of range.
     #[error("{0}")]
     BadValue(&'static str),
@@ -173,6 +182,11 @@ pub struct Config {
     pub tls: Option<quizfs_proto::tls::TlsFiles>,
     /// Free bytes chunk uploads must leave on the disk.
     pub reserve: u64,
+    /// Where metrics and the health check are served (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether `--metrics-listen` was given: a port in use is then an
+    /// error, not a warning.
+    pub metrics_explicit: bool,
 }
 
 impl Config {
@@ -263,7 +277,21 @@ impl Config {
                 "--insecure",
             )?)
         };
+        let metrics_listen = match args.metrics_listen.as_deref() {
+            Some("off") => None,
+            given => {
+                let a = given.unwrap_or(crate::metrics::DEFAULT_LISTEN);
+                let addr = a
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut i| i.next())
+                    .ok_or_else(|| ConfigError::BadMetricsListen(a.to_string()))?;
+                Some(addr)
+            }
+        };
         Ok(Self {
+            metrics_listen,
+            metrics_explicit: args.metrics_listen.is_some(),
             tls,
             reserve: args.reserve_mib.saturating_mul(1024 * 1024),
             peers,

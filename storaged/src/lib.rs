@@ -20,6 +20,7 @@ pub mod config;
 pub mod db;
 pub mod disk;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod raft;

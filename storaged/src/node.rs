@@ -25,6 +25,7 @@ use crate::chunk::store::ChunkStore;
 use crate::config::Config;
 use crate::meta::read::MetaReader;
 use crate::meta::state_machine::StateMachine;
+use crate::metrics::Metrics;
 use crate::peers::PeerPool;
 use crate::raft::lease::ReadLease;
 use crate::raft::log_store::LogStore;
@@ -61,6 +62,9 @@ pub enum StartError {
     /// The listen socket failed.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// The metrics address given cannot be bound.
+    #[error("cannot listen for metrics on {0} (--metrics-listen): {1}")]
+    MetricsBind(String, std::io::Error),
     /// Raft failed to start.
     #[error("raft: {0}")]
     Raft(String),
@@ -361,12 +365,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     .map_err(StartError::Format)?;
     // After the format check, which refuses a directory this build would
     // misread before the log is moved out of sled.
+    let metrics = Arc::new(Metrics::new());
     let log = LogStore::open(&db, &data.join("raftlog"))
         .map_err(|e| StartError::Io("the Raft log".into(), e))?;
+    log.observe_flushes(metrics.log_flush.clone());
     db.flush()
         .map_err(|e| StartError::Db(data.display().to_string(), sled::Error::Io(e)))?;
     let sm = StateMachine::open(&db, &data.join("snapshots"))
-        .map_err(|e| StartError::Io("snapshots".into(), e))?;
+        .map_err(|e| StartError::Io("snapshots".into(), e))?
+        .observe_applies(metrics.apply.clone());
     let store = Arc::new(
         ChunkStore::open(&data)
             .map_err(|e| StartError::Io("chunk store".into(), e))?
@@ -401,11 +408,31 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         // Half the election timeout: well inside the followers' leader
         // lease (election_timeout_max), with room for a missed heartbeat.
         lease: Arc::new(ReadLease::new(cfg.election / 2)),
+        metrics,
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| StartError::Bind(cfg.listen, e))?;
+    let metrics_listener = match crate::metrics::bind(cfg.metrics_listen).await {
+        Ok(Some(l)) => {
+            tracing::info!(listen = ?cfg.metrics_listen, "metrics and health served over HTTP");
+            Some(l)
+        }
+        Ok(None) => None,
+        Err(e) if !cfg.metrics_explicit => {
+            tracing::warn!(
+                error = %e,
+                "metrics not served: cannot listen on the default {}; pass --metrics-listen HOST:PORT (or off)",
+                crate::metrics::DEFAULT_LISTEN
+            );
+            None
+        }
+        Err(e) => {
+            let addr = cfg.metrics_listen.map_or(String::new(), |a| a.to_string());
+            return Err(StartError::MetricsBind(addr, e));
+        }
+    };
     tracing::info!(listen = %cfg.listen, me = %cfg.me().addr(), volume = %cfg.volume, "storaged serving");
     let server_stop = CancellationToken::new();
     if let Some(tls) = &tls {
@@ -413,6 +440,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     }
     let incoming = crate::tls::incoming(accept_nodelay(listener), tls.clone(), server_stop.clone());
     let server = tokio::spawn(serve(state.clone(), incoming, tls, server_stop.clone()));
+    if let Some(l) = metrics_listener {
+        tokio::spawn(crate::metrics::serve(l, state.clone(), server_stop.clone()));
+    }
 
     let tasks = TaskTracker::new();
     let work = CancellationToken::new();
@@ -471,6 +501,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             state.reader.clone(),
             cfg.gc_interval,
             cfg.gc_grace,
+            state.metrics.gc_deleted.clone(),
             work.clone(),
         ));
         raft = Some(r);
@@ -524,6 +555,7 @@ async fn serve(
     use crate::tls::Authorized;
     use tonic::transport::Server;
     let max = pb::MAX_MESSAGE_BYTES;
+    let metrics = state.metrics.clone();
     let raft = pb::raft_transport_server::RaftTransportServer::new(RaftService {
         state: state.clone(),
     })
@@ -547,10 +579,10 @@ async fn serve(
         .max_frame_size(Some(MAX_FRAME))
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .add_service(Authorized::new(raft, tls.clone()))
-        .add_service(Authorized::new(cluster, tls.clone()))
-        .add_service(Authorized::new(meta, tls.clone()))
-        .add_service(Authorized::new(chunks, tls.clone()))
+        .add_service(Authorized::new(raft, tls.clone(), metrics.clone()))
+        .add_service(Authorized::new(cluster, tls.clone(), metrics.clone()))
+        .add_service(Authorized::new(meta, tls.clone(), metrics.clone()))
+        .add_service(Authorized::new(chunks, tls.clone(), metrics))
         .serve_with_incoming_shutdown(incoming, stop.cancelled())
         .await;
     if let Err(e) = res {

@@ -8,6 +8,7 @@ use crate::chunk::heal::Healer;
 use crate::chunk::store::ChunkStore;
 use crate::config::Config;
 use crate::meta::read::MetaReader;
+use crate::metrics::Metrics;
 use crate::peers::PeerPool;
 use crate::raft::Raft;
 use crate::raft::lease::ReadLease;
@@ -30,6 +31,8 @@ pub struct NodeState {
     pub pool: PeerPool,
     /// Lets the leader serve reads without a read-index round.
     pub lease: Arc<ReadLease>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for NodeState {

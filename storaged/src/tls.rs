@@ -556,12 +556,22 @@ fn authorize(peer: &PeerInfo, path: &str) -> Result<(), String> {
 pub struct Authorized<S> {
     inner: S,
     tls: Option<Arc<ServerTls>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<S> Authorized<S> {
-    /// Wraps `inner`; `tls` is the node's TLS set-up (`None`: plaintext).
-    pub fn new(inner: S, tls: Option<Arc<ServerTls>>) -> Self {
-        Self { inner, tls }
+    /// Wraps `inner`; `tls` is the node's TLS set-up (`None`: plaintext);
+    /// every call is timed and counted in `metrics`.
+    pub fn new(
+        inner: S,
+        tls: Option<Arc<ServerTls>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Self {
+            inner,
+            tls,
+            metrics,
+        }
     }
 }
 
@@ -607,10 +617,21 @@ where
         };
         if let Some((who, why)) = refused {
             tracing::warn!("refused {who}: {why}");
+            self.metrics.tls_refusals.inc();
             let status = tonic::Status::permission_denied(why);
             return Box::pin(async move { Ok(status.into_http()) });
         }
-        Box::pin(self.inner.call(req))
+        let method = req.uri().path().to_string();
+        let metrics = self.metrics.clone();
+        let began = std::time::Instant::now();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let r = call.await;
+            if let Ok(resp) = &r {
+                crate::metrics::observe_call(&metrics, method, began.elapsed(), resp.headers());
+            }
+            r
+        })
     }
 }
 

@@ -16,6 +16,7 @@ mod t160_bench;
 mod t170_tls;
 mod t175_limits;
 mod t180_full_disk;
+mod t185_metrics;
 mod t190_scenario;
 mod t20_namespace;
 mod t22_early_create;

@@ -217,6 +217,47 @@ fn storaged_refuses_bad_flags_in_one_line() {
     let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", "--bogus"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--bogus"), "{err}");
+    let (code, err, _) = run_storaged(&[
+        "--peers",
+        "127.0.0.21",
+        "--listen",
+        "127.0.0.21",
+        "--data-dir",
+        dir,
+        "--insecure",
+        "--metrics-listen",
+        "nowhere",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("invalid --metrics-listen"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A metrics port given but taken stops the start, in one line.
+    let taken = std::net::TcpListener::bind("127.0.0.29:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.29:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, err, took) = run_storaged(&[
+        "--peers",
+        &format!("127.0.0.29:{port}"),
+        "--listen",
+        &format!("127.0.0.29:{port}"),
+        "--data-dir",
+        dir,
+        "--insecure",
+        "--metrics-listen",
+        &busy,
+    ]);
+    assert_ne!(code, Some(0));
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cannot listen for metrics on") && last.contains(&busy),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    drop(taken);
 
     // Without certificates a node refuses to start, and says how to make
     // them; with another node's certificate it refuses too.

@@ -171,6 +171,12 @@ pub(crate) struct OplatArgs {
     /// Also write every sample as JSON here.
     #[arg(long)]
     pub(crate) json: Option<std::path::PathBuf>,
+    /// Metrics addresses of the cluster's nodes (`storaged
+    /// --metrics-listen`), comma-separated: read before and after, to
+    /// print where each node spent the time (the mean of every latency
+    /// histogram that moved: Raft proposals, log flushes, applies, RPCs).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) metrics: Vec<String>,
     /// A mounted directory (any filesystem).
     pub(crate) dir: std::path::PathBuf,
 }

@@ -30,8 +30,25 @@ pub(crate) fn oplat_bench(args: OplatArgs) -> anyhow::Result<()> {
         "{} is not a directory",
         args.dir.display()
     );
+    let read = |addrs: &[String]| -> anyhow::Result<Vec<_>> {
+        addrs
+            .iter()
+            .map(|a| quizfs_bench::nodestats::scrape(a).map_err(anyhow::Error::msg))
+            .collect()
+    };
+    let before = read(&args.metrics)?;
     let rows = workloads::oplat::oplat(&args.dir, args.count).map_err(anyhow::Error::msg)?;
     print!("{}", workloads::oplat::table(&rows));
+    if !args.metrics.is_empty() {
+        let after = read(&args.metrics)?;
+        println!("\n| node | stage (mean between two readings of /metrics) | calls | mean µs |");
+        println!("|---|---|---:|---:|");
+        for ((addr, b), a) in args.metrics.iter().zip(&before).zip(&after) {
+            for s in quizfs_bench::nodestats::stages(b, a) {
+                println!("| {addr} | {} | {} | {:.0} |", s.name, s.count, s.mean_us);
+            }
+        }
+    }
     if let Some(path) = &args.json {
         write_json(path, &rows)?;
     }

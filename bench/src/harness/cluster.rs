@@ -58,13 +58,21 @@ pub struct Cluster {
     pub(super) _tmp: tempfile::TempDir,
 }
 
+/// A port free on every address in `ips`, with the next one free too (the
+/// nodes' metrics listen there).
 fn free_port(ips: &[String]) -> u16 {
     for _ in 0..200 {
         let l = TcpListener::bind((ips[0].as_str(), 0)).expect("bind an ephemeral port");
         let port = l.local_addr().expect("bound socket has an address").port();
-        if ips[1..]
-            .iter()
-            .all(|ip| TcpListener::bind((ip.as_str(), port)).is_ok())
+        if port == u16::MAX {
+            continue;
+        }
+        let next = TcpListener::bind((ips[0].as_str(), port + 1)).is_ok();
+        if next
+            && ips[1..].iter().all(|ip| {
+                TcpListener::bind((ip.as_str(), port)).is_ok()
+                    && TcpListener::bind((ip.as_str(), port + 1)).is_ok()
+            })
         {
             return port;
         }
@@ -319,6 +327,13 @@ impl Cluster {
         format!("{}:{}", self.nodes[i].ip, self.port)
     }
 
+    /// `host:port` of node `i`'s metrics and health check (the node's own
+    /// address, the port after its gRPC port), unless `extra` sets
+    /// `--metrics-listen` itself.
+    pub fn metrics_addr(&self, i: usize) -> String {
+        format!("{}:{}", self.nodes[i].ip, self.port + 1)
+    }
+
     /// Starts node `i`'s process.
     pub fn spawn(&mut self, i: usize) {
         let node = &self.nodes[i];
@@ -344,6 +359,12 @@ impl Cluster {
                     ca.join("nodes").join(&node.ip).into_os_string(),
                 ]
             }))
+            .args(
+                (!self.extra.iter().any(|a| a == "--metrics-listen"))
+                    .then(|| ["--metrics-listen".to_string(), self.metrics_addr(i)])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra)
             .env(
                 "RUST_LOG",

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
 use super::store::ChunkStore;
@@ -16,6 +17,7 @@ pub async fn run(
     reader: MetaReader,
     interval: Duration,
     grace: Duration,
+    deleted_total: Counter,
     cancel: CancellationToken,
 ) {
     loop {
@@ -28,7 +30,10 @@ pub async fn run(
         let deleted = tokio::task::spawn_blocking(move || collect(&store, &reader, grace)).await;
         match deleted {
             Ok(0) | Err(_) => {}
-            Ok(n) => tracing::info!(deleted = n, "unreferenced chunks collected"),
+            Ok(n) => {
+                deleted_total.inc_by(n as u64);
+                tracing::info!(deleted = n, "unreferenced chunks collected");
+            }
         }
     }
 }

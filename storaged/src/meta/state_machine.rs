@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, RaftSnapshotBuilder};
+use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
 use quizfs_proto as pb;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -40,6 +41,7 @@ pub struct StateMachine {
     raft_meta: sled::Tree,
     dir: PathBuf,
     recv_counter: Arc<AtomicU64>,
+    apply_seconds: Option<Histogram>,
 }
 
 /// Runs blocking file and sled work from inside openraft's tasks: on a
@@ -73,6 +75,12 @@ fn io_err(verb_write: bool, e: std::io::Error) -> StorageError {
 }
 
 impl StateMachine {
+    /// The duration of every apply goes into `h`.
+    pub fn observe_applies(mut self, h: Histogram) -> Self {
+        self.apply_seconds = Some(h);
+        self
+    }
+
     /// Opens the state machine tree of `db`, with snapshots kept in `dir`.
     /// Finishes a snapshot load that a crash interrupted.
     pub fn open(db: &crate::db::Db, dir: &Path) -> Result<Self, std::io::Error> {
@@ -86,6 +94,7 @@ impl StateMachine {
                 .map_err(std::io::Error::other)?,
             dir: dir.to_path_buf(),
             recv_counter: Arc::new(AtomicU64::new(0)),
+            apply_seconds: None,
         };
         if sm
             .raft_meta
@@ -219,6 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let began = std::time::Instant::now();
         let (mut last, mut membership) = self.applied()?;
         let mut txn = Txn::new(&self.tree);
         let mut replies = Vec::new();
@@ -240,6 +250,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.tree
             .apply_batch(txn.into_batch())
             .map_err(|e| write_err(ErrorSubject::StateMachine, &e))?;
+        if let Some(h) = &self.apply_seconds {
+            h.observe(began.elapsed().as_secs_f64());
+        }
         Ok(replies)
     }
 

@@ -30,10 +30,11 @@ use std::io::ErrorKind;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, RaftLogReader, Vote};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
 use crate::db::Db;
@@ -113,6 +114,7 @@ pub struct LogStore {
     db: Db,
     meta: sled::Tree,
     flusher: std::sync::mpsc::Sender<Flush>,
+    flush_seconds: Arc<OnceLock<Histogram>>,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -346,11 +348,19 @@ impl Files {
 /// appends waiting, then acknowledges them in order. Its own thread,
 /// blocking in `fdatasync`, so a flush costs no hand-off between runtime
 /// tasks and blocking threads. Ends when every store handle is gone.
-fn flusher(files: Arc<Mutex<Files>>, rx: std::sync::mpsc::Receiver<Flush>) {
+fn flusher(
+    files: Arc<Mutex<Files>>,
+    rx: std::sync::mpsc::Receiver<Flush>,
+    observed: Arc<OnceLock<Histogram>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
+        let began = std::time::Instant::now();
         let res = sync_dirty(&files).map_err(|e| e.to_string());
+        if let Some(h) = observed.get() {
+            h.observe(began.elapsed().as_secs_f64());
+        }
         for w in waiting {
             match w {
                 Flush::Appended(cb) => {
@@ -388,6 +398,11 @@ fn lock(files: &Mutex<Files>) -> MutexGuard<'_, Files> {
 }
 
 impl LogStore {
+    /// From now on, the duration of every flush goes into `h`.
+    pub fn observe_flushes(&self, h: Histogram) {
+        let _ = self.flush_seconds.set(h);
+    }
+
     /// Opens the log in `dir` and the vote in `db`, and starts the flusher
     /// thread. A log still in `db` (format 2, before segment files) moves
     /// to `dir` first.
@@ -402,10 +417,13 @@ impl LogStore {
         let files = Arc::new(Mutex::new(Files::recover(dir, purged.map(|p| p.index))?));
         let (tx, rx) = std::sync::mpsc::channel();
         let flushed = files.clone();
+        let flush_seconds = Arc::new(OnceLock::new());
+        let observed = flush_seconds.clone();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flusher(flushed, rx))?;
+            .spawn(move || flusher(flushed, rx, observed))?;
         Ok(Self {
+            flush_seconds,
             files,
             db: db.clone(),
             meta,

@@ -101,7 +101,13 @@ impl Chunks for ChunkService {
             .or_insert_with(|| Arc::new(Semaphore::new(MAX_UPLOADS_PER_PEER)))
             .clone();
         let closed = |_| Status::unavailable("shutting down");
-        let _mine = per_peer.acquire().await.map_err(closed)?;
+        let _mine = match per_peer.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.state.metrics.upload_limit_hits.inc();
+                per_peer.acquire_owned().await.map_err(closed)?
+            }
+        };
         let _all = self.slots.uploads.acquire().await.map_err(closed)?;
         let mut stream = req.into_inner();
         let idle = UPLOAD_IDLE_TIMEOUT;

@@ -90,9 +90,14 @@ impl Meta for MetaService {
             seq: req.seq,
             acked_below: req.acked_below,
         };
-        let reply = propose(self.raft()?, who, &op, COMMIT_TIMEOUT)
+        let raft = self.raft()?;
+        let began = std::time::Instant::now();
+        let reply = propose(raft, who, &op, COMMIT_TIMEOUT)
             .await
             .map_err(status::propose_error)?;
+        let m = &self.state.metrics;
+        m.proposals.inc();
+        m.propose.observe(began.elapsed().as_secs_f64());
         Ok(Response::new(reply))
     }
 

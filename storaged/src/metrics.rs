@@ -1,0 +1,385 @@
+//! A node's Prometheus metrics and health check, served over plain HTTP on
+//! `--metrics-listen` (loopback by default): `/metrics` in the Prometheus
+//! text format and `/health` (200 when the node is in a cluster with a
+//! leader, 503 with one line why otherwise). Neither carries file names or
+//! data: only counts, sizes, latencies and Raft positions.
+//!
+//! Gauges that mirror state kept elsewhere (Raft's position, the chunk
+//! store, the disk, the healer) are read when a scrape comes; counters and
+//! histograms are updated where the work happens.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use openraft::ServerState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::NodeState;
+
+/// Default `--metrics-listen`: loopback only, so nothing is exposed unless
+/// asked.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7421";
+
+/// Labels of a per-method RPC metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Method {
+    /// The gRPC path, e.g. `/quizfs.v1.Meta/Create`.
+    pub method: String,
+}
+
+/// Labels of a per-status RPC error count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodCode {
+    /// The gRPC path.
+    pub method: String,
+    /// The gRPC status code's name, e.g. `Unavailable`.
+    pub code: String,
+}
+
+/// Latency buckets from 50 µs to about 1.6 s, doubling.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Every metric a node exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Raft proposals (metadata writes) this node made as the leader.
+    pub proposals: Counter,
+    /// Seconds of each Raft log flush (one `fdatasync` of a segment).
+    pub log_flush: Histogram,
+    /// Seconds of each metadata write through Raft on the leader: append,
+    /// replicate, commit, apply.
+    pub propose: Histogram,
+    /// Seconds of each state-machine apply of a batch of entries.
+    pub apply: Histogram,
+    /// Seconds until each gRPC call's response headers, per method.
+    pub rpc: Family<Method, Histogram, fn() -> Histogram>,
+    /// gRPC calls answered with an error status at once, per method and
+    /// code.
+    pub rpc_errors: Family<MethodCode, Counter>,
+    /// Calls refused for their certificate (missing, revoked, or not
+    /// allowed the method).
+    pub tls_refusals: Counter,
+    /// Chunk uploads that waited because their sender had all its upload
+    /// slots taken.
+    pub upload_limit_hits: Counter,
+    /// Chunks deleted by garbage collection.
+    pub gc_deleted: Counter,
+    is_leader: Gauge,
+    has_leader: Gauge,
+    term: Gauge,
+    last_log_index: Gauge,
+    applied_index: Gauge,
+    chunks: Gauge,
+    chunk_bytes: Gauge,
+    disk_free: Gauge,
+    disk_reserve: Gauge,
+    heal_backlog: Gauge,
+    healed_total: Gauge<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric, registered under the `quizfs_` prefix.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("quizfs");
+        let m = Self {
+            proposals: Counter::default(),
+            log_flush: latency(),
+            propose: latency(),
+            apply: latency(),
+            rpc: Family::new_with_constructor(latency as fn() -> Histogram),
+            rpc_errors: Family::default(),
+            tls_refusals: Counter::default(),
+            upload_limit_hits: Counter::default(),
+            gc_deleted: Counter::default(),
+            is_leader: Gauge::default(),
+            has_leader: Gauge::default(),
+            term: Gauge::default(),
+            last_log_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            chunks: Gauge::default(),
+            chunk_bytes: Gauge::default(),
+            disk_free: Gauge::default(),
+            disk_reserve: Gauge::default(),
+            heal_backlog: Gauge::default(),
+            healed_total: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let reg = &mut r;
+        reg.register(
+            "raft_proposals",
+            "Metadata writes from clients committed by this node as leader",
+            m.proposals.clone(),
+        );
+        reg.register(
+            "raft_log_flush_seconds",
+            "Raft log flushes (fdatasync of a segment)",
+            m.log_flush.clone(),
+        );
+        reg.register(
+            "raft_propose_seconds",
+            "Metadata writes on the leader: append, replicate, commit, apply",
+            m.propose.clone(),
+        );
+        reg.register(
+            "raft_apply_seconds",
+            "State-machine applies of a batch of entries",
+            m.apply.clone(),
+        );
+        reg.register(
+            "raft_is_leader",
+            "1 when this node is the Raft leader",
+            m.is_leader.clone(),
+        );
+        reg.register(
+            "raft_has_leader",
+            "1 when this node knows a leader",
+            m.has_leader.clone(),
+        );
+        reg.register("raft_term", "Current Raft term", m.term.clone());
+        reg.register(
+            "raft_last_log_index",
+            "Index of the last entry in this node's log",
+            m.last_log_index.clone(),
+        );
+        reg.register(
+            "raft_applied_index",
+            "Index of the last entry applied to the state machine",
+            m.applied_index.clone(),
+        );
+        reg.register(
+            "rpc_seconds",
+            "gRPC calls until their response headers, per method",
+            m.rpc.clone(),
+        );
+        reg.register(
+            "rpc_errors",
+            "gRPC calls answered with an error status, per method and code",
+            m.rpc_errors.clone(),
+        );
+        reg.register(
+            "tls_refusals",
+            "Calls refused for their certificate",
+            m.tls_refusals.clone(),
+        );
+        reg.register(
+            "upload_limit_hits",
+            "Chunk uploads that waited for one of their sender's upload slots",
+            m.upload_limit_hits.clone(),
+        );
+        reg.register(
+            "gc_deleted_chunks",
+            "Chunks deleted by garbage collection",
+            m.gc_deleted.clone(),
+        );
+        reg.register("chunks", "Chunks stored", m.chunks.clone());
+        reg.register(
+            "chunk_bytes",
+            "Bytes of the chunks stored",
+            m.chunk_bytes.clone(),
+        );
+        reg.register(
+            "disk_free_bytes",
+            "Free bytes on the data directory's disk",
+            m.disk_free.clone(),
+        );
+        reg.register(
+            "disk_reserve_bytes",
+            "Bytes chunk uploads must leave free (--reserve-mib)",
+            m.disk_reserve.clone(),
+        );
+        reg.register(
+            "heal_backlog_chunks",
+            "Chunks this node still has to fetch from its peers",
+            m.heal_backlog.clone(),
+        );
+        reg.register(
+            "healed_chunks",
+            "Chunks this node has fetched from its peers since it started",
+            m.healed_total.clone(),
+        );
+        Self { registry: r, ..m }
+    }
+
+    /// Reads the mirrored gauges from the node and encodes everything.
+    fn render(&self, node: &NodeState) -> String {
+        if let Some(raft) = node.raft.get() {
+            let m = raft.metrics().borrow().clone();
+            self.is_leader
+                .set(i64::from(m.state == ServerState::Leader));
+            self.has_leader.set(i64::from(m.current_leader.is_some()));
+            self.term.set(m.current_term as i64);
+            self.last_log_index
+                .set(m.last_log_index.unwrap_or(0) as i64);
+            self.applied_index
+                .set(m.last_applied.map_or(0, |l| l.index) as i64);
+        }
+        let (chunks, bytes) = node.store.stats();
+        self.chunks.set(chunks as i64);
+        self.chunk_bytes.set(bytes as i64);
+        let (_, free) = crate::disk::space(&node.cfg.data_dir);
+        self.disk_free.set(free as i64);
+        self.disk_reserve.set(node.cfg.reserve as i64);
+        if let Some(h) = node.healer.get() {
+            self.heal_backlog.set(h.backlog() as i64);
+            self.healed_total.set(h.healed_total());
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Records one gRPC call: its time to response headers and, when the
+/// headers already carry an error status, that error.
+pub fn observe_call(m: &Metrics, method: String, took: Duration, headers: &hyper::HeaderMap) {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|c| *c != 0);
+    // Methods that do not exist count as one, so that callers cannot
+    // grow the set of series.
+    let method = if code == Some(tonic::Code::Unimplemented as i32) {
+        "unknown".to_string()
+    } else {
+        method
+    };
+    if let Some(c) = code {
+        let code = format!("{:?}", tonic::Code::from(c));
+        m.rpc_errors
+            .get_or_create(&MethodCode {
+                method: method.clone(),
+                code,
+            })
+            .inc();
+    }
+    m.rpc
+        .get_or_create(&Method { method })
+        .observe(took.as_secs_f64());
+}
+
+/// Why the node is not healthy, or `None` when it is in a cluster with a
+/// leader.
+fn unhealthy(node: &NodeState) -> Option<String> {
+    let Some(raft) = node.raft.get() else {
+        return Some("not started: no Raft identity yet".into());
+    };
+    let m = raft.metrics().borrow().clone();
+    match (&m.state, m.current_leader) {
+        (ServerState::Leader, _) => match m.millis_since_quorum_ack {
+            Some(ms) if ms <= LEADER_QUORUM_MS => None,
+            Some(ms) => Some(format!(
+                "leader in term {} without word from a majority for {ms} ms (the other nodes may be down or cut off)",
+                m.current_term
+            )),
+            None => Some(format!(
+                "leader in term {} not yet acknowledged by a majority",
+                m.current_term
+            )),
+        },
+        (_, Some(_)) => None,
+        (_, None) => Some(format!(
+            "no leader known in term {} (a majority of the nodes may be down or cut off)",
+            m.current_term
+        )),
+    }
+}
+
+/// Longest a leader may go without acknowledgements from a majority and
+/// still call itself healthy: a few heartbeats and an election timeout.
+const LEADER_QUORUM_MS: u64 = 1_000;
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn answer<B>(node: &NodeState, req: &Request<B>) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            node.metrics.render(node),
+        ),
+        "/health" => match unhealthy(node) {
+            None => {
+                let leader = node
+                    .raft
+                    .get()
+                    .and_then(|r| r.metrics().borrow().current_leader)
+                    .unwrap_or(0);
+                reply(StatusCode::OK, TEXT, format!("ok: leader {leader}\n"))
+            }
+            Some(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
+        },
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: this port serves /metrics and /health\n".into(),
+        ),
+    }
+}
+
+/// Serves `/metrics` and `/health` on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, node: Arc<NodeState>, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let r = answer(&node, &req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            // A scraper that stalls is dropped; scrapes are small.
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        });
+    }
+}
+
+/// Binds the metrics listener. `None` when metrics are off.
+pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+    match addr {
+        None => Ok(None),
+        Some(a) => TcpListener::bind(a).await.map(Some),
+    }
+}

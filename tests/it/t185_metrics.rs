@@ -1,0 +1,110 @@
+//! Every node serves Prometheus metrics and a health check over HTTP: the
+//! figures follow what the cluster does (writes, chunks, Raft's position,
+//! one leader), `/health` answers 200 in a healthy cluster and 503 with
+//! one line why on a node left without a majority, and an unknown path
+//! gets 404.
+
+use std::time::Duration;
+
+use quizfs_bench::nodestats::http_get as get;
+use quizfs_proto::ROOT_INO;
+use quizfs_tests::{Cluster, pattern, wait_until};
+
+/// The value of the sample named exactly `name` (with its labels, if any).
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn metrics(cluster: &Cluster, i: usize) -> String {
+    let (code, body) = get(&cluster.metrics_addr(i), "/metrics").expect("metrics answer");
+    assert_eq!(code, 200, "nas{}: /metrics {code}: {body}", i + 1);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_the_cluster_and_health_tells_a_lost_majority() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let client = cluster.client().await;
+    let leader = cluster.leader().await.expect("a leader");
+
+    // Every node is healthy and names the same leader.
+    for i in 0..3 {
+        let (code, body) = get(&cluster.metrics_addr(i), "/health").unwrap();
+        println!("nas{} /health: {code} {}", i + 1, body.trim());
+        assert_eq!(code, 200, "nas{}: {body}", i + 1);
+        assert!(body.starts_with("ok: leader "), "{body}");
+    }
+
+    // Writes show on the leader's counters and every node's chunks.
+    let before = sample(&metrics(&cluster, leader), "quizfs_raft_proposals_total").unwrap();
+    // Ten different contents: ten chunks (equal ones would be one).
+    let len = 300_000;
+    for n in 0..10 {
+        client
+            .create_file(ROOT_INO, format!("m{n}").as_bytes(), &pattern(n, len))
+            .await
+            .unwrap();
+    }
+    let m = metrics(&cluster, leader);
+    let after = sample(&m, "quizfs_raft_proposals_total").unwrap();
+    println!("leader's proposals: {before} before, {after} after 10 files");
+    assert!(after >= before + 10.0, "{before} -> {after}");
+    assert!(sample(&m, "quizfs_raft_propose_seconds_count").unwrap() >= 10.0);
+    assert_eq!(sample(&m, "quizfs_raft_is_leader"), Some(1.0));
+    let applied = sample(&m, "quizfs_raft_applied_index").unwrap();
+    assert!(applied >= 10.0, "applied index {applied}");
+    for i in 0..3 {
+        let want = 10.0 * len as f64;
+        wait_until(
+            Duration::from_secs(20),
+            "every node to count the chunks",
+            || async {
+                let m = metrics(&cluster, i);
+                let bytes = sample(&m, "quizfs_chunk_bytes").unwrap_or(0.0);
+                if bytes >= want {
+                    Ok(m)
+                } else {
+                    Err(format!("nas{}: {bytes} chunk bytes", i + 1))
+                }
+            },
+        )
+        .await;
+        let m = metrics(&cluster, i);
+        assert!(sample(&m, "quizfs_raft_log_flush_seconds_count").unwrap() >= 1.0);
+        assert!(sample(&m, "quizfs_disk_free_bytes").unwrap() > 0.0);
+        assert_eq!(
+            sample(&m, "quizfs_raft_is_leader"),
+            Some(f64::from(u8::from(i == leader)))
+        );
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("quizfs_rpc_seconds_count{")),
+            "nas{}: no RPC latency",
+            i + 1
+        );
+    }
+
+    let (code, _) = get(&cluster.metrics_addr(leader), "/nothing").unwrap();
+    assert_eq!(code, 404);
+
+    // The two other nodes die: the leader, alone, says it is not healthy.
+    for i in (0..3).filter(|i| *i != leader) {
+        cluster.kill(i);
+    }
+    let addr = cluster.metrics_addr(leader);
+    let why = wait_until(
+        Duration::from_secs(10),
+        "the lone leader's health to fail",
+        || async {
+            match get(&addr, "/health") {
+                Ok((503, body)) => Ok(body),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    println!("lone node's /health: 503 {}", why.trim());
+    assert!(why.contains("majority"), "{why}");
+}
