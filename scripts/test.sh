@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The reference deployment test (t190) needs HAProxy, nftables and b3sum;
-# the benchmark test (t160) runs dbench.
-scripts/install-deps.sh haproxy nftables b3sum curl dbench
+# the benchmark test (t160) runs dbench; t185 checks the example
+# Prometheus configuration and alert rules with promtool (prometheus).
+scripts/install-deps.sh haproxy nftables b3sum curl dbench prometheus
 cargo fmt --all -- --check
 cargo clippy --all-targets --workspace -- -D warnings
 # The integration tests run the binaries: build them first, once, in the

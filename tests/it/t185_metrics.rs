@@ -2,7 +2,9 @@
 //! figures follow what the cluster does (writes, chunks, Raft's position,
 //! one leader), `/health` answers 200 in a healthy cluster and 503 with
 //! one line why on a node left without a majority, and an unknown path
-//! gets 404.
+//! gets 404. The example Prometheus configuration and alert rules in
+//! `deploy/prometheus/` pass `promtool`'s checks and its rule tests, and
+//! every metric they name is one the nodes export.
 
 use std::time::Duration;
 
@@ -89,6 +91,17 @@ async fn metrics_follow_the_cluster_and_health_tells_a_lost_majority() {
     let (code, _) = get(&cluster.metrics_addr(leader), "/nothing").unwrap();
     assert_eq!(code, 404);
 
+    // Every metric the example alert rules use is exported.
+    let exported = metrics(&cluster, leader);
+    for name in rule_metrics() {
+        assert!(
+            exported.lines().any(|l| !l.starts_with('#')
+                && l.strip_prefix(name.as_str())
+                    .is_some_and(|r| r.starts_with([' ', '{']))),
+            "alerts.yml uses {name}, which no node exports"
+        );
+    }
+
     // The two other nodes die: the leader, alone, says it is not healthy.
     for i in (0..3).filter(|i| *i != leader) {
         cluster.kill(i);
@@ -107,4 +120,43 @@ async fn metrics_follow_the_cluster_and_health_tells_a_lost_majority() {
     .await;
     println!("lone node's /health: 503 {}", why.trim());
     assert!(why.contains("majority"), "{why}");
+}
+
+/// `deploy/prometheus/`, from the tests' directory.
+fn deploy_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
+}
+
+/// The quizfs metric names the alert rules use.
+fn rule_metrics() -> Vec<String> {
+    let rules = std::fs::read_to_string(deploy_dir().join("alerts.yml")).unwrap();
+    let mut names: Vec<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("quizfs_"))
+        .map(String::from)
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 3, "{names:?}");
+    names
+}
+
+#[test]
+fn the_example_prometheus_configuration_and_alert_rules_check() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(deploy_dir())
+            .output()
+            .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("promtool {}: {}", args.join(" "), text.trim());
+        assert!(out.status.success(), "promtool {args:?}: {text}");
+    };
+    run(&["check", "config", "prometheus.yml"]);
+    run(&["test", "rules", "alerts_test.yml"]);
 }
