@@ -6,8 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prost-build finds protoc through this variable.
     std::env::set_var("PROTOC", protoc);
     // A chunk's pieces are `Bytes`: a sender slices one buffer for every
-    // node without copying it, and a receiver keeps the decoded pieces
-    // without copying them out of the receive buffer.
+    // node without copying it, and a receiver decodes them without copying
+    // them out of the receive buffer.
     tonic_build::configure()
         .bytes([".quizfs.v1.PutPiece.data"])
         .compile_protos(&["quizfs.proto"], &["."])?;

@@ -102,8 +102,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Every metric, registered under the `quizfs_` prefix.
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("quizfs");
-        let m = Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("quizfs"),
             proposals: Counter::default(),
             log_flush: latency(),
             propose: latency(),
@@ -124,102 +124,37 @@ impl Metrics {
             disk_reserve: Gauge::default(),
             heal_backlog: Gauge::default(),
             healed_total: Gauge::default(),
-            registry: Registry::default(),
         };
-        let reg = &mut r;
-        reg.register(
-            "raft_proposals",
-            "Metadata writes from clients committed by this node as leader",
-            m.proposals.clone(),
-        );
-        reg.register(
-            "raft_log_flush_seconds",
-            "Raft log flushes (fdatasync of a segment)",
-            m.log_flush.clone(),
-        );
-        reg.register(
-            "raft_propose_seconds",
-            "Metadata writes on the leader: append, replicate, commit, apply",
-            m.propose.clone(),
-        );
-        reg.register(
-            "raft_apply_seconds",
-            "State-machine applies of a batch of entries",
-            m.apply.clone(),
-        );
-        reg.register(
-            "raft_is_leader",
-            "1 when this node is the Raft leader",
-            m.is_leader.clone(),
-        );
-        reg.register(
-            "raft_has_leader",
-            "1 when this node knows a leader",
-            m.has_leader.clone(),
-        );
-        reg.register("raft_term", "Current Raft term", m.term.clone());
-        reg.register(
-            "raft_last_log_index",
-            "Index of the last entry in this node's log",
-            m.last_log_index.clone(),
-        );
-        reg.register(
-            "raft_applied_index",
-            "Index of the last entry applied to the state machine",
-            m.applied_index.clone(),
-        );
-        reg.register(
-            "rpc_seconds",
-            "gRPC calls until their response headers, per method",
-            m.rpc.clone(),
-        );
-        reg.register(
-            "rpc_errors",
-            "gRPC calls answered with an error status, per method and code",
-            m.rpc_errors.clone(),
-        );
-        reg.register(
-            "tls_refusals",
-            "Calls refused for their certificate",
-            m.tls_refusals.clone(),
-        );
-        reg.register(
-            "upload_limit_hits",
-            "Chunk uploads that waited for one of their sender's upload slots",
-            m.upload_limit_hits.clone(),
-        );
-        reg.register(
-            "gc_deleted_chunks",
-            "Chunks deleted by garbage collection",
-            m.gc_deleted.clone(),
-        );
-        reg.register("chunks", "Chunks stored", m.chunks.clone());
-        reg.register(
-            "chunk_bytes",
-            "Bytes of the chunks stored",
-            m.chunk_bytes.clone(),
-        );
-        reg.register(
-            "disk_free_bytes",
-            "Free bytes on the data directory's disk",
-            m.disk_free.clone(),
-        );
-        reg.register(
-            "disk_reserve_bytes",
-            "Bytes chunk uploads must leave free (--reserve-mib)",
-            m.disk_reserve.clone(),
-        );
-        reg.register(
-            "heal_backlog_chunks",
-            "Chunks this node still has to fetch from its peers",
-            m.heal_backlog.clone(),
-        );
-        reg.register(
-            "healed_chunks",
-            "Chunks this node has fetched from its peers since it started",
-            m.healed_total.clone(),
-        );
-        Self { registry: r, ..m }
+        // Each field under its name and help text (a counter's name gets
+        // `_total` from the registry).
+        macro_rules! register {
+            ($($field:ident: $name:literal, $help:literal;)*) => {
+                $(m.registry.register($name, $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            proposals: "raft_proposals", "Metadata writes from clients committed by this node as leader";
+            log_flush: "raft_log_flush_seconds", "Raft log flushes (fdatasync of a segment)";
+            propose: "raft_propose_seconds", "Metadata writes on the leader: append, replicate, commit, apply";
+            apply: "raft_apply_seconds", "State-machine applies of a batch of entries";
+            is_leader: "raft_is_leader", "1 when this node is the Raft leader";
+            has_leader: "raft_has_leader", "1 when this node knows a leader";
+            term: "raft_term", "Current Raft term";
+            last_log_index: "raft_last_log_index", "Index of the last entry in this node's log";
+            applied_index: "raft_applied_index", "Index of the last entry applied to the state machine";
+            rpc: "rpc_seconds", "gRPC calls until their response headers, per method";
+            rpc_errors: "rpc_errors", "gRPC calls answered with an error status, per method and code";
+            tls_refusals: "tls_refusals", "Calls refused for their certificate";
+            upload_limit_hits: "upload_limit_hits", "Chunk uploads that waited for one of their sender's upload slots";
+            gc_deleted: "gc_deleted_chunks", "Chunks deleted by garbage collection";
+            chunks: "chunks", "Chunks stored";
+            chunk_bytes: "chunk_bytes", "Bytes of the chunks stored";
+            disk_free: "disk_free_bytes", "Free bytes on the data directory's disk";
+            disk_reserve: "disk_reserve_bytes", "Bytes chunk uploads must leave free (--reserve-mib)";
+            heal_backlog: "heal_backlog_chunks", "Chunks this node still has to fetch from its peers";
+            healed_total: "healed_chunks", "Chunks this node has fetched from its peers since it started";
+        }
+        m
     }
 
     /// Reads the mirrored gauges from the node and encodes everything.
@@ -281,27 +216,27 @@ pub fn observe_call(m: &Metrics, method: String, took: Duration, headers: &hyper
         .observe(took.as_secs_f64());
 }
 
-/// Why the node is not healthy, or `None` when it is in a cluster with a
-/// leader.
-fn unhealthy(node: &NodeState) -> Option<String> {
+/// The leader's id when the node is healthy (in a cluster with a leader,
+/// and as the leader, heard from by a majority lately), or why not.
+fn health(node: &NodeState) -> Result<u64, String> {
     let Some(raft) = node.raft.get() else {
-        return Some("not started: no Raft identity yet".into());
+        return Err("not started: no Raft identity yet".into());
     };
     let m = raft.metrics().borrow().clone();
     match (&m.state, m.current_leader) {
         (ServerState::Leader, _) => match m.millis_since_quorum_ack {
-            Some(ms) if ms <= LEADER_QUORUM_MS => None,
-            Some(ms) => Some(format!(
+            Some(ms) if ms <= LEADER_QUORUM_MS => Ok(m.id),
+            Some(ms) => Err(format!(
                 "leader in term {} without word from a majority for {ms} ms (the other nodes may be down or cut off)",
                 m.current_term
             )),
-            None => Some(format!(
+            None => Err(format!(
                 "leader in term {} not yet acknowledged by a majority",
                 m.current_term
             )),
         },
-        (_, Some(_)) => None,
-        (_, None) => Some(format!(
+        (_, Some(leader)) => Ok(leader),
+        (_, None) => Err(format!(
             "no leader known in term {} (a majority of the nodes may be down or cut off)",
             m.current_term
         )),
@@ -329,16 +264,9 @@ fn answer<B>(node: &NodeState, req: &Request<B>) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             node.metrics.render(node),
         ),
-        "/health" => match unhealthy(node) {
-            None => {
-                let leader = node
-                    .raft
-                    .get()
-                    .and_then(|r| r.metrics().borrow().current_leader)
-                    .unwrap_or(0);
-                reply(StatusCode::OK, TEXT, format!("ok: leader {leader}\n"))
-            }
-            Some(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
+        "/health" => match health(node) {
+            Ok(leader) => reply(StatusCode::OK, TEXT, format!("ok: leader {leader}\n")),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
         },
         _ => reply(
             StatusCode::NOT_FOUND,

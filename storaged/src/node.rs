@@ -366,9 +366,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     // After the format check, which refuses a directory this build would
     // misread before the log is moved out of sled.
     let metrics = Arc::new(Metrics::new());
-    let log = LogStore::open(&db, &data.join("raftlog"))
+    let log = LogStore::open(&db, &data.join("raftlog"), Some(metrics.log_flush.clone()))
         .map_err(|e| StartError::Io("the Raft log".into(), e))?;
-    log.observe_flushes(metrics.log_flush.clone());
     db.flush()
         .map_err(|e| StartError::Db(data.display().to_string(), sled::Error::Io(e)))?;
     let sm = StateMachine::open(&db, &data.join("snapshots"))

@@ -196,7 +196,7 @@ impl Healer {
     async fn heal_one(&self, hash: ChunkHash) -> bool {
         for addr in self.peers() {
             match self.fetch_from(&addr, hash).await {
-                Ok(data) => match self.store.put(hash, data).await {
+                Ok(data) => match self.store.put(hash, &data).await {
                     Ok(_) => {
                         tracing::debug!(hash = ?hash, from = %addr, "chunk healed");
                         return true;

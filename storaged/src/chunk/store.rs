@@ -235,13 +235,9 @@ impl ChunkStore {
     }
 
     /// Stores a whole chunk held in memory (used by healing).
-    pub async fn put(&self, hash: ChunkHash, data: Vec<u8>) -> Result<bool, ChunkError> {
+    pub async fn put(&self, hash: ChunkHash, data: &[u8]) -> Result<bool, ChunkError> {
         let mut w = self.writer(hash)?;
-        if data.len() > CHUNK_SIZE {
-            return Err(ChunkError::TooLarge(hash));
-        }
-        w.hasher.update(&data);
-        w.data = data;
+        w.write(data)?;
         w.finish().await
     }
 

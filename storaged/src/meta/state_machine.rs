@@ -374,7 +374,7 @@ mod tests {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
             let db = crate::db::Db::open(&dir.path().join("meta"), 8 << 20).expect("open sled");
-            let log = LogStore::open(&db, &dir.path().join("raftlog")).expect("log store");
+            let log = LogStore::open(&db, &dir.path().join("raftlog"), None).expect("log store");
             let sm = StateMachine::open(&db, &dir.path().join("snapshots")).expect("state machine");
             Ok((dir, log, sm))
         }

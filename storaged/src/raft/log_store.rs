@@ -30,7 +30,7 @@ use std::io::ErrorKind;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, RaftLogReader, Vote};
@@ -114,7 +114,6 @@ pub struct LogStore {
     db: Db,
     meta: sled::Tree,
     flusher: std::sync::mpsc::Sender<Flush>,
-    flush_seconds: Arc<OnceLock<Histogram>>,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -351,14 +350,14 @@ impl Files {
 fn flusher(
     files: Arc<Mutex<Files>>,
     rx: std::sync::mpsc::Receiver<Flush>,
-    observed: Arc<OnceLock<Histogram>>,
+    flush_seconds: Option<Histogram>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
         let began = std::time::Instant::now();
         let res = sync_dirty(&files).map_err(|e| e.to_string());
-        if let Some(h) = observed.get() {
+        if let Some(h) = &flush_seconds {
             h.observe(began.elapsed().as_secs_f64());
         }
         for w in waiting {
@@ -398,15 +397,11 @@ fn lock(files: &Mutex<Files>) -> MutexGuard<'_, Files> {
 }
 
 impl LogStore {
-    /// From now on, the duration of every flush goes into `h`.
-    pub fn observe_flushes(&self, h: Histogram) {
-        let _ = self.flush_seconds.set(h);
-    }
-
     /// Opens the log in `dir` and the vote in `db`, and starts the flusher
-    /// thread. A log still in `db` (format 2, before segment files) moves
-    /// to `dir` first.
-    pub fn open(db: &Db, dir: &Path) -> std::io::Result<Self> {
+    /// thread, which puts the duration of every flush into `flush_seconds`.
+    /// A log still in `db` (format 2, before segment files) moves to `dir`
+    /// first.
+    pub fn open(db: &Db, dir: &Path, flush_seconds: Option<Histogram>) -> std::io::Result<Self> {
         let other = std::io::Error::other;
         let meta = db.sled().open_tree("raft_meta").map_err(other)?;
         migrate(db, dir)?;
@@ -417,13 +412,10 @@ impl LogStore {
         let files = Arc::new(Mutex::new(Files::recover(dir, purged.map(|p| p.index))?));
         let (tx, rx) = std::sync::mpsc::channel();
         let flushed = files.clone();
-        let flush_seconds = Arc::new(OnceLock::new());
-        let observed = flush_seconds.clone();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flusher(flushed, rx, observed))?;
+            .spawn(move || flusher(flushed, rx, flush_seconds))?;
         Ok(Self {
-            flush_seconds,
             files,
             db: db.clone(),
             meta,
@@ -797,7 +789,7 @@ mod tests {
         // A staging directory left by a crash is thrown away.
         std::fs::create_dir_all(dir.path().join("raftlog.new")).unwrap();
         for _ in 0..2 {
-            let store = LogStore::open(&db, &dir.path().join("raftlog")).unwrap();
+            let store = LogStore::open(&db, &dir.path().join("raftlog"), None).unwrap();
             let files = lock(&store.files);
             assert_eq!(indexes(&files), (7..=40).collect::<Vec<_>>());
             assert_eq!(encode(&read_all(&files)), encode(&want));
