@@ -10,7 +10,10 @@ set -euo pipefail
 PKGS=(gcc pkg-config fuse3 python3 "$@")
 missing=()
 for p in "${PKGS[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  # "install ok installed": a package removed but not purged is still
+  # known to dpkg (its configuration files stay) without its programs.
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+    || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
