@@ -1,8 +1,9 @@
 //! `quizfs`: the command line of the quizfs client: `mount`, `umount`,
-//! `status`, `heal info`, `cert`; also `mount.quizfs`, the helper mount(8)
+//! `status`, `heal info`, `scrub`, `cert`; also `mount.quizfs`, the helper mount(8)
 //! runs for `-t quizfs`.
 
 mod mount;
+mod scrub;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: HealCmd,
     },
+    /// Scrub: every node re-reads every chunk it holds and checks it
+    /// against its hash.
+    Scrub {
+        #[command(subcommand)]
+        cmd: scrub::ScrubCmd,
+    },
     /// Certificates: the cluster's CA, node and client certificates,
     /// revocation.
     Cert {
@@ -96,7 +103,7 @@ enum HealCmd {
     },
 }
 
-/// How `status` and `heal` reach the nodes.
+/// How `status`, `heal` and `scrub` reach the nodes.
 #[derive(Debug, clap::Args)]
 struct TlsArgs {
     /// Directory with ca.crt, client.crt and client.key.
@@ -223,7 +230,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Cmd::Status { .. } | Cmd::Heal { .. } => {}
+        Cmd::Status { .. } | Cmd::Heal { .. } | Cmd::Scrub { .. } => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -270,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Cmd::Scrub { cmd } => scrub::run(cmd).await,
         Cmd::Mount { .. } | Cmd::Umount { .. } | Cmd::Cert { .. } => Ok(ExitCode::SUCCESS),
     }
 }

@@ -64,6 +64,14 @@ pub struct Args {
     /// client I/O keeps its speed (0: no limit).
     #[arg(long, default_value_t = 64)]
     pub heal_rate_mib: u64,
+    /// How often every chunk on this node is re-read and checked against
+    /// its hash: a number with s, m, h or d (e.g. 7d, 12h, 30s).
+    #[arg(long, default_value = "7d", value_parser = parse_interval)]
+    pub scrub_interval: Duration,
+    /// Most MiB per second scrubbing reads, so that client I/O keeps its
+    /// speed (0: no limit). 16 MiB/s covers 9 TiB in 7 days.
+    #[arg(long, default_value_t = 16)]
+    pub scrub_rate_mib: u64,
     /// Directory with this node's TLS files: ca.crt, node.crt, node.key and
     /// optionally crl.pem (made by `quizfs cert init`).
     #[arg(long, default_value = quizfs_proto::tls::DEFAULT_TLS_DIR)]
@@ -178,6 +186,10 @@ pub struct Config {
     pub heal_interval: Duration,
     /// Heal fetch limit in bytes per second (0: none).
     pub heal_rate: u64,
+    /// Time between the starts of two scrub passes.
+    pub scrub_interval: Duration,
+    /// Scrub read limit in bytes per second (0: none).
+    pub scrub_rate: u64,
     /// TLS files, or `None` with `--insecure`.
     pub tls: Option<quizfs_proto::tls::TlsFiles>,
     /// Free bytes chunk uploads must leave on the disk.
@@ -307,7 +319,34 @@ impl Config {
             gc_interval: Duration::from_secs(args.gc_interval_secs.max(1)),
             heal_interval: Duration::from_millis(args.heal_interval_ms.max(10)),
             heal_rate: args.heal_rate_mib.saturating_mul(1024 * 1024),
+            scrub_interval: args.scrub_interval,
+            scrub_rate: args.scrub_rate_mib.saturating_mul(1024 * 1024),
         })
+    }
+}
+
+/// Parses a time span such as `7d`, `12h`, `30m`, `45s` or `90` (seconds),
+/// at least one second.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number followed by s, m, h or d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    match n.checked_mul(mult) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        Some(_) => Err("must be at least 1s".into()),
+        None => Err(format!("{s:?} is too long")),
     }
 }
 

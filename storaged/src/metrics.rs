@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::chunk::scrub::ScrubCounters;
 use crate::state::NodeState;
 
 /// Default `--metrics-listen`: loopback only, so nothing is exposed unless
@@ -80,6 +81,8 @@ pub struct Metrics {
     pub upload_limit_hits: Counter,
     /// Chunks deleted by garbage collection.
     pub gc_deleted: Counter,
+    /// What scrubbing read and found.
+    pub scrub: ScrubCounters,
     is_leader: Gauge,
     has_leader: Gauge,
     term: Gauge,
@@ -91,6 +94,13 @@ pub struct Metrics {
     disk_reserve: Gauge,
     heal_backlog: Gauge,
     healed_total: Gauge<u64, AtomicU64>,
+    healed_bytes: Gauge<u64, AtomicU64>,
+    heal_rate_limit: Gauge,
+    scrub_running: Gauge,
+    scrub_progress: Gauge<f64, AtomicU64>,
+    scrub_last_finished: Gauge,
+    scrub_last_started: Gauge,
+    scrub_interval: Gauge,
 }
 
 impl Default for Metrics {
@@ -124,6 +134,14 @@ impl Metrics {
             disk_reserve: Gauge::default(),
             heal_backlog: Gauge::default(),
             healed_total: Gauge::default(),
+            healed_bytes: Gauge::default(),
+            heal_rate_limit: Gauge::default(),
+            scrub: ScrubCounters::default(),
+            scrub_running: Gauge::default(),
+            scrub_progress: Gauge::default(),
+            scrub_last_finished: Gauge::default(),
+            scrub_last_started: Gauge::default(),
+            scrub_interval: Gauge::default(),
         };
         // Each field under its name and help text (a counter's name gets
         // `_total` from the registry).
@@ -153,6 +171,39 @@ impl Metrics {
             disk_reserve: "disk_reserve_bytes", "Bytes chunk uploads must leave free (--reserve-mib)";
             heal_backlog: "heal_backlog_chunks", "Chunks this node still has to fetch from its peers";
             healed_total: "healed_chunks", "Chunks this node has fetched from its peers since it started";
+            healed_bytes: "healed_bytes", "Bytes this node has fetched from its peers since it started";
+            heal_rate_limit: "heal_rate_limit_bytes_per_second", "Most bytes per second healing fetches (--heal-rate-mib; 0: no limit)";
+            scrub_running: "scrub_running", "1 while a scrub pass runs";
+            scrub_progress: "scrub_pass_progress_ratio", "Share of the current (or last) scrub pass's bytes read";
+            scrub_last_finished: "scrub_last_pass_finished_timestamp_seconds", "When the last scrub pass finished (Unix seconds; 0: none since start)";
+            scrub_last_started: "scrub_last_complete_pass_started_timestamp_seconds", "When the last complete scrub pass started (Unix seconds, kept across restarts; 0: never)";
+            scrub_interval: "scrub_interval_seconds", "Time between the starts of two scrub passes (--scrub-interval)";
+        }
+        let sc = m.scrub.clone();
+        for (name, help, c) in [
+            (
+                "scrub_checked_chunks",
+                "Chunks scrubbing read and found intact",
+                sc.checked_chunks,
+            ),
+            (
+                "scrub_checked_bytes",
+                "Bytes of the chunks scrubbing found intact",
+                sc.checked_bytes,
+            ),
+            (
+                "scrub_corrupt_chunks",
+                "Chunks scrubbing found corrupt (quarantined, fetched again from a peer)",
+                sc.corrupt,
+            ),
+            (
+                "scrub_read_errors",
+                "Chunks scrubbing could not read (disk I/O errors)",
+                sc.read_errors,
+            ),
+            ("scrub_passes", "Scrub passes completed", sc.passes),
+        ] {
+            m.registry.register(name, help, c);
         }
         m
     }
@@ -179,6 +230,21 @@ impl Metrics {
         if let Some(h) = node.healer.get() {
             self.heal_backlog.set(h.backlog() as i64);
             self.healed_total.set(h.healed_total());
+            self.healed_bytes.set(h.healed_bytes());
+            self.heal_rate_limit.set(h.rate_limit() as i64);
+        }
+        if let Some(s) = node.scrubber.get() {
+            let p = s.progress();
+            self.scrub_running.set(i64::from(p.running));
+            let ratio = if p.total_bytes == 0 {
+                f64::from(u8::from(p.started > 0))
+            } else {
+                p.done_bytes as f64 / p.total_bytes as f64
+            };
+            self.scrub_progress.set(ratio);
+            self.scrub_last_finished.set(p.finished as i64);
+            self.scrub_last_started.set(s.last_pass_start() as i64);
+            self.scrub_interval.set(s.interval().as_secs() as i64);
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chunk::heal::Healer;
+use crate::chunk::scrub::Scrubber;
 use crate::chunk::store::ChunkStore;
 use crate::config::Config;
 use crate::meta::read::MetaReader;
@@ -400,6 +401,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         cfg: cfg.clone(),
         raft: OnceLock::new(),
         healer: OnceLock::new(),
+        scrubber: OnceLock::new(),
         node_id: AtomicU64::new(0),
         reader: MetaReader::new(sm.tree().clone()),
         store: store.clone(),
@@ -494,7 +496,17 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             cfg.heal_rate,
         ));
         let _ = state.healer.set(healer.clone());
-        tasks.spawn(healer.run(work.clone()));
+        tasks.spawn(healer.clone().run(work.clone()));
+        let scrubber = Arc::new(Scrubber::new(
+            store.clone(),
+            healer,
+            &cfg.data_dir,
+            cfg.scrub_interval,
+            cfg.scrub_rate,
+            state.metrics.scrub.clone(),
+        ));
+        let _ = state.scrubber.set(scrubber.clone());
+        tasks.spawn(scrubber.run(work.clone()));
         tasks.spawn(crate::chunk::gc::run(
             store.clone(),
             state.reader.clone(),

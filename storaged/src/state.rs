@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use crate::chunk::heal::Healer;
+use crate::chunk::scrub::Scrubber;
 use crate::chunk::store::ChunkStore;
 use crate::config::Config;
 use crate::meta::read::MetaReader;
@@ -21,6 +22,8 @@ pub struct NodeState {
     pub raft: OnceLock<Raft>,
     /// The healer, once Raft runs.
     pub healer: OnceLock<Arc<Healer>>,
+    /// The scrubber, once Raft runs.
+    pub scrubber: OnceLock<Arc<Scrubber>>,
     /// This node's Raft id, 0 until chosen.
     pub node_id: AtomicU64,
     /// Reads of the state machine.

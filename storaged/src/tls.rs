@@ -522,9 +522,11 @@ fn need(path: &str) -> Need {
     let (service, method) = method.rsplit_once('/').unwrap_or((method, ""));
     let service = service.rsplit('.').next().unwrap_or(service);
     match (service, method) {
-        ("Meta", "Apply") | ("Chunks", "Put") => Need::Write,
+        ("Meta", "Apply") | ("Chunks", "Put") | ("Cluster", "ScrubStart") => Need::Write,
         ("Meta", _) | ("Chunks", "Get" | "GetRange") => Need::Read,
-        ("Cluster", "Probe" | "Members" | "Ping" | "NodeStatus" | "HealInfo") => Need::Read,
+        ("Cluster", "Probe" | "Members" | "Ping" | "NodeStatus" | "HealInfo" | "ScrubStatus") => {
+            Need::Read
+        }
         _ => Need::Node,
     }
 }
@@ -675,6 +677,8 @@ mod tests {
             ("/quizfs.v1.Chunks/Put", [true, true, false, true]),
             ("/quizfs.v1.Chunks/Get", [true, true, true, true]),
             ("/quizfs.v1.Chunks/GetRange", [true, true, true, true]),
+            ("/quizfs.v1.Cluster/ScrubStatus", [true, true, true, true]),
+            ("/quizfs.v1.Cluster/ScrubStart", [true, true, false, true]),
             ("/quizfs.v1.Unknown/Thing", [true, false, false, true]),
         ];
         for (path, want) in cases {

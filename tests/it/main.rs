@@ -18,6 +18,7 @@ mod t175_limits;
 mod t180_full_disk;
 mod t185_metrics;
 mod t190_scenario;
+mod t195_scrub;
 mod t20_namespace;
 mod t22_early_create;
 mod t30_exactly_once;

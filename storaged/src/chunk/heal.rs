@@ -17,6 +17,7 @@ use quizfs_proto::{CHUNK_SIZE, ChunkHash, GetChunkRequest, chunks_client::Chunks
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::rate::RateLimit;
 use super::store::ChunkStore;
 use crate::meta::read::MetaReader;
 use crate::peers::PeerPool;
@@ -35,21 +36,14 @@ pub struct Healer {
     raft: Raft,
     self_id: NodeId,
     interval: Duration,
-    rate: u64,
+    rate: RateLimit,
     backlog: AtomicU64,
     scanned_index: AtomicU64,
     healed_total: AtomicU64,
+    healed_bytes: AtomicU64,
     pending: Mutex<HashSet<ChunkHash>>,
     urgent: Mutex<HashSet<ChunkHash>>,
     wake: Notify,
-    throttle: tokio::sync::Mutex<Throttle>,
-}
-
-/// A byte-rate limit: each fetch reserves its bytes, and waits until the
-/// rate allows them.
-#[derive(Debug)]
-struct Throttle {
-    next_free: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Healer {
@@ -80,16 +74,14 @@ impl Healer {
             raft,
             self_id,
             interval,
-            rate,
+            rate: RateLimit::new(rate),
             backlog: AtomicU64::new(0),
             scanned_index: AtomicU64::new(0),
             healed_total: AtomicU64::new(0),
+            healed_bytes: AtomicU64::new(0),
             pending: Mutex::new(HashSet::new()),
             urgent: Mutex::new(HashSet::new()),
             wake: Notify::new(),
-            throttle: tokio::sync::Mutex::new(Throttle {
-                next_free: tokio::time::Instant::now(),
-            }),
         }
     }
 
@@ -109,26 +101,20 @@ impl Healer {
         self.healed_total.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the chunks fetched from peers since start.
+    pub fn healed_bytes(&self) -> u64 {
+        self.healed_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The fetch limit in bytes per second (0: none).
+    pub fn rate_limit(&self) -> u64 {
+        self.rate.bytes_per_sec()
+    }
+
     /// Up to `limit` of the chunks still missing.
     pub fn pending(&self, limit: usize) -> Vec<ChunkHash> {
         let p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         p.iter().take(limit).copied().collect()
-    }
-
-    /// Waits until the byte rate allows `bytes` more.
-    async fn throttle(&self, bytes: usize) {
-        if self.rate == 0 {
-            return;
-        }
-        let cost = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
-        let wait_until = {
-            let mut t = self.throttle.lock().await;
-            let now = tokio::time::Instant::now();
-            let start = t.next_free.max(now);
-            t.next_free = start + cost;
-            start
-        };
-        tokio::time::sleep_until(wait_until).await;
     }
 
     /// Asks for a chunk to be fetched again now (it was found corrupt).
@@ -186,24 +172,26 @@ impl Healer {
             .map_err(|_| "timed out".to_string())?
             .map_err(|s| s.message().to_string())?;
         // Charged after the fetch, at its real size: the next fetch waits.
-        self.throttle(data.len()).await;
+        self.rate.take(data.len() as u64).await;
         if ChunkHash::of(&data) != hash {
             return Err("peer sent content that does not match the hash".into());
         }
         Ok(data)
     }
 
-    async fn heal_one(&self, hash: ChunkHash) -> bool {
+    /// Fetches one chunk from the first peer that has it; its size, or
+    /// `None` when no peer could give it.
+    async fn heal_one(&self, hash: ChunkHash) -> Option<u64> {
         for addr in self.peers() {
             match self.fetch_from(&addr, hash).await {
                 Ok(data) => match self.store.put(hash, &data).await {
                     Ok(_) => {
                         tracing::debug!(hash = ?hash, from = %addr, "chunk healed");
-                        return true;
+                        return Some(data.len() as u64);
                     }
                     Err(e) => {
                         tracing::warn!(hash = ?hash, error = %e, "storing healed chunk failed");
-                        return false;
+                        return None;
                     }
                 },
                 Err(e) => {
@@ -211,7 +199,7 @@ impl Healer {
                 }
             }
         }
-        false
+        None
     }
 
     /// Runs scans until cancelled.
@@ -255,10 +243,11 @@ impl Healer {
                     running.spawn(async move { (h, me.heal_one(h).await) });
                 }
                 match running.join_next().await {
-                    Some(Ok((h, true))) => {
+                    Some(Ok((h, Some(bytes)))) => {
                         healed.insert(h);
                         self.backlog.fetch_sub(1, Ordering::Relaxed);
                         self.healed_total.fetch_add(1, Ordering::Relaxed);
+                        self.healed_bytes.fetch_add(bytes, Ordering::Relaxed);
                         self.pending
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())

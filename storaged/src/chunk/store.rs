@@ -250,6 +250,42 @@ impl ChunkStore {
         Ok(data)
     }
 
+    /// Re-reads a chunk and checks it against its name (scrubbing), off
+    /// the async threads. Returns its length; a corrupt file is
+    /// quarantined.
+    pub async fn verify(&self, hash: &ChunkHash) -> Result<u64, ChunkError> {
+        let path = self.path(hash);
+        let want = *hash;
+        let read = tokio::task::spawn_blocking(move || -> io::Result<(u64, bool)> {
+            let data = std::fs::read(path)?;
+            Ok((data.len() as u64, ChunkHash::of(&data) == want))
+        })
+        .await
+        .map_err(|e| ChunkError::io(*hash, io::Error::other(e)))?;
+        match read {
+            Ok((len, true)) => Ok(len),
+            Ok((_, false)) => Err(self.corrupt(hash).await),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(hash);
+                Err(ChunkError::NotFound(*hash))
+            }
+            Err(e) => Err(ChunkError::io(*hash, e)),
+        }
+    }
+
+    /// Every present chunk with its size, in hash order.
+    pub fn list_sized(&self) -> Vec<(ChunkHash, u64)> {
+        let mut v: Vec<(ChunkHash, u64)> = self
+            .present
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(h, l)| (*h, *l))
+            .collect();
+        v.sort_unstable_by_key(|(h, _)| h.0);
+        v
+    }
+
     /// Reads the groups of a chunk that hold bytes `[from, to)`, checked
     /// against the chunk's outboard, which is made (from the whole chunk,
     /// verified) the first time. A corrupt file is quarantined.

@@ -140,6 +140,7 @@ impl Cluster for ClusterService {
             disk_free,
             disk_total,
             insecure: self.state.cfg.tls.is_none(),
+            version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         };
         if let Some(raft) = self.state.raft.get() {
@@ -181,6 +182,48 @@ impl Cluster for ClusterService {
             healed_total: h.healed_total(),
             pending: h.pending(limit).into_iter().map(|c| c.0.to_vec()).collect(),
         }))
+    }
+
+    async fn scrub_status(
+        &self,
+        _req: Request<pb::ScrubStatusRequest>,
+    ) -> Result<Response<pb::ScrubStatusReply>, Status> {
+        let Some(s) = self.state.scrubber.get() else {
+            return Err(status::not_ready());
+        };
+        let p = s.progress();
+        let c = s.counters();
+        Ok(Response::new(pb::ScrubStatusReply {
+            running: p.running,
+            started_unix: p.started,
+            finished_unix: p.finished,
+            total_chunks: p.total_chunks,
+            total_bytes: p.total_bytes,
+            done_chunks: p.done_chunks,
+            done_bytes: p.done_bytes,
+            corrupt: p.corrupt,
+            read_errors: p.read_errors,
+            passes_total: c.passes.get(),
+            corrupt_total: c.corrupt.get(),
+            read_errors_total: c.read_errors.get(),
+            next_due_unix: s.next_due(),
+            interval_secs: s.interval().as_secs(),
+            rate: s.rate_limit(),
+        }))
+    }
+
+    async fn scrub_start(
+        &self,
+        _req: Request<pb::ScrubStartRequest>,
+    ) -> Result<Response<pb::ScrubStartReply>, Status> {
+        let Some(s) = self.state.scrubber.get() else {
+            return Err(status::not_ready());
+        };
+        let started = s.start();
+        if started {
+            tracing::info!("scrub pass asked for");
+        }
+        Ok(Response::new(pb::ScrubStartReply { started }))
     }
 
     #[tracing::instrument(skip_all, fields(addr = %req.get_ref().addr, node = req.get_ref().node_id))]
