@@ -49,7 +49,8 @@ enum Cmd {
         mountpoint: PathBuf,
     },
     /// Show every node: address, up/down, role, term, applied index, chunks,
-    /// bytes and heal backlog. Exits 1 when the cluster has no leader.
+    /// bytes, free disk space, version and heal backlog. Exits 1 when the
+    /// cluster has no leader.
     Status {
         /// Any storage node, host[:port].
         host: String,
@@ -403,8 +404,18 @@ async fn status(
     }
     println!("volume {}  term {}", members.volume, members.term);
     println!(
-        "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>5}",
-        "NODE", "ADDRESS", "STATE", "ROLE", "TERM", "APPLIED", "CHUNKS", "BYTES", "HEAL"
+        "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>10} {:>8} {:>5}",
+        "NODE",
+        "ADDRESS",
+        "STATE",
+        "ROLE",
+        "TERM",
+        "APPLIED",
+        "CHUNKS",
+        "BYTES",
+        "FREE",
+        "VERSION",
+        "HEAL"
     );
     let mut leaders = 0;
     let mut insecure = transport.is_insecure();
@@ -416,7 +427,7 @@ async fn status(
                 }
                 insecure |= r.insecure;
                 println!(
-                    "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>5}",
+                    "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>10} {:>8} {:>5}",
                     r.node_id,
                     addr,
                     "up",
@@ -429,6 +440,12 @@ async fn status(
                     r.last_applied,
                     r.chunks,
                     human(r.chunk_bytes),
+                    human(r.disk_free),
+                    if r.version.is_empty() {
+                        "?"
+                    } else {
+                        &r.version
+                    },
                     r.heal_backlog
                 );
             }

@@ -76,11 +76,13 @@ async fn file_written_via_nas1_reads_back_from_every_node() {
         "status failed: {text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        text.lines().filter(|l| l.contains(" up ")).count(),
-        3,
-        "{text}"
-    );
+    let up: Vec<&str> = text.lines().filter(|l| l.contains(" up ")).collect();
+    assert_eq!(up.len(), 3, "{text}");
+    assert!(text.contains("FREE") && text.contains("VERSION"), "{text}");
+    for l in up {
+        assert!(l.contains(env!("CARGO_PKG_VERSION")), "version: {l}");
+        assert!(l.matches("iB").count() >= 2, "bytes and free space: {l}");
+    }
     assert_eq!(
         text.lines().filter(|l| l.contains("leader")).count(),
         1,

@@ -44,6 +44,13 @@ pub(super) async fn run(inner: Weak<Inner>) {
                 let ok = match reply {
                     Ok(Ok(r)) => {
                         let r = r.into_inner();
+                        if r.disk_total > 0 {
+                            *lock(&node.disk) = Some(super::membership::DiskSpace {
+                                total: r.disk_total,
+                                free: r.disk_free,
+                                reserve: r.disk_reserve,
+                            });
+                        }
                         if r.leader_id != 0 {
                             if let Some(l) = client
                                 .nodes()

@@ -31,6 +31,29 @@ pub struct NodeHandle {
     /// Slots for chunk uploads to the node: at most
     /// [`pb::MAX_UPLOADS_PER_CLIENT`] in flight, the slots it gives us.
     pub uploads: Arc<Semaphore>,
+    /// The node's disk as its last heartbeat answer gave it.
+    pub disk: std::sync::Mutex<Option<DiskSpace>>,
+}
+
+/// A node's data disk, as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Size in bytes.
+    pub total: u64,
+    /// Free bytes.
+    pub free: u64,
+    /// Bytes chunk uploads must leave free.
+    pub reserve: u64,
+}
+
+impl DiskSpace {
+    /// What chunk uploads may use: total and free bytes less the reserve.
+    pub fn usable(&self) -> (u64, u64) {
+        (
+            self.total.saturating_sub(self.reserve),
+            self.free.saturating_sub(self.reserve),
+        )
+    }
 }
 
 impl NodeHandle {
@@ -131,6 +154,7 @@ impl ClusterClient {
             match nodes.iter().find(|n| n.addr == member.addr) {
                 Some(n) => n.id.store(member.id, Ordering::Relaxed),
                 None => nodes.push(Arc::new(NodeHandle {
+                    disk: std::sync::Mutex::new(None),
                     id: AtomicU64::new(member.id),
                     addr: member.addr.clone(),
                     channel: channel(&member.addr, &self.inner.opts.transport)?,

@@ -534,12 +534,28 @@ impl ClusterClient {
         Ok(r.names)
     }
 
-    /// Space and file count of the volume.
+    /// Space and file count of the volume. Every node holds every chunk,
+    /// so the space is the smallest of the nodes' (their disks as their
+    /// last heartbeat answers gave them, less the reserve that uploads
+    /// must leave): a full node shows as a full volume before writes
+    /// fail. The file count is the leader's.
     pub async fn statfs(&self) -> Result<pb::StatFsReply, ClientError> {
-        self.leader_call("statfs", |ch| {
-            let r = pb::StatFsRequest {};
-            async move { MetaClient::new(ch).stat_fs(r).await }
-        })
-        .await
+        let mut r = self
+            .leader_call("statfs", |ch| {
+                let r = pb::StatFsRequest {};
+                async move { MetaClient::new(ch).stat_fs(r).await }
+            })
+            .await?;
+        let known = self
+            .nodes()
+            .iter()
+            .filter_map(|n| *n.disk.lock().unwrap_or_else(|p| p.into_inner()))
+            .map(|d| d.usable())
+            .reduce(|(t, f), (t2, f2)| (t.min(t2), f.min(f2)));
+        if let Some((total, free)) = known {
+            r.total_bytes = total;
+            r.free_bytes = free;
+        }
+        Ok(r)
     }
 }

@@ -115,10 +115,14 @@ impl Cluster for ClusterService {
             }
             None => (0, 0),
         };
+        let (disk_total, disk_free) = crate::disk::space(&self.state.cfg.data_dir);
         Ok(Response::new(pb::PingReply {
             node_id: self.state.node_id.load(Ordering::Relaxed),
             leader_id,
             term,
+            disk_total,
+            disk_free,
+            disk_reserve: self.state.cfg.reserve,
         }))
     }
 

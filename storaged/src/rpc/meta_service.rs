@@ -196,10 +196,13 @@ impl Meta for MetaService {
     ) -> Result<Response<pb::StatFsReply>, Status> {
         let r = self.linearize().await?;
         let files = r.inode_count().map_err(status::read_error)?;
-        let (total_bytes, free_bytes) = crate::disk::space(&self.state.cfg.data_dir);
+        // What chunk uploads may use: the reserve is not theirs. (A mount
+        // takes the smallest of every node's, from their heartbeats.)
+        let (total, free) = crate::disk::space(&self.state.cfg.data_dir);
+        let reserve = self.state.cfg.reserve;
         Ok(Response::new(pb::StatFsReply {
-            total_bytes,
-            free_bytes,
+            total_bytes: total.saturating_sub(reserve),
+            free_bytes: free.saturating_sub(reserve),
             files,
         }))
     }
