@@ -164,6 +164,7 @@ pub async fn run_case<S: System>(sys: &mut S, fault: Fault, on_leader: bool, pla
     };
     tokio::time::sleep(plan.before).await;
     let before = load.stats().uploads;
+    let failed_at = Instant::now();
     sys.fail(node, fault).await;
     tokio::time::sleep(plan.down).await;
     let while_down = load.stats().uploads - before;
@@ -190,8 +191,27 @@ pub async fn run_case<S: System>(sys: &mut S, fault: Fault, on_leader: bool, pla
         failures: stats.failures,
         lost,
         longest: stats.longest,
-        longest_what: stats.longest_what,
+        longest_what: match stats.longest_at {
+            // When it began, from the fault: negative before it, past the
+            // down time after the node came back.
+            Some(at) => format!(
+                "{}, {:+.0} ms from the fault, back at +{:.0} ms",
+                stats.longest_what,
+                signed_ms(failed_at, at),
+                (back - failed_at).as_secs_f64() * 1000.0
+            ),
+            None => stats.longest_what,
+        },
         heal,
+    }
+}
+
+/// Milliseconds from `from` to `to`, negative when `to` is earlier.
+fn signed_ms(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        (to - from).as_secs_f64() * 1000.0
+    } else {
+        -((from - to).as_secs_f64() * 1000.0)
     }
 }
 

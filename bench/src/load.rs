@@ -55,6 +55,8 @@ pub struct LoadStats {
     pub longest: Duration,
     /// Which call that was.
     pub longest_what: String,
+    /// When it started.
+    pub longest_at: Option<Instant>,
 }
 
 /// One uploaded file: its path and the seed of its content.
@@ -101,6 +103,7 @@ impl Shared {
         if took > s.longest {
             s.longest = took;
             s.longest_what = what.to_string();
+            s.longest_at = Some(t);
         }
         match r {
             Ok(v) => Some(v),

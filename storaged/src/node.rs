@@ -28,6 +28,7 @@ use crate::meta::read::MetaReader;
 use crate::meta::state_machine::StateMachine;
 use crate::metrics::Metrics;
 use crate::peers::PeerPool;
+use crate::raft::leader_gone::LeaderGone;
 use crate::raft::lease::ReadLease;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
@@ -402,6 +403,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         raft: OnceLock::new(),
         healer: OnceLock::new(),
         scrubber: OnceLock::new(),
+        leader_gone: OnceLock::new(),
+        conn_closed: Arc::new(tokio::sync::Notify::new()),
         node_id: AtomicU64::new(0),
         reader: MetaReader::new(sm.tree().clone()),
         store: store.clone(),
@@ -439,7 +442,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch_crl(server_stop.clone()));
     }
-    let incoming = crate::tls::incoming(accept_nodelay(listener), tls.clone(), server_stop.clone());
+    let incoming = crate::tls::incoming(
+        accept_nodelay(listener),
+        tls.clone(),
+        state.conn_closed.clone(),
+        server_stop.clone(),
+    );
     let server = tokio::spawn(serve(state.clone(), incoming, tls, server_stop.clone()));
     if let Some(l) = metrics_listener {
         tokio::spawn(crate::metrics::serve(l, state.clone(), server_stop.clone()));
@@ -463,12 +471,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             self_id: id,
             pool: pool.clone(),
             lease: state.lease.clone(),
+            retry: cfg.heartbeat,
         };
         let r = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let _ = state.raft.set(r.clone());
         tracing::info!(node = id, "raft started");
+        let gone = Arc::new(LeaderGone::new(r.clone(), id, cfg.election * 4 / 3));
+        let _ = state.leader_gone.set(gone.clone());
+        tasks.spawn(gone.run(state.conn_closed.clone(), work.clone()));
         if joining {
             tasks.spawn(finish_join(
                 cfg.clone(),
@@ -520,6 +532,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
 
     shutdown.cancelled().await;
     tracing::info!("--- shutting down");
+    // Closing the port tells the followers this node is gone: it must not
+    // answer reads from its lease after that.
+    state.lease.revoke();
     server_stop.cancel();
     if tokio::time::timeout(DRAIN_DEADLINE, server).await.is_err() {
         tracing::warn!("requests still running after the drain deadline");

@@ -24,6 +24,10 @@ pub struct NodeState {
     pub healer: OnceLock<Arc<Healer>>,
     /// The scrubber, once Raft runs.
     pub scrubber: OnceLock<Arc<Scrubber>>,
+    /// Acts on proof that this follower's leader is gone, once Raft runs.
+    pub leader_gone: OnceLock<Arc<crate::raft::leader_gone::LeaderGone>>,
+    /// Notified whenever a connection to this node closes.
+    pub conn_closed: Arc<tokio::sync::Notify>,
     /// This node's Raft id, 0 until chosen.
     pub node_id: AtomicU64,
     /// Reads of the state machine.

@@ -354,6 +354,14 @@ impl std::fmt::Display for PeerInfo {
 pub struct Conn {
     io: Box<dyn Io>,
     info: PeerInfo,
+    /// Notified when the connection is dropped.
+    closed: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.closed.notify_one();
+    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -420,6 +428,7 @@ impl AsyncWrite for Conn {
 pub fn incoming(
     tcp: impl tokio_stream::Stream<Item = std::io::Result<TcpStream>> + Send + 'static,
     tls: Option<Arc<ServerTls>>,
+    closed: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<Conn>> {
     use tokio_stream::StreamExt;
@@ -450,6 +459,7 @@ pub fn incoming(
                         id: None,
                         serial: Vec::new(),
                     },
+                    closed: closed.clone(),
                 };
                 if tx.send(Ok(conn)).await.is_err() {
                     return;
@@ -457,6 +467,7 @@ pub fn incoming(
                 continue;
             };
             let tx = tx.clone();
+            let closed = closed.clone();
             tokio::spawn(async move {
                 let who = remote.map_or_else(|| "?".to_string(), |a| a.to_string());
                 let accepted =
@@ -468,7 +479,11 @@ pub fn incoming(
                     }
                     Ok(Err(e)) => {
                         let why = e.to_string();
-                        if why.contains("InvalidContentType") {
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            // Closed before a byte: a port probe
+                            // (raft/leader_gone.rs) or a scanner.
+                            tracing::debug!("{who} closed before the TLS handshake");
+                        } else if why.contains("InvalidContentType") {
                             tracing::warn!(
                                 "refused {who}: not a TLS connection (a client or node run with --insecure?)"
                             );
@@ -493,6 +508,7 @@ pub fn incoming(
                                 id: Some(id),
                                 serial,
                             },
+                            closed,
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }

@@ -202,19 +202,37 @@ impl ClusterClient {
                     avoid = Some(node.addr.clone());
                 }
             }
+            // A leader learnt meanwhile (the reason this attempt was given
+            // up, often) is worth trying now.
+            if self
+                .leader()
+                .is_some_and(|l| l != node.addr && self.is_up(&l))
+            {
+                continue;
+            }
             retry.pause(self.inner.leader_moved.notified()).await;
         }
     }
 
+    /// Whether the node at `addr` is known and up.
+    fn is_up(&self, addr: &str) -> bool {
+        self.nodes().iter().any(|n| n.addr == addr && n.is_up())
+    }
+
     /// Resolves when a call in flight to `node` should be given up: the node
-    /// was marked down, or another node became leader.
+    /// was marked down, or another node, up, became leader.
     async fn abandoned(&self, node: &NodeHandle) -> &'static str {
         let moved = async {
             loop {
                 let moved = self.inner.leader_moved.notified();
                 tokio::pin!(moved);
                 moved.as_mut().enable();
-                if self.leader().is_some_and(|l| l != node.addr) {
+                // A leader this client has marked down is no news: the
+                // call may well be what finds out who leads now.
+                if self
+                    .leader()
+                    .is_some_and(|l| l != node.addr && self.is_up(&l))
+                {
                     return;
                 }
                 moved.await;

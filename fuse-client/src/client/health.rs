@@ -57,7 +57,7 @@ pub(super) async fn run(inner: Weak<Inner>) {
                                 .iter()
                                 .find(|n| n.id.load(Ordering::Relaxed) == r.leader_id)
                             {
-                                client.leader_seen(l.addr.clone(), r.term);
+                                client.leader_seen(l.addr.clone(), r.term, l.is_up());
                             }
                         }
                         true

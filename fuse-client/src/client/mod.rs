@@ -182,11 +182,12 @@ impl ClusterClient {
     }
 
     /// Records a leader reported by a node in `term`; ignored when a later
-    /// term is already known, so a node that has not heard of an election
+    /// term is already known, or when it is this term's leader and the
+    /// client has marked it down: a node that has not heard of an election
     /// yet cannot point the client back at a dead leader.
-    fn leader_seen(&self, addr: String, term: u64) {
+    fn leader_seen(&self, addr: String, term: u64, up: bool) {
         let mut l = self.inner.leader.lock().unwrap_or_else(|p| p.into_inner());
-        if term < l.term {
+        if term < l.term || (term == l.term && !up) {
             return;
         }
         l.term = term;

@@ -41,6 +41,8 @@ pub struct ReadLease {
     limit: Duration,
     /// Follower → the newest accepted request.
     acks: Mutex<HashMap<NodeId, Ack>>,
+    /// Given up for good (the node is shutting down).
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 /// An AppendEntries a follower accepted: the leader's term and when the
@@ -81,7 +83,16 @@ impl ReadLease {
         Self {
             limit,
             acks: Mutex::new(HashMap::new()),
+            revoked: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Gives the lease up for good: a node about to close its port, which
+    /// followers take as proof that it is gone (`leader_gone.rs`), must
+    /// not answer a read from the lease after that.
+    pub fn revoke(&self) {
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Records that `follower` accepted an AppendEntries sent as `ack`
@@ -105,6 +116,9 @@ impl ReadLease {
     /// True when this node is the leader, has applied an entry of its
     /// term and a majority of every voter set accepted it within the limit.
     pub fn holds(&self, raft: &Raft) -> bool {
+        if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         let m = raft.metrics();
         let m = m.borrow();
         if m.state != ServerState::Leader || m.current_leader != Some(m.id) {

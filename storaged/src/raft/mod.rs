@@ -1,5 +1,7 @@
 //! openraft wiring: the type configuration and the persistent stores.
 
+pub mod clock;
+pub mod leader_gone;
 pub mod lease;
 pub mod log_store;
 pub mod network;
@@ -94,6 +96,7 @@ openraft::declare_raft_types!(
         D = Cmd,
         R = CmdReply,
         SnapshotData = tokio::fs::File,
+        AsyncRuntime = clock::RaftRuntime,
 );
 
 /// Raft node id.

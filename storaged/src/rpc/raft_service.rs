@@ -54,6 +54,11 @@ impl RaftTransport for RaftService {
 
     async fn vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
         let raft = self.raft_for(&req)?;
+        // A candidate while our leader's process is gone: free our vote
+        // now rather than after the lease.
+        if let Some(g) = self.state.leader_gone.get() {
+            g.check(false).await;
+        }
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         let res = raft.vote(rpc).await;
         Ok(Response::new(RaftBytes { data: encode(&res) }))
