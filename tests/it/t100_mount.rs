@@ -194,6 +194,13 @@ async fn posix_operations_and_close_to_open() {
     })
     .await;
     print!("{out}");
+    // Every request the kernel sent (Python asks a terminal ioctl of
+    // each file it opens) has an answer of ours: fuser logs a warning for
+    // any it answers ENOSYS for us.
+    for m in [&a, &b] {
+        let log = m.log_tail(1_000_000);
+        assert!(!log.contains("Not Implemented"), "{log}");
+    }
     // A read-only mount refuses every change.
     let ro = Mount::new(&cluster, 2, "ro").await;
     let p = ro.path.clone();

@@ -394,6 +394,23 @@ impl Filesystem for QuizFs {
         reply.ok();
     }
 
+    /// No ioctl is supported: ENOTTY, what a regular file on a local
+    /// file system answers to a terminal ioctl (Python's `open` asks one
+    /// of every file; fuser's default logged a warning each time).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY);
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.answer(reply, move |fs| async move {
             fs.client().statfs().await.map_err(errno)
