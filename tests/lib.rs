@@ -260,3 +260,17 @@ pub fn run_script(script: &str, args: &[&str]) -> String {
     );
     stdout
 }
+
+/// Runs `quizfs ARGS` against `cluster` (with its client certificate, or
+/// `--insecure`): its exit code and standard output.
+pub fn quizfs_cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin("quizfs"))
+        .args(args)
+        .args(cluster.cli_tls_args())
+        .output()
+        .expect("run quizfs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -360,6 +360,34 @@ fn cert(cmd: CertCmd) -> Result<(), quizfs::cert::CertError> {
     Ok(())
 }
 
+/// Asks every member, one after another, with `call` on its own channel,
+/// each within `timeout`: its answer, or why there is none.
+async fn ask_each<T, F, Fut>(
+    members: &pb::MembersReply,
+    timeout: Duration,
+    transport: &pb::tls::Transport,
+    call: F,
+) -> Vec<(pb::Member, Result<T, String>)>
+where
+    F: Fn(ClusterRpc<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut out = Vec::new();
+    for m in &members.members {
+        let reply = async {
+            let rpc = ClusterRpc::new(channel(&m.addr, transport).map_err(|e| e.to_string())?);
+            match tokio::time::timeout(timeout, call(rpc)).await {
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+                Ok(Err(s)) => Err(s.message().to_string()),
+                Ok(Ok(r)) => Ok(r.into_inner()),
+            }
+        }
+        .await;
+        out.push((m.clone(), reply));
+    }
+    out
+}
+
 /// The members of the cluster `host` belongs to, any volume.
 async fn cluster_members(
     host: &str,
@@ -384,24 +412,10 @@ async fn status(
     transport: &pb::tls::Transport,
 ) -> anyhow::Result<ExitCode> {
     let members = cluster_members(host, timeout, transport).await?;
-    let asks = members.members.iter().map(|m| {
-        let addr = m.addr.clone();
-        async move {
-            let reply = async {
-                let mut rpc = ClusterRpc::new(channel(&addr, transport).ok()?);
-                tokio::time::timeout(timeout, rpc.node_status(pb::NodeStatusRequest {}))
-                    .await
-                    .ok()?
-                    .ok()
-            }
-            .await;
-            (addr, reply.map(|r| r.into_inner()))
-        }
-    });
-    let mut rows = Vec::new();
-    for a in asks {
-        rows.push(a.await);
-    }
+    let rows = ask_each(&members, timeout, transport, |mut rpc| async move {
+        rpc.node_status(pb::NodeStatusRequest {}).await
+    })
+    .await;
     println!("volume {}  term {}", members.volume, members.term);
     println!(
         "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>10} {:>8} {:>5}",
@@ -419,8 +433,9 @@ async fn status(
     );
     let mut leaders = 0;
     let mut insecure = transport.is_insecure();
-    for (m, (addr, reply)) in members.members.iter().zip(rows) {
-        match reply {
+    for (m, reply) in rows {
+        let addr = &m.addr;
+        match reply.ok() {
             Some(r) => {
                 if r.role == "leader" {
                     leaders += 1;
@@ -476,20 +491,14 @@ async fn heal_info(
     // reached it may still lack chunks it does not know about yet (a node
     // just back from a cut has an empty backlog until its log catches up).
     // Fixed here, so that --wait ends under a steady stream of writes.
-    let mut target = 0;
-    for m in &members.members {
-        let status = async {
-            let mut rpc = ClusterRpc::new(channel(&m.addr, transport).ok()?);
-            tokio::time::timeout(timeout, rpc.node_status(pb::NodeStatusRequest {}))
-                .await
-                .ok()?
-                .ok()
-        }
-        .await;
-        if let Some(st) = status {
-            target = target.max(st.into_inner().last_applied);
-        }
-    }
+    let target = ask_each(&members, timeout, transport, |mut rpc| async move {
+        rpc.node_status(pb::NodeStatusRequest {}).await
+    })
+    .await
+    .into_iter()
+    .filter_map(|(_, st)| st.ok().map(|st| st.last_applied))
+    .max()
+    .unwrap_or(0);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let replies = heal_round(&members, limit, timeout, transport).await;
@@ -516,19 +525,13 @@ async fn heal_round(
     timeout: Duration,
     transport: &pb::tls::Transport,
 ) -> Vec<(pb::Member, Option<pb::HealInfoReply>)> {
-    let mut out = Vec::new();
-    for m in &members.members {
-        let reply = async {
-            let mut rpc = ClusterRpc::new(channel(&m.addr, transport).ok()?);
-            tokio::time::timeout(timeout, rpc.heal_info(pb::HealInfoRequest { limit }))
-                .await
-                .ok()?
-                .ok()
-        }
-        .await;
-        out.push((m.clone(), reply.map(|r| r.into_inner())));
-    }
-    out
+    ask_each(members, timeout, transport, |mut rpc| async move {
+        rpc.heal_info(pb::HealInfoRequest { limit }).await
+    })
+    .await
+    .into_iter()
+    .map(|(m, r)| (m, r.ok()))
+    .collect()
 }
 
 fn print_heal(replies: &[(pb::Member, Option<pb::HealInfoReply>)], target: u64) {

@@ -5,10 +5,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
-use quizfs::client::membership::channel;
-use quizfs_proto::{self as pb, cluster_client::ClusterClient as ClusterRpc};
+use quizfs_proto as pb;
 
-use crate::{TlsArgs, cluster_members, human};
+use crate::{TlsArgs, ask_each, cluster_members, human};
 
 /// `quizfs scrub ...`.
 #[derive(Debug, Subcommand)]
@@ -67,20 +66,18 @@ pub(crate) async fn run(cmd: ScrubCmd) -> anyhow::Result<ExitCode> {
             let members = cluster_members(&host, timeout, &t).await?;
             let before = ask_all(&members, timeout, &t).await;
             let mut failed = false;
-            for m in &members.members {
-                let reply = async {
-                    let mut rpc = ClusterRpc::new(channel(&m.addr, &t).map_err(|e| e.to_string())?);
-                    tokio::time::timeout(timeout, rpc.scrub_start(pb::ScrubStartRequest {}))
-                        .await
-                        .map_err(|_| "no answer".to_string())?
-                        .map_err(|s| s.message().to_string())
-                }
-                .await;
+            let started = ask_each(&members, timeout, &t, |mut rpc| async move {
+                rpc.scrub_start(pb::ScrubStartRequest {}).await
+            })
+            .await;
+            for (m, reply) in started {
                 match reply {
-                    Ok(r) if r.get_ref().started => {
+                    Ok(r) if r.started => {
                         println!("node {} {}: scrub pass started", m.id, m.addr);
                     }
-                    Ok(_) => println!("node {} {}: a scrub pass is already running", m.id, m.addr),
+                    Ok(_) => {
+                        println!("node {} {}: a scrub pass is already running", m.id, m.addr)
+                    }
                     Err(e) => {
                         failed = true;
                         println!("node {} {}: not started: {e}", m.id, m.addr);
@@ -127,19 +124,13 @@ async fn ask_all(
     timeout: Duration,
     transport: &pb::tls::Transport,
 ) -> Vec<(pb::Member, Option<pb::ScrubStatusReply>)> {
-    let mut out = Vec::new();
-    for m in &members.members {
-        let reply = async {
-            let mut rpc = ClusterRpc::new(channel(&m.addr, transport).ok()?);
-            tokio::time::timeout(timeout, rpc.scrub_status(pb::ScrubStatusRequest {}))
-                .await
-                .ok()?
-                .ok()
-        }
-        .await;
-        out.push((m.clone(), reply.map(|r| r.into_inner())));
-    }
-    out
+    ask_each(members, timeout, transport, |mut rpc| async move {
+        rpc.scrub_status(pb::ScrubStatusRequest {}).await
+    })
+    .await
+    .into_iter()
+    .map(|(m, r)| (m, r.ok()))
+    .collect()
 }
 
 /// Seconds from now to `unix` (negative: past).

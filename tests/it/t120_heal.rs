@@ -3,22 +3,11 @@
 //! `quizfs status` shows its backlog and `quizfs heal info` lists what is
 //! pending until both reach zero. Prints the heal time.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use quizfs_tests::{Cluster, Mount, bin, pattern, wait_node_has_all_chunks, wait_until};
-
-fn quizfs(cluster: &Cluster, args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin("quizfs"))
-        .args(args)
-        .args(cluster.cli_tls_args())
-        .output()
-        .expect("run quizfs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
+use quizfs_tests::{
+    Cluster, Mount, pattern, quizfs_cli as quizfs, wait_node_has_all_chunks, wait_until,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_node_heals_itself_and_status_shows_the_backlog() {

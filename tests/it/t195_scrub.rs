@@ -5,12 +5,11 @@
 //! each found.
 
 use std::os::unix::fs::FileExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quizfs_bench::nodestats::http_get;
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{Cluster, bin, chunk_hashes, pattern, wait_until};
+use quizfs_tests::{Cluster, chunk_hashes, pattern, quizfs_cli as quizfs, wait_until};
 
 /// Seconds between the starts of two passes in this test.
 const INTERVAL: u64 = 4;
@@ -22,18 +21,6 @@ fn metric(cluster: &Cluster, i: usize, name: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} on nas{}", i + 1))
-}
-
-fn quizfs(cluster: &Cluster, args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin("quizfs"))
-        .args(args)
-        .args(cluster.cli_tls_args())
-        .output()
-        .expect("run quizfs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
