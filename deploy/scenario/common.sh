@@ -9,6 +9,9 @@ BIN=${QUIZFS_BIN_DIR:-$REPO/target/debug}
 BRIDGE=qzdemo0
 NET=10.214.0
 PORT=7420
+# storaged's /metrics and /health; Prometheus (in lb) scrapes them.
+METRICS_PORT=7421
+PROM_PORT=9090
 
 # name -> address on the bridge
 declare -A ADDR=(
@@ -38,4 +41,14 @@ chunk_path() {
 # lets reach the storage nodes).
 quizfs_s1() {
   in_ns s1 "$BIN/quizfs" "$@" --tls-dir "$SCENARIO_DIR/ca/clients/s1"
+}
+
+# A PromQL query to the scenario's Prometheus (in lb): the JSON answer.
+prom_query() {
+  in_ns lb curl -sf --max-time 3 -G "http://lb:$PROM_PORT/api/v1/query" --data-urlencode "query=$1"
+}
+
+# The first value of a PromQL answer on stdin, or "none".
+prom_value() {
+  python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")'
 }

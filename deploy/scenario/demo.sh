@@ -6,6 +6,8 @@
 # `quizfs heal info` shows nothing pending; then the same with the Raft
 # leader. Finally every image must be on every storage node's disk (its
 # chunk, by blake3 hash) and byte-identical through every web server.
+# After each cut, Prometheus (in lb) must have seen the node's metrics go
+# unreachable and come back.
 # Usage: demo.sh [--short] [N]     (--short: N=10, CUT_SECS=5)
 # Last line: uploads N fetches M failed F max_pause_ms P heal_s H
 set -euo pipefail
@@ -94,6 +96,21 @@ cut() {
   FAILED=$((FAILED + fl))
   [ "$ms" -gt "$MAX_PAUSE" ] && MAX_PAUSE=$ms
   MAX_HEAL=$(python3 -c 'import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))' "$MAX_HEAL" "$healed")
+  # Monitoring saw it: Prometheus (in lb) found the node's metrics
+  # unreachable during the cut, and reachable again now.
+  local low="none" now="none"
+  for _ in $(seq 1 50); do
+    low=$(prom_query "min_over_time(up{instance=\"$node:$METRICS_PORT\"}[5m])" | prom_value || echo none)
+    now=$(prom_query "up{instance=\"$node:$METRICS_PORT\"}" | prom_value || echo none)
+    [ "$low" = 0 ] && [ "$now" = 1 ] && break
+    sleep 0.2
+  done
+  if [ "$low" = 0 ] && [ "$now" = 1 ]; then
+    echo "  prometheus saw $node go down and come back (up: min 0 over the cut, 1 now)"
+  else
+    echo "prometheus did not see $node go down and come back: min_over_time(up) $low, up $now" >&2
+    FAILED=$((FAILED + 1))
+  fi
 }
 
 cut nas2

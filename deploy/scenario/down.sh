@@ -48,7 +48,7 @@ if [ -d "$SCENARIO_DIR" ]; then
   # then the storage nodes.
   mapfile -t apps < <(recorded s1-app s2-app s3-app)
   stop "${apps[@]}"
-  mapfile -t hp < <(recorded haproxy)
+  mapfile -t hp < <(recorded haproxy prometheus)
   stop "${hp[@]}"
   mounts=()
   for p in $(ours); do

@@ -5,7 +5,8 @@
 # storaged on nas1..nas3 (mutual TLS), each web server mounting the volume
 # at its public/uploads with `mount -t quizfs` and running the upload
 # application on port 80, HAProxy on lb, and the firewall of the reference
-# deployment in nftables. Needs root. On failure it removes what it made.
+# deployment in nftables, and Debian's Prometheus in lb scraping the
+# nodes' metrics with the example alert rules. Needs root. On failure it removes what it made.
 # State, logs and certificates: $SCENARIO_DIR (default /var/tmp/quizfs-scenario).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +24,7 @@ if ip netns list | grep -qw nas1 || [ -d "$SCENARIO_DIR" ]; then
   echo "up.sh: a scenario is already up (or left over): run deploy/scenario/down.sh first" >&2
   exit 1
 fi
-"$REPO/scripts/install-deps.sh" haproxy nftables b3sum curl >/dev/null
+"$REPO/scripts/install-deps.sh" haproxy nftables b3sum curl prometheus >/dev/null
 if [ ! -x "$BIN/storaged" ] || [ ! -x "$BIN/quizfs" ]; then
   (cd "$REPO" && cargo build --workspace --bins)
 fi
@@ -55,7 +56,8 @@ rules() {
   case $role in
     lb) allow="tcp dport 80 accept" ;;
     web) allow="ip saddr ${ADDR[lb]} tcp dport 80 accept" ;;
-    nas) allow="ip saddr { ${ADDR[s1]}, ${ADDR[s2]}, ${ADDR[s3]}, ${ADDR[nas1]}, ${ADDR[nas2]}, ${ADDR[nas3]} } tcp dport $PORT accept" ;;
+    nas) allow="ip saddr ${ADDR[lb]} tcp dport $METRICS_PORT accept
+    ip saddr { ${ADDR[s1]}, ${ADDR[s2]}, ${ADDR[s3]}, ${ADDR[nas1]}, ${ADDR[nas2]}, ${ADDR[nas3]} } tcp dport $PORT accept" ;;
   esac
   cat <<EOF
 table inet quizfs_demo {
@@ -90,7 +92,8 @@ for n in "${NODES[@]}"; do
   mkdir -p "$SCENARIO_DIR/$n/data"
   ip netns exec "$n" nohup "$BIN/storaged" --peers nas1,nas2,nas3 --name "$n" \
     --data-dir "$SCENARIO_DIR/$n/data" --tls-dir "$SCENARIO_DIR/ca/nodes/$n" \
-    --heal-interval-ms 500 >>"$SCENARIO_DIR/logs/$n.log" 2>&1 &
+    --heal-interval-ms 500 --metrics-listen "${ADDR[$n]}:$METRICS_PORT" \
+    >>"$SCENARIO_DIR/logs/$n.log" 2>&1 &
   echo $! >"$SCENARIO_DIR/pids/$n"
 done
 for _ in $(seq 1 150); do
@@ -152,6 +155,33 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 in_ns client curl -sf --max-time 2 "http://lb/health" >/dev/null || fail "lb does not answer"
+
+# --- monitoring: Prometheus in lb scrapes every node each second (the
+# firewall lets only lb reach the metrics port), with the example rules.
+cat >"$SCENARIO_DIR/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  scrape_timeout: 900ms
+  evaluation_interval: 1s
+rule_files:
+  - $REPO/deploy/prometheus/alerts.yml
+scrape_configs:
+  - job_name: quizfs-nodes
+    static_configs:
+      - targets: ['nas1:$METRICS_PORT', 'nas2:$METRICS_PORT', 'nas3:$METRICS_PORT']
+EOF
+ip netns exec lb nohup prometheus --config.file="$SCENARIO_DIR/prometheus.yml" \
+  --storage.tsdb.path="$SCENARIO_DIR/prometheus-data" \
+  --web.listen-address="${ADDR[lb]}:$PROM_PORT" >>"$SCENARIO_DIR/logs/prometheus.log" 2>&1 &
+echo $! >"$SCENARIO_DIR/pids/prometheus"
+seen=none
+for _ in $(seq 1 150); do
+  seen=$(prom_query 'sum(up{job="quizfs-nodes"})' 2>/dev/null | prom_value 2>/dev/null || echo none)
+  [ "$seen" = 3 ] && break
+  sleep 0.2
+done
+[ "$seen" = 3 ] || fail "Prometheus in lb does not see the three nodes up ($seen); see $SCENARIO_DIR/logs/prometheus.log"
+echo "monitoring: Prometheus on lb:$PROM_PORT scrapes nas1..nas3:$METRICS_PORT every second"
 
 trap - ERR
 quizfs_s1 status nas1

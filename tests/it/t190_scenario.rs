@@ -86,6 +86,10 @@ fn the_reference_deployment_survives_a_cut_storage_node() {
     let fields: Vec<&str> = last.split_whitespace().collect();
     assert_eq!(fields.get(4..6), Some(&["failed", "0"][..]), "{last}");
     assert!(out.contains("refused, as it must be"), "{out}");
+    assert!(
+        out.contains("prometheus saw nas2 go down and come back"),
+        "{out}"
+    );
     drop(down);
     assert_eq!(leftovers(), Vec::<String>::new(), "left behind");
     assert!(!std::path::Path::new(DIR).exists(), "{DIR} left behind");
