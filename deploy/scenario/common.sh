@@ -11,6 +11,8 @@ NET=10.214.0
 PORT=7420
 # storaged's /metrics and /health; Prometheus (in lb) scrapes them.
 METRICS_PORT=7421
+# Each web server's mount serves its metrics here (-o metrics=).
+MOUNT_METRICS_PORT=7422
 PROM_PORT=9090
 
 # name -> address on the bridge

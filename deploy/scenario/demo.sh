@@ -7,7 +7,7 @@
 # leader. Finally every image must be on every storage node's disk (its
 # chunk, by blake3 hash) and byte-identical through every web server.
 # After each cut, Prometheus (in lb) must have seen the node's metrics go
-# unreachable and come back.
+# unreachable and come back, and every mount's metrics the node down.
 # Usage: demo.sh [--short] [N]     (--short: N=10, CUT_SECS=5)
 # Last line: uploads N fetches M failed F max_pause_ms P heal_s H
 set -euo pipefail
@@ -109,6 +109,15 @@ cut() {
     echo "  prometheus saw $node go down and come back (up: min 0 over the cut, 1 now)"
   else
     echo "prometheus did not see $node go down and come back: min_over_time(up) $low, up $now" >&2
+    FAILED=$((FAILED + 1))
+  fi
+  # ... and so did every web server's mount, by its own metrics.
+  local mounts
+  mounts=$(prom_query "count(min_over_time(quizfs_mount_node_up{node=\"$node:$PORT\"}[5m]) == 0)" | prom_value || echo none)
+  if [ "$mounts" = 3 ]; then
+    echo "  every mount's metrics show $node down during the cut"
+  else
+    echo "the mounts' metrics do not show $node down during the cut ($mounts of 3)" >&2
     FAILED=$((FAILED + 1))
   fi
 }

@@ -55,7 +55,8 @@ rules() {
   local allow
   case $role in
     lb) allow="tcp dport 80 accept" ;;
-    web) allow="ip saddr ${ADDR[lb]} tcp dport 80 accept" ;;
+    web) allow="ip saddr ${ADDR[lb]} tcp dport $MOUNT_METRICS_PORT accept
+    ip saddr ${ADDR[lb]} tcp dport 80 accept" ;;
     nas) allow="ip saddr ${ADDR[lb]} tcp dport $METRICS_PORT accept
     ip saddr { ${ADDR[s1]}, ${ADDR[s2]}, ${ADDR[s3]}, ${ADDR[nas1]}, ${ADDR[nas2]}, ${ADDR[nas3]} } tcp dport $PORT accept" ;;
   esac
@@ -109,9 +110,10 @@ for s in "${WEBS[@]}"; do
   # One session per web server: `ip netns exec` gives it a private mount
   # namespace, which the mount and the application share.
   ip netns exec "$s" nohup bash -c '
-    mount -t quizfs nas1:/nas "$1" -o "_netdev,backup_servers=nas2:nas3,tls_dir=$2,log=$3" || exit 1
+    mount -t quizfs nas1:/nas "$1" -o "_netdev,backup_servers=nas2:nas3,tls_dir=$2,log=$3,metrics=$6" || exit 1
     exec python3 "$4" --dir "$1" --name "$5" --port 80' _ \
     "$up" "$SCENARIO_DIR/ca/clients/$s" "$SCENARIO_DIR/logs/$s-mount.log" "$HERE/app.py" "$s" \
+    "${ADDR[$s]}:$MOUNT_METRICS_PORT" \
     >>"$SCENARIO_DIR/logs/$s-app.log" 2>&1 &
   echo $! >"$SCENARIO_DIR/pids/$s-app"
 done
@@ -156,8 +158,9 @@ for _ in $(seq 1 50); do
 done
 in_ns client curl -sf --max-time 2 "http://lb/health" >/dev/null || fail "lb does not answer"
 
-# --- monitoring: Prometheus in lb scrapes every node each second (the
-# firewall lets only lb reach the metrics port), with the example rules.
+# --- monitoring: Prometheus in lb scrapes every node and every mount each
+# second (the firewall lets only lb reach the metrics ports), with the
+# example rules.
 cat >"$SCENARIO_DIR/prometheus.yml" <<EOF
 global:
   scrape_interval: 1s
@@ -169,6 +172,9 @@ scrape_configs:
   - job_name: quizfs-nodes
     static_configs:
       - targets: ['nas1:$METRICS_PORT', 'nas2:$METRICS_PORT', 'nas3:$METRICS_PORT']
+  - job_name: quizfs-mounts
+    static_configs:
+      - targets: ['s1:$MOUNT_METRICS_PORT', 's2:$MOUNT_METRICS_PORT', 's3:$MOUNT_METRICS_PORT']
 EOF
 ip netns exec lb nohup prometheus --config.file="$SCENARIO_DIR/prometheus.yml" \
   --storage.tsdb.path="$SCENARIO_DIR/prometheus-data" \
@@ -176,12 +182,12 @@ ip netns exec lb nohup prometheus --config.file="$SCENARIO_DIR/prometheus.yml" \
 echo $! >"$SCENARIO_DIR/pids/prometheus"
 seen=none
 for _ in $(seq 1 150); do
-  seen=$(prom_query 'sum(up{job="quizfs-nodes"})' 2>/dev/null | prom_value 2>/dev/null || echo none)
-  [ "$seen" = 3 ] && break
+  seen=$(prom_query 'sum(up)' 2>/dev/null | prom_value 2>/dev/null || echo none)
+  [ "$seen" = 6 ] && break
   sleep 0.2
 done
-[ "$seen" = 3 ] || fail "Prometheus in lb does not see the three nodes up ($seen); see $SCENARIO_DIR/logs/prometheus.log"
-echo "monitoring: Prometheus on lb:$PROM_PORT scrapes nas1..nas3:$METRICS_PORT every second"
+[ "$seen" = 6 ] || fail "Prometheus in lb does not see the three nodes and three mounts up ($seen); see $SCENARIO_DIR/logs/prometheus.log"
+echo "monitoring: Prometheus on lb:$PROM_PORT scrapes nas1..nas3:$METRICS_PORT and the mounts on s1..s3:$MOUNT_METRICS_PORT every second"
 
 trap - ERR
 quizfs_s1 status nas1

@@ -36,6 +36,7 @@ Mount options (-o, comma-separated):
   sync_create            open(O_CREAT) waits for the create's commit (default: a create
                          of a new name is answered at once and committed by close)
   log=PATH               write the background process's log to PATH
+  metrics=HOST:PORT      serve Prometheus metrics (/metrics) and /health there (HTTP)
   tls_dir=DIR            where ca.crt, client.crt and client.key are (default /etc/quizfs)
   insecure               plaintext without certificates, for local experiments only
   defaults, _netdev, auto, noauto, nofail, user, nouser, exec, noexec, suid, nosuid,
@@ -62,6 +63,8 @@ pub(crate) struct MountRequest {
     pub(crate) allow_other: bool,
     /// Log file of the background process.
     pub(crate) log: Option<PathBuf>,
+    /// Where to serve the mount's metrics.
+    pub(crate) metrics: Option<std::net::SocketAddr>,
     /// The -o options as given, for the background process.
     pub(crate) raw_options: String,
     /// TLS with the client certificate, or plaintext (`insecure`).
@@ -116,6 +119,7 @@ pub(crate) fn parse(
         op_timeout: ClientOptions::default().op_timeout,
         allow_other: running_as_root(),
         log: None,
+        metrics: None,
         raw_options: options.join(","),
         transport: quizfs_proto::tls::Transport::Insecure,
     };
@@ -173,6 +177,16 @@ pub(crate) fn parse(
             }
             "sync_create" => req.fs.early_create = false,
             "log" => req.log = Some(PathBuf::from(need()?)),
+            "metrics" => {
+                use std::net::ToSocketAddrs;
+                let v = need()?;
+                let addr = v
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| format!("metrics={v}: expected host:port"))?;
+                req.metrics = Some(addr);
+            }
             "tls_dir" => tls_dir = PathBuf::from(need()?),
             "insecure" => insecure = true,
             "defaults"
@@ -344,7 +358,24 @@ fn serve(req: MountRequest) -> Result<(), String> {
             )),
         }
     })?;
+    // Bound before the mount, so that a port in use fails the mount with
+    // one line rather than leaving it without metrics.
+    let metrics_listener = match req.metrics {
+        Some(addr) => Some(
+            rt.block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let fs = QuizFs::new(client, req.fs.clone(), rt.handle().clone());
+    if let Some(l) = metrics_listener {
+        let m = fs.metrics();
+        rt.spawn(quizfs_proto::metrics_http::serve(
+            l,
+            move |path| m.answer(path),
+            std::future::pending::<()>(),
+        ));
+    }
     let slot = fs.notifier_slot();
     let mut options = vec![
         MountOption::FSName(req.spec.clone()),

@@ -12,6 +12,7 @@ pub use generated::*;
 pub use prost::bytes::Bytes;
 
 pub mod extent;
+pub mod metrics_http;
 pub mod range;
 pub mod tls;
 

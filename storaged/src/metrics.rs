@@ -8,15 +8,11 @@
 //! store, the disk, the healer) are read when a scrape comes; counters and
 //! histograms are updated where the work happens.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
 use openraft::ServerState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use quizfs_proto::metrics_http::{self, Page};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -313,30 +310,16 @@ fn health(node: &NodeState) -> Result<u64, String> {
 /// still call itself healthy: a few heartbeats and an election timeout.
 const LEADER_QUORUM_MS: u64 = 1_000;
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    r
-}
-
-fn answer<B>(node: &NodeState, req: &Request<B>) -> Response<Full<Bytes>> {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            node.metrics.render(node),
-        ),
+/// What `path` answers on this node.
+fn answer(node: &NodeState, path: &str) -> Page {
+    match path {
+        "/metrics" => Page::ok(metrics_http::OPENMETRICS, node.metrics.render(node)),
         "/health" => match health(node) {
-            Ok(leader) => reply(StatusCode::OK, TEXT, format!("ok: leader {leader}\n")),
-            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
+            Ok(leader) => Page::text(200, format!("ok: leader {leader}\n")),
+            Err(why) => Page::text(503, format!("{why}\n")),
         },
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            TEXT,
+        _ => Page::text(
+            404,
             "not found: this port serves /metrics and /health\n".into(),
         ),
     }
@@ -344,30 +327,12 @@ fn answer<B>(node: &NodeState, req: &Request<B>) -> Response<Full<Bytes>> {
 
 /// Serves `/metrics` and `/health` on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, node: Arc<NodeState>, stop: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let node = node.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let r = answer(&node, &req);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            // A scraper that stalls is dropped; scrapes are small.
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-        });
-    }
+    metrics_http::serve(
+        listener,
+        move |path| answer(&node, path),
+        stop.cancelled_owned(),
+    )
+    .await;
 }
 
 /// Binds the metrics listener. `None` when metrics are off.

@@ -160,6 +160,24 @@ async fn mount_and_unmount_every_way() {
         .arg(&mp)
         .args(["-o", &format!("bogus_option,{tls}")]));
     assert!(!ok && out.contains("unknown mount option"), "{out}");
+    // A metrics address that does not parse, and one already taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    for (metrics, want) in [
+        ("nowhere".to_string(), "expected host:port".to_string()),
+        (
+            taken_addr.clone(),
+            format!("cannot serve metrics on {taken_addr}"),
+        ),
+    ] {
+        let (ok, out, _) = run(Command::new(bin("quizfs"))
+            .args(["mount", &spec])
+            .arg(&mp)
+            .args(["-o", &format!("metrics={metrics},{tls}")]));
+        assert!(!ok && out.contains(&want), "metrics={metrics}: {out}");
+        assert!(!is_mounted(&mp));
+    }
+    drop(taken);
 
     // The named server is only the first contact: with it down, the
     // backup servers let the mount happen, and the mount keeps working.

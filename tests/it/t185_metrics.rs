@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use quizfs_bench::nodestats::http_get as get;
 use quizfs_proto::ROOT_INO;
-use quizfs_tests::{Cluster, pattern, wait_until};
+use quizfs_tests::{Cluster, Mount, pattern, wait_until};
 
 /// The value of the sample named exactly `name` (with its labels, if any).
 fn sample(body: &str, name: &str) -> Option<f64> {
@@ -159,4 +159,87 @@ fn the_example_prometheus_configuration_and_alert_rules_check() {
     };
     run(&["check", "config", "prometheus.yml"]);
     run(&["test", "rules", "alerts_test.yml"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_serves_its_own_metrics_and_health() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::new(&cluster, 0, &format!("metrics={addr}")).await;
+    let scrape = || {
+        let (code, body) = get(&addr, "/metrics").expect("the mount's metrics answer");
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    // Writes, reads and a name that is not there.
+    for n in 0..5u64 {
+        let data = pattern(900 + n, 150_000);
+        let p = m.join(&format!("m{n}.jpg"));
+        std::fs::write(&p, &data).unwrap();
+        assert!(std::fs::read(&p).unwrap() == data);
+    }
+    assert!(std::fs::metadata(m.join("not-there.jpg")).is_err());
+    let body = scrape();
+    let writes = sample(&body, r#"quizfs_mount_op_seconds_count{op="write"}"#).unwrap();
+    assert!(writes >= 5.0, "{writes} writes counted");
+    assert!(sample(&body, r#"quizfs_mount_op_seconds_count{op="lookup"}"#).unwrap() >= 1.0);
+    let enoent = sample(
+        &body,
+        r#"quizfs_mount_op_errors_total{op="lookup",errno="ENOENT"}"#,
+    )
+    .unwrap();
+    assert!(enoent >= 1.0, "{body}");
+    for i in 0..3 {
+        let up = format!(r#"quizfs_mount_node_up{{node="{}"}}"#, cluster.addr(i));
+        assert_eq!(sample(&body, &up), Some(1.0), "{up}\n{body}");
+    }
+    for family in [
+        "quizfs_mount_call_retries_total",
+        "quizfs_mount_leader_changes_total",
+        "quizfs_mount_cache_hits_total",
+        "quizfs_mount_cache_misses_total",
+        "quizfs_mount_dirty_bytes",
+    ] {
+        assert!(sample(&body, family).is_some(), "{family}\n{body}");
+    }
+    let (code, health) = get(&addr, "/health").unwrap();
+    assert_eq!(code, 200, "{health}");
+    assert!(health.starts_with("ok: 3 of 3 nodes up"), "{health}");
+
+    // The leader killed: the mount sees it down, learns the new leader,
+    // and a write goes on.
+    let changes = sample(&body, "quizfs_mount_leader_changes_total").unwrap();
+    let leader = cluster.leader().await.expect("a leader");
+    cluster.kill(leader);
+    std::fs::write(m.join("after.jpg"), pattern(999, 100_000)).unwrap();
+    let dead = format!(r#"quizfs_mount_node_up{{node="{}"}}"#, cluster.addr(leader));
+    wait_until(
+        Duration::from_secs(10),
+        "the mount to count the failover",
+        || async {
+            let body = scrape();
+            let now = sample(&body, "quizfs_mount_leader_changes_total").unwrap_or(0.0);
+            if sample(&body, &dead) == Some(0.0) && now > changes {
+                Ok(())
+            } else {
+                Err(format!(
+                    "leader changes {changes} -> {now}; {dead} {:?}",
+                    sample(&body, &dead)
+                ))
+            }
+        },
+    )
+    .await;
+    let (code, health) = get(&addr, "/health").unwrap();
+    assert_eq!(code, 200, "two of three up: {health}");
+    println!(
+        "mount /health with nas{} down: {}",
+        leader + 1,
+        health.trim()
+    );
 }

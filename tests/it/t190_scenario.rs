@@ -90,6 +90,10 @@ fn the_reference_deployment_survives_a_cut_storage_node() {
         out.contains("prometheus saw nas2 go down and come back"),
         "{out}"
     );
+    assert!(
+        out.contains("every mount's metrics show nas2 down during the cut"),
+        "{out}"
+    );
     drop(down);
     assert_eq!(leftovers(), Vec::<String>::new(), "left behind");
     assert!(!std::path::Path::new(DIR).exists(), "{DIR} left behind");

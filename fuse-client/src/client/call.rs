@@ -171,7 +171,9 @@ impl ClusterClient {
                 why = self.abandoned(&node) => Status::unavailable(why),
             };
             last = format!("{}: {}", node.addr, status.message());
-            if !retryable(&status) {
+            if retryable(&status) {
+                self.inner.counters.retries.inc();
+            } else {
                 return Err(ClientError::Refused {
                     op,
                     node: node.addr.clone(),

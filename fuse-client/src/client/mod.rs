@@ -91,9 +91,25 @@ struct Inner {
     in_flight: Mutex<BTreeSet<u64>>,
     next_reader: AtomicU64,
     creates: creates::Creates,
+    counters: ClientCounters,
+}
+
+/// What the client counts for a mount's metrics (`quizfs::metrics`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientCounters {
+    /// Calls tried again on another node (or after a backoff).
+    pub retries: prometheus_client::metrics::counter::Counter,
+    /// Times the client learnt of a leader other than the one it knew
+    /// (the first one counts).
+    pub leader_changes: prometheus_client::metrics::counter::Counter,
 }
 
 impl ClusterClient {
+    /// The client's counters (retries, leader changes).
+    pub fn counters(&self) -> &ClientCounters {
+        &self.inner.counters
+    }
+
     /// Connects through the first of `servers` (`host[:port]`) that
     /// answers, learns every member, registers a session and starts
     /// heartbeats.
@@ -103,6 +119,7 @@ impl ClusterClient {
             opts,
             nodes: RwLock::new(Vec::new()),
             leader: Mutex::new(Leader::default()),
+            counters: ClientCounters::default(),
             leader_moved: tokio::sync::Notify::new(),
             read_ewma_us: AtomicU64::new(20_000),
             client_id: AtomicU64::new(0),
@@ -174,6 +191,9 @@ impl ClusterClient {
     fn set_leader(&self, addr: Option<String>) {
         let mut l = self.inner.leader.lock().unwrap_or_else(|p| p.into_inner());
         let moved = l.addr != addr;
+        if moved && addr.is_some() {
+            self.inner.counters.leader_changes.inc();
+        }
         l.addr = addr;
         drop(l);
         if moved {
@@ -194,6 +214,7 @@ impl ClusterClient {
         let moved = l.addr.as_deref() != Some(addr.as_str());
         if moved {
             tracing::info!(leader = %addr, term, "leader changed");
+            self.inner.counters.leader_changes.inc();
         }
         l.addr = Some(addr);
         drop(l);

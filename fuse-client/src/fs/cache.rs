@@ -27,6 +27,7 @@ pub struct ChunkCache {
     budget: usize,
     clock: AtomicU64,
     state: Mutex<State>,
+    counters: super::metrics::CacheCounters,
 }
 
 #[derive(Debug, Default)]
@@ -43,7 +44,13 @@ impl ChunkCache {
             budget,
             clock: AtomicU64::new(0),
             state: Mutex::new(State::default()),
+            counters: super::metrics::CacheCounters::default(),
         }
+    }
+
+    /// Its hits and misses, for the mount's metrics.
+    pub fn counters(&self) -> &super::metrics::CacheCounters {
+        &self.counters
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -68,6 +75,11 @@ impl ChunkCache {
             e.used = now;
             e.slot.clone()
         };
+        if slot.initialized() {
+            self.counters.hits.inc();
+        } else {
+            self.counters.misses.inc();
+        }
         let data = slot
             .get_or_try_init(|| async { client.get_chunk(hash).await.map(Arc::new) })
             .await;

@@ -33,6 +33,7 @@ pub mod content;
 pub mod dir;
 pub mod errno;
 pub mod files;
+pub mod metrics;
 pub mod names;
 pub mod open;
 pub mod ops;
@@ -140,6 +141,7 @@ struct Inner {
 pub struct QuizFs {
     inner: Arc<Inner>,
     rt: Handle,
+    metrics: Arc<metrics::MountMetrics>,
 }
 
 impl QuizFs {
@@ -147,10 +149,18 @@ impl QuizFs {
     pub fn new(client: ClusterClient, opts: FsOptions, rt: Handle) -> Self {
         let units = opts.write_buffers.max(1) * (pb::CHUNK_SIZE / files::BUDGET_UNIT);
         let budget_units = u32::try_from(units).unwrap_or(u32::MAX);
+        let cache = ChunkCache::new(opts.chunk_cache_bytes);
+        let budget = Arc::new(Semaphore::new(budget_units as usize));
+        let metrics = Arc::new(metrics::MountMetrics::new(
+            client.clone(),
+            budget.clone(),
+            u64::from(budget_units) * files::BUDGET_UNIT as u64,
+            cache.counters(),
+        ));
         let io = Io {
             client,
-            cache: Arc::new(ChunkCache::new(opts.chunk_cache_bytes)),
-            budget: Arc::new(Semaphore::new(budget_units as usize)),
+            cache: Arc::new(cache),
+            budget,
             budget_units,
         };
         Self {
@@ -169,7 +179,13 @@ impl QuizFs {
                 notifier: OnceLock::new(),
             }),
             rt,
+            metrics,
         }
+    }
+
+    /// The mount's metrics, for `-o metrics=`.
+    pub fn metrics(&self) -> Arc<metrics::MountMetrics> {
+        self.metrics.clone()
     }
 
     /// A handle that can hand the notifier over after the session moved.

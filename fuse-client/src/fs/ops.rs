@@ -45,14 +45,16 @@ impl Filesystem for QuizFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (name, pid) = (name_bytes(name), req.pid());
-        self.answer(reply, move |fs| async move {
+        self.answer("lookup", reply, move |fs| async move {
             fs.lookup(parent.0, &name, pid).await
         });
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let pid = req.pid();
-        self.answer(reply, move |fs| async move { fs.getattr(ino.0, pid).await });
+        self.answer("getattr", reply, move |fs| async move {
+            fs.getattr(ino.0, pid).await
+        });
     }
 
     fn setattr(
@@ -82,13 +84,13 @@ impl Filesystem for QuizFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        self.answer(reply, move |fs| async move {
+        self.answer("setattr", reply, move |fs| async move {
             fs.setattr(ino.0, set, fh.map(|h| h.0)).await
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.answer(reply, move |fs| async move {
+        self.answer("readlink", reply, move |fs| async move {
             fs.client().readlink(ino.0).await.map_err(errno)
         });
     }
@@ -113,10 +115,9 @@ impl Filesystem for QuizFs {
             exclusive: true,
             ino: 0,
         });
-        self.answer(
-            reply,
-            move |fs| async move { fs.new_entry("mknod", op).await },
-        );
+        self.answer("mknod", reply, move |fs| async move {
+            fs.new_entry("mknod", op).await
+        });
     }
 
     fn mkdir(
@@ -135,26 +136,23 @@ impl Filesystem for QuizFs {
             uid: req.uid(),
             gid: req.gid(),
         });
-        self.answer(
-            reply,
-            move |fs| async move { fs.new_entry("mkdir", op).await },
-        );
+        self.answer("mkdir", reply, move |fs| async move {
+            fs.new_entry("mkdir", op).await
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.answer(
-            reply,
-            move |fs| async move { fs.unlink(parent.0, name).await },
-        );
+        self.answer("unlink", reply, move |fs| async move {
+            fs.unlink(parent.0, name).await
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.answer(
-            reply,
-            move |fs| async move { fs.rmdir(parent.0, &name).await },
-        );
+        self.answer("rmdir", reply, move |fs| async move {
+            fs.rmdir(parent.0, &name).await
+        });
     }
 
     fn symlink(
@@ -172,10 +170,9 @@ impl Filesystem for QuizFs {
             uid: req.uid(),
             gid: req.gid(),
         });
-        self.answer(
-            reply,
-            move |fs| async move { fs.new_entry("symlink", op).await },
-        );
+        self.answer("symlink", reply, move |fs| async move {
+            fs.new_entry("symlink", op).await
+        });
     }
 
     fn rename(
@@ -196,7 +193,7 @@ impl Filesystem for QuizFs {
             flags: flags.bits(),
             keep_open_ino: 0,
         };
-        self.answer(reply, move |fs| async move { fs.rename(r).await });
+        self.answer("rename", reply, move |fs| async move { fs.rename(r).await });
     }
 
     fn link(
@@ -208,14 +205,14 @@ impl Filesystem for QuizFs {
         reply: ReplyEntry,
     ) {
         let new_name = name_bytes(newname);
-        self.answer(reply, move |fs| async move {
+        self.answer("link", reply, move |fs| async move {
             fs.link(ino.0, newparent.0, &new_name).await
         });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let pid = req.pid();
-        self.answer(reply, move |fs| async move {
+        self.answer("open", reply, move |fs| async move {
             fs.open(ino.0, flags.0, pid).await
         });
     }
@@ -231,10 +228,9 @@ impl Filesystem for QuizFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.answer(
-            reply,
-            move |fs| async move { fs.read(fh.0, offset, size).await },
-        );
+        self.answer("read", reply, move |fs| async move {
+            fs.read(fh.0, offset, size).await
+        });
     }
 
     fn write(
@@ -250,7 +246,7 @@ impl Filesystem for QuizFs {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.answer(reply, move |fs| async move {
+        self.answer("write", reply, move |fs| async move {
             fs.write(fh.0, offset, data).await
         });
     }
@@ -263,7 +259,11 @@ impl Filesystem for QuizFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.answer(reply, move |fs| async move { fs.flush(fh.0).await });
+        self.answer(
+            "flush",
+            reply,
+            move |fs| async move { fs.flush(fh.0).await },
+        );
     }
 
     fn release(
@@ -276,7 +276,11 @@ impl Filesystem for QuizFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.answer(reply, move |fs| async move { fs.release(fh.0).await });
+        self.answer(
+            "release",
+            reply,
+            move |fs| async move { fs.release(fh.0).await },
+        );
     }
 
     fn fsync(
@@ -287,7 +291,11 @@ impl Filesystem for QuizFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.answer(reply, move |fs| async move { fs.fsync(fh.0).await });
+        self.answer(
+            "fsync",
+            reply,
+            move |fs| async move { fs.fsync(fh.0).await },
+        );
     }
 
     fn fallocate(
@@ -300,7 +308,7 @@ impl Filesystem for QuizFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.answer(reply, move |fs| async move {
+        self.answer("fallocate", reply, move |fs| async move {
             fs.fallocate(ino.0, fh.0, offset, length, mode).await
         });
     }
@@ -314,7 +322,7 @@ impl Filesystem for QuizFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.answer(reply, move |fs| async move {
+        self.answer("lseek", reply, move |fs| async move {
             fs.lseek(fh.0, offset, whence).await
         });
     }
@@ -339,7 +347,7 @@ impl Filesystem for QuizFs {
             dst_offset: offset_out,
             len,
         };
-        self.answer(reply, move |fs| async move {
+        self.answer("copy_file_range", reply, move |fs| async move {
             fs.copy_range(fh_in.0, fh_out.0, c).await
         });
     }
@@ -356,7 +364,7 @@ impl Filesystem for QuizFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.answer(reply, move |fs| fs.page(ino.0, fh.0, offset));
+        self.answer("readdir", reply, move |fs| fs.page(ino.0, fh.0, offset));
     }
 
     fn readdirplus(
@@ -367,7 +375,7 @@ impl Filesystem for QuizFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.answer(reply, move |fs| fs.page(ino.0, fh.0, offset));
+        self.answer("readdirplus", reply, move |fs| fs.page(ino.0, fh.0, offset));
     }
 
     fn releasedir(
@@ -412,7 +420,7 @@ impl Filesystem for QuizFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.answer(reply, move |fs| async move {
+        self.answer("statfs", reply, move |fs| async move {
             fs.client().statfs().await.map_err(errno)
         });
     }
@@ -429,7 +437,7 @@ impl Filesystem for QuizFs {
     ) {
         self.inner.forget_bare(ino.0);
         let (name, value) = (name_bytes(name), value.to_vec());
-        self.answer(reply, move |fs| async move {
+        self.answer("setxattr", reply, move |fs| async move {
             fs.setxattr(ino.0, &name, &value, flags as u32).await
         });
     }
@@ -442,29 +450,28 @@ impl Filesystem for QuizFs {
             return reply.error(e);
         }
         let name = name_bytes(name);
-        self.answer(reply, move |fs| async move {
+        self.answer("getxattr", reply, move |fs| async move {
             fs.getxattr(ino.0, &name, size).await
         });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.answer(
-            reply,
-            move |fs| async move { fs.listxattr(ino.0, size).await },
-        );
+        self.answer("listxattr", reply, move |fs| async move {
+            fs.listxattr(ino.0, size).await
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.inner.forget_bare(ino.0);
         let name = name_bytes(name);
-        self.answer(reply, move |fs| async move {
+        self.answer("removexattr", reply, move |fs| async move {
             fs.removexattr(ino.0, &name).await
         });
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let (uid, gid, mask) = (req.uid(), req.gid(), mask.bits() as u32);
-        self.answer(reply, move |fs| async move {
+        self.answer("access", reply, move |fs| async move {
             fs.access(ino.0, uid, gid, mask).await
         });
     }
@@ -490,9 +497,8 @@ impl Filesystem for QuizFs {
             exclusive: flags & libc::O_EXCL != 0,
             ino: 0,
         };
-        self.answer(
-            reply,
-            move |fs| async move { fs.create(op, flags, pid).await },
-        );
+        self.answer("create", reply, move |fs| async move {
+            fs.create(op, flags, pid).await
+        });
     }
 }

@@ -43,16 +43,21 @@ pub trait Answer: Send + 'static {
 
 impl QuizFs {
     /// Runs `body` as a task on the mount's runtime; its result answers
-    /// `reply`.
-    pub(super) fn answer<R, F, Fut>(&self, reply: R, body: F)
+    /// `reply`, and its time and error are counted under `op`.
+    pub(super) fn answer<R, F, Fut>(&self, op: &'static str, reply: R, body: F)
     where
         R: Answer,
         F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
         Fut: Future<Output = OpResult<R::Value>> + Send + 'static,
     {
         let inner = self.inner.clone();
-        self.rt
-            .spawn(async move { reply.answer(body(inner).await) });
+        let metrics = self.metrics.clone();
+        self.rt.spawn(async move {
+            let began = std::time::Instant::now();
+            let r = body(inner).await;
+            metrics.observe(op, began.elapsed(), r.as_ref().err().copied());
+            reply.answer(r)
+        });
     }
 }
 
