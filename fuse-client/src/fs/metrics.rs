@@ -100,30 +100,34 @@ impl MountMetrics {
             m.errors.clone(),
         );
         m.registry.register(
-            "call_retries",
-            "Calls to the cluster tried again, on another node or after a backoff",
-            c.retries,
-        );
-        m.registry.register(
-            "leader_changes",
-            "Times this mount learnt of another Raft leader (failovers)",
-            c.leader_changes,
-        );
-        m.registry.register(
             "node_up",
             "1 when this mount sees the node answer its heartbeats",
             m.node_up.clone(),
         );
-        m.registry.register(
-            "cache_hits",
-            "Chunk reads the mount's cache answered",
-            cache.hits.clone(),
-        );
-        m.registry.register(
-            "cache_misses",
-            "Chunk reads fetched from a node",
-            cache.misses.clone(),
-        );
+        for (name, help, counter) in [
+            (
+                "call_retries",
+                "Calls to the cluster tried again, on another node or after a backoff",
+                c.retries,
+            ),
+            (
+                "leader_changes",
+                "Times this mount learnt of another Raft leader (failovers)",
+                c.leader_changes,
+            ),
+            (
+                "cache_hits",
+                "Chunk reads the mount's cache answered",
+                cache.hits.clone(),
+            ),
+            (
+                "cache_misses",
+                "Chunk reads fetched from a node",
+                cache.misses.clone(),
+            ),
+        ] {
+            m.registry.register(name, help, counter);
+        }
         m.registry.register(
             "dirty_bytes",
             "Written bytes held in memory, not yet uploaded",
