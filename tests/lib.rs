@@ -274,3 +274,13 @@ pub fn quizfs_cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+/// The value of the unlabelled sample `name` in node `i`'s metrics.
+pub fn node_metric(cluster: &Cluster, i: usize, name: &str) -> f64 {
+    let (code, body) =
+        quizfs_bench::nodestats::http_get(&cluster.metrics_addr(i), "/metrics").unwrap();
+    assert_eq!(code, 200, "nas{}: /metrics {code}", i + 1);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} on nas{}", i + 1))
+}

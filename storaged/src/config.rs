@@ -72,6 +72,12 @@ pub struct Args {
     /// speed (0: no limit). 16 MiB/s covers 9 TiB in 7 days.
     #[arg(long, default_value_t = 16)]
     pub scrub_rate_mib: u64,
+    /// How long a client session lives once the leader stops hearing from
+    /// its mount (a mount pings every node 10 times a second): then it is
+    /// forgotten, with the files it kept open after their unlink. A number
+    /// with s, m, h or d.
+    #[arg(long, default_value = "5m", value_parser = parse_interval)]
+    pub session_timeout: Duration,
     /// Directory with this node's TLS files: ca.crt, node.crt, node.key and
     /// optionally crl.pem (made by `quizfs cert init`).
     #[arg(long, default_value = quizfs_proto::tls::DEFAULT_TLS_DIR)]
@@ -190,6 +196,8 @@ pub struct Config {
     pub scrub_interval: Duration,
     /// Scrub read limit in bytes per second (0: none).
     pub scrub_rate: u64,
+    /// Silence after which the leader expires a client session.
+    pub session_timeout: Duration,
     /// TLS files, or `None` with `--insecure`.
     pub tls: Option<quizfs_proto::tls::TlsFiles>,
     /// Free bytes chunk uploads must leave on the disk.
@@ -321,6 +329,7 @@ impl Config {
             heal_rate: args.heal_rate_mib.saturating_mul(1024 * 1024),
             scrub_interval: args.scrub_interval,
             scrub_rate: args.scrub_rate_mib.saturating_mul(1024 * 1024),
+            session_timeout: args.session_timeout,
         })
     }
 }

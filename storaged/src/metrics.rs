@@ -78,6 +78,8 @@ pub struct Metrics {
     pub upload_limit_hits: Counter,
     /// Chunks deleted by garbage collection.
     pub gc_deleted: Counter,
+    /// Client sessions this node expired as the leader.
+    pub sessions_expired: Counter,
     /// What scrubbing read and found.
     pub scrub: ScrubCounters,
     is_leader: Gauge,
@@ -98,6 +100,10 @@ pub struct Metrics {
     scrub_last_finished: Gauge,
     scrub_last_started: Gauge,
     scrub_interval: Gauge,
+    sessions: Gauge,
+    orphans: Gauge,
+    session_leases: Gauge,
+    session_timeout: Gauge,
 }
 
 impl Default for Metrics {
@@ -120,6 +126,11 @@ impl Metrics {
             tls_refusals: Counter::default(),
             upload_limit_hits: Counter::default(),
             gc_deleted: Counter::default(),
+            sessions_expired: Counter::default(),
+            sessions: Gauge::default(),
+            orphans: Gauge::default(),
+            session_leases: Gauge::default(),
+            session_timeout: Gauge::default(),
             is_leader: Gauge::default(),
             has_leader: Gauge::default(),
             term: Gauge::default(),
@@ -175,6 +186,11 @@ impl Metrics {
             scrub_last_finished: "scrub_last_pass_finished_timestamp_seconds", "When the last scrub pass finished (Unix seconds; 0: none since start)";
             scrub_last_started: "scrub_last_complete_pass_started_timestamp_seconds", "When the last complete scrub pass started (Unix seconds, kept across restarts; 0: never)";
             scrub_interval: "scrub_interval_seconds", "Time between the starts of two scrub passes (--scrub-interval)";
+            sessions_expired: "sessions_expired", "Client sessions this node expired as the leader";
+            sessions: "sessions", "Client sessions in the state machine's session table";
+            orphans: "orphans", "Inodes without links kept for a session that holds them open";
+            session_leases: "session_leases", "Sessions this node keeps a last-heard time for";
+            session_timeout: "session_timeout_seconds", "Silence after which the leader expires a session (--session-timeout)";
         }
         let sc = m.scrub.clone();
         for (name, help, c) in [
@@ -243,6 +259,15 @@ impl Metrics {
             self.scrub_last_started.set(s.last_pass_start() as i64);
             self.scrub_interval.set(s.interval().as_secs() as i64);
         }
+        if let Ok(ids) = node.reader.session_ids() {
+            self.sessions.set(ids.len() as i64);
+        }
+        if let Ok(n) = node.reader.orphan_count() {
+            self.orphans.set(n as i64);
+        }
+        self.session_leases.set(node.sessions.tracked() as i64);
+        self.session_timeout
+            .set(node.sessions.timeout().as_secs() as i64);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

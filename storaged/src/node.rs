@@ -413,6 +413,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         // lease (election_timeout_max), with room for a missed heartbeat.
         lease: Arc::new(ReadLease::new(cfg.election / 2)),
         metrics,
+        sessions: Arc::new(crate::meta::expiry::SessionLeases::new(cfg.session_timeout)),
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -519,6 +520,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         ));
         let _ = state.scrubber.set(scrubber.clone());
         tasks.spawn(scrubber.run(work.clone()));
+        tasks.spawn(crate::meta::expiry::run(
+            state.sessions.clone(),
+            r.clone(),
+            state.reader.clone(),
+            state.metrics.sessions_expired.clone(),
+            work.clone(),
+        ));
         tasks.spawn(crate::chunk::gc::run(
             store.clone(),
             state.reader.clone(),

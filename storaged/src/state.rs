@@ -40,6 +40,8 @@ pub struct NodeState {
     pub lease: Arc<ReadLease>,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
+    /// When this node last heard of each client session.
+    pub sessions: Arc<crate::meta::expiry::SessionLeases>,
 }
 
 impl std::fmt::Debug for NodeState {

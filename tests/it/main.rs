@@ -19,6 +19,7 @@ mod t180_full_disk;
 mod t185_metrics;
 mod t190_scenario;
 mod t195_scrub;
+mod t200_sessions;
 mod t20_namespace;
 mod t22_early_create;
 mod t30_exactly_once;

@@ -217,10 +217,12 @@ fn storaged_refuses_bad_flags_in_one_line() {
     let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", "--bogus"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--bogus"), "{err}");
-    for bad in ["7x", "d", "0s", "99999999999999999d"] {
-        let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", "--scrub-interval", bad]);
-        assert_eq!(code, Some(2), "{bad}");
-        assert!(err.contains("--scrub-interval"), "{bad}: {err}");
+    for flag in ["--scrub-interval", "--session-timeout"] {
+        for bad in ["7x", "d", "0s", "99999999999999999d"] {
+            let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", flag, bad]);
+            assert_eq!(code, Some(2), "{flag} {bad}");
+            assert!(err.contains(flag), "{flag} {bad}: {err}");
+        }
     }
     let (code, err, _) = run_storaged(&[
         "--peers",

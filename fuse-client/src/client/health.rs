@@ -35,9 +35,11 @@ pub(super) async fn run(inner: Weak<Inner>) {
                 continue;
             }
             let (weak, outstanding) = (Arc::downgrade(&client.inner), outstanding.clone());
+            let client_id = client.client_id();
             tokio::spawn(async move {
                 let mut rpc = ClusterRpc::new(node.channel.clone());
-                let reply = tokio::time::timeout(timeout, rpc.ping(pb::PingRequest {})).await;
+                let req = pb::PingRequest { client_id };
+                let reply = tokio::time::timeout(timeout, rpc.ping(req)).await;
                 lock(&outstanding).remove(&node.addr);
                 let Some(inner) = weak.upgrade() else { return };
                 let client = ClusterClient { inner };
@@ -50,6 +52,9 @@ pub(super) async fn run(inner: Weak<Inner>) {
                                 free: r.disk_free,
                                 reserve: r.disk_reserve,
                             });
+                        }
+                        if r.leader_id != 0 && r.leader_id == r.node_id {
+                            client.leader_answered(r.session_timeout_ms);
                         }
                         if r.leader_id != 0 {
                             if let Some(l) = client

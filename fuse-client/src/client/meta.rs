@@ -2,7 +2,7 @@
 //! sequence number, so a retry after a lost reply is applied once.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use quizfs_proto::extent::ExtentMap;
 use quizfs_proto::{self as pb, ChunkHash, ReadReply, meta_client::MetaClient, meta_op::Op};
@@ -49,6 +49,43 @@ impl ClusterClient {
         op: Op,
         session: bool,
     ) -> Result<pb::MetaReply, ClientError> {
+        let mut renewed = false;
+        loop {
+            let attempts = AtomicU32::new(0);
+            let (reply, client_id) = self.apply_once(op_name, &op, session, &attempts).await;
+            match reply {
+                Ok(r) if r.session_expired && session => {
+                    // Sent once only: never applied, so it may go again in
+                    // a new session. Sent more than once, an earlier send
+                    // may have been applied before the session went.
+                    if attempts.load(Ordering::Relaxed) == 1 && !renewed {
+                        self.renew_session(client_id).await?;
+                        renewed = true;
+                        continue;
+                    }
+                    tracing::warn!(
+                        op = op_name,
+                        "the session expired while this request was being retried: its outcome is unknown"
+                    );
+                    return Err(ClientError::Posix {
+                        op: op_name,
+                        errno: libc::EIO,
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One send of [`Self::apply_raw`]: the reply, and the session it was
+    /// sent in.
+    async fn apply_once(
+        &self,
+        op_name: &'static str,
+        op: &Op,
+        session: bool,
+        attempts: &AtomicU32,
+    ) -> (Result<pb::MetaReply, ClientError>, u64) {
         let (client_id, seq) = if session {
             let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
             self.inner
@@ -72,10 +109,13 @@ impl ClusterClient {
             client_id,
             seq,
             acked_below,
-            op: Some(pb::MetaOp { op: Some(op) }),
+            op: Some(pb::MetaOp {
+                op: Some(op.clone()),
+            }),
         };
         let res = self
             .leader_call(op_name, |ch| {
+                attempts.fetch_add(1, Ordering::Relaxed);
                 let r = req.clone();
                 async move { MetaClient::new(ch).apply(r).await }
             })
@@ -87,7 +127,7 @@ impl ClusterClient {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&seq);
         }
-        res
+        (res, client_id)
     }
 
     /// Sends a metadata write exactly as given, with an explicit sequence

@@ -11,6 +11,7 @@
 //!   order every later command keeps with them.
 //! - [`chunks`]: chunk upload to a majority and verified download.
 //! - [`io`]: whole-file reads and writes built on the two.
+//! - [`session`]: the session's lease, and a new session when it expired.
 
 pub mod call;
 pub mod chunks;
@@ -21,6 +22,7 @@ pub mod io;
 pub mod liveness;
 pub mod membership;
 pub mod meta;
+pub mod session;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +31,6 @@ use std::time::Duration;
 
 pub use error::ClientError;
 pub use membership::NodeHandle;
-use quizfs_proto as pb;
 
 /// Default heartbeat deadline: a node silent this long is treated as down.
 /// Chosen by measurement (BENCHMARKS.md, "Failover"): with 0.5, 1 and 2 s
@@ -92,6 +93,7 @@ struct Inner {
     next_reader: AtomicU64,
     creates: creates::Creates,
     counters: ClientCounters,
+    session: session::SessionWatch,
 }
 
 /// What the client counts for a mount's metrics (`quizfs::metrics`).
@@ -102,6 +104,8 @@ pub struct ClientCounters {
     /// Times the client learnt of a leader other than the one it knew
     /// (the first one counts).
     pub leader_changes: prometheus_client::metrics::counter::Counter,
+    /// Times the client found its session expired and registered a new one.
+    pub session_renewals: prometheus_client::metrics::counter::Counter,
 }
 
 impl ClusterClient {
@@ -127,18 +131,12 @@ impl ClusterClient {
             in_flight: Mutex::new(BTreeSet::new()),
             next_reader: AtomicU64::new(0),
             creates: creates::Creates::default(),
+            session: session::SessionWatch::default(),
         });
         let client = Self { inner };
         client.update_members(&members)?;
-        let registered = client
-            .apply_raw(
-                "register",
-                pb::meta_op::Op::RegisterClient(pb::RegisterClient {}),
-                false,
-            )
-            .await;
-        match registered {
-            Ok(reply) => client.inner.client_id.store(reply.value, Ordering::Relaxed),
+        match client.register().await {
+            Ok(id) => client.inner.client_id.store(id, Ordering::Relaxed),
             // A read-only certificate may not register a session; it needs
             // none, since it changes nothing (every change gets EACCES).
             Err(ClientError::Refused {

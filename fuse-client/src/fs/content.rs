@@ -14,7 +14,7 @@ use crate::client::ClientError;
 impl Inner {
     /// read(2) through handle `fh`.
     pub(super) async fn read(&self, fh: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
-        let f = self.file_of(fh)?;
+        let f = self.live_file(fh).await?;
         f.read(&self.io, offset, size).await.map_err(errno)
     }
 
@@ -22,7 +22,7 @@ impl Inner {
     /// committed at flush.
     pub(super) async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> OpResult<u32> {
         self.writable()?;
-        let f = self.file_of(fh)?;
+        let f = self.live_file(fh).await?;
         let too_big = offset
             .checked_add(data.len() as u64)
             .is_none_or(|e| e > pb::MAX_FILE_SIZE);
@@ -76,7 +76,7 @@ impl Inner {
         mode: i32,
     ) -> OpResult<()> {
         self.writable()?;
-        let f = self.file_of(fh)?;
+        let f = self.live_file(fh).await?;
         let client = self.client().clone();
         let a = f
             .change_content(&self.io, || {
@@ -90,7 +90,7 @@ impl Inner {
 
     /// lseek(2) with SEEK_DATA or SEEK_HOLE (the kernel does the others).
     pub(super) async fn lseek(&self, fh: u64, offset: i64, whence: i32) -> OpResult<u64> {
-        let f = self.file_of(fh)?;
+        let f = self.live_file(fh).await?;
         let Ok(offset) = u64::try_from(offset) else {
             return Err(err(libc::ENXIO));
         };
@@ -111,7 +111,7 @@ impl Inner {
         mut c: pb::CopyRange,
     ) -> OpResult<u32> {
         self.writable()?;
-        let (src, dst) = (self.file_of(fh_in)?, self.file_of(fh_out)?);
+        let (src, dst) = (self.live_file(fh_in).await?, self.live_file(fh_out).await?);
         // One reply carries at most u32::MAX bytes; the caller loops.
         c.len = c.len.min(u64::from(u32::MAX) & !0xFFF);
         self.flush_file(&src, None).await?;

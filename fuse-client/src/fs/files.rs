@@ -140,8 +140,9 @@ pub struct OpenFile {
     pub ino: u64,
     /// Descriptors open on it (changed under the mount's file table lock).
     pub opens: AtomicU64,
-    /// Its last name was removed while open: release the orphan at close.
-    pub orphan: AtomicBool,
+    /// Its last name was removed while open: the session that holds the
+    /// orphan (released at close, or gone with that session); 0: none.
+    pub orphan_of: AtomicU64,
     /// Size including writes not yet committed.
     pub local_size: AtomicU64,
     /// Has writes not yet committed.
@@ -235,7 +236,7 @@ impl OpenFile {
         Self {
             ino: attr.ino,
             opens: AtomicU64::new(0),
-            orphan: AtomicBool::new(false),
+            orphan_of: AtomicU64::new(0),
             local_size: AtomicU64::new(attr.size),
             changed: AtomicBool::new(false),
             local_mtime: AtomicI64::new(0),

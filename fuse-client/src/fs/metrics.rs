@@ -116,6 +116,11 @@ impl MountMetrics {
                 c.leader_changes,
             ),
             (
+                "session_renewals",
+                "Times this mount found its session expired and registered a new one",
+                c.session_renewals,
+            ),
+            (
                 "cache_hits",
                 "Chunk reads the mount's cache answered",
                 cache.hits.clone(),

@@ -220,7 +220,8 @@ impl Inner {
     fn mark_orphan(&self, ino: u64) {
         if ino != 0 {
             if let Some(f) = self.open_file(ino) {
-                f.orphan.store(true, Ordering::Relaxed);
+                f.orphan_of
+                    .store(self.client().client_id(), Ordering::Relaxed);
             }
         }
     }

@@ -60,6 +60,29 @@ impl Inner {
         lock(&self.handles).remove(&fh);
     }
 
+    /// Whether `f` was kept after its unlink by a session that expired:
+    /// the cluster removed it, and its descriptors answer ESTALE.
+    pub(super) fn is_stale(&self, f: &OpenFile) -> bool {
+        let holder = f.orphan_of.load(Ordering::Relaxed);
+        holder != 0 && holder != self.client().client_id()
+    }
+
+    /// The open file of handle `fh` for an operation on its content: for
+    /// a file kept after its unlink, once the session that keeps it is
+    /// known to exist (ESTALE if it expired).
+    pub(super) async fn live_file(&self, fh: u64) -> OpResult<Arc<OpenFile>> {
+        let f = self.file_of(fh)?;
+        if f.orphan_of.load(Ordering::Relaxed) != 0 {
+            if let Err(e) = self.client().ensure_session().await {
+                tracing::debug!(error = %e, "session check failed");
+            }
+            if self.is_stale(&f) {
+                return Err(err(libc::ESTALE));
+            }
+        }
+        Ok(f)
+    }
+
     /// The open file of handle `fh`.
     pub(super) fn file_of(&self, fh: u64) -> OpResult<Arc<OpenFile>> {
         match lock(&self.handles).get(&fh) {
@@ -266,7 +289,7 @@ impl Inner {
     /// it never makes another descriptor's half-made version (an
     /// `open(O_TRUNC)` and the writes after it) visible.
     pub(super) async fn flush(&self, fh: u64) -> OpResult<()> {
-        let f = self.file_of(fh)?;
+        let f = self.live_file(fh).await?;
         self.flush_file(&f, Some(fh)).await
     }
 
@@ -274,7 +297,7 @@ impl Inner {
     /// mount, through whichever descriptor (the file's data is durable
     /// when it returns, as on a local filesystem).
     pub(super) async fn fsync(&self, fh: u64) -> OpResult<()> {
-        let f = self.file_of(fh)?;
+        let f = self.live_file(fh).await?;
         self.flush_file(&f, None).await
     }
 
@@ -287,7 +310,12 @@ impl Inner {
             return Ok(());
         };
         let only_mine = f.opens.load(Ordering::Relaxed) > 1;
-        let flushed = self.flush_file(&f, only_mine.then_some(fh)).await;
+        let flushed = if self.is_stale(&f) {
+            // Gone with its session: nothing to commit it to.
+            Err(err(libc::ESTALE))
+        } else {
+            self.flush_file(&f, only_mine.then_some(fh)).await
+        };
         let last = {
             let mut files = lock(&self.files);
             let last = f.opens.fetch_sub(1, Ordering::Relaxed) == 1;
@@ -299,7 +327,7 @@ impl Inner {
         if last {
             self.client().forget_create(f.ino);
         }
-        if last && f.orphan.load(Ordering::Relaxed) {
+        if last && f.orphan_of.load(Ordering::Relaxed) == self.client().client_id() {
             if let Err(e) = self.client().release_orphan(f.ino).await {
                 tracing::warn!(ino = f.ino, error = %e, "releasing a deleted open file failed");
             }

@@ -9,6 +9,8 @@
 //!   naming it (0 only for an orphan kept open or a tombstone); a directory has exactly
 //!   one entry, `2 + subdirectories` links, `entries` equal to its entries,
 //!   and `parent` equal to the directory holding it;
+//! - every orphan's holder is a session that exists (an expired
+//!   session's orphans go with it);
 //! - chunk reference counts equal the extents of all inodes (tombstones
 //!   aside) that use each chunk, no extent reaches past its file's size, and the
 //!   inode count equals the inode records; every inode's number was
@@ -29,7 +31,7 @@ use quizfs_proto::{self as pb, meta_op::Op};
 
 use super::schema::{
     self, DirEntryRec, Inode, KEY_INODE_COUNT, KEY_NEXT_INO, PREFIX_CHUNK, PREFIX_DIRENT,
-    PREFIX_INODE, PREFIX_ORPHAN, PREFIX_TOMB, Tombstone,
+    PREFIX_INODE, PREFIX_ORPHAN, PREFIX_SESSION, PREFIX_TOMB, Tombstone,
 };
 use super::state_machine::StateMachine;
 use crate::raft::{Cmd, Entry};
@@ -198,6 +200,9 @@ fn op() -> impl Strategy<Value = Op> {
         })),
         ino().prop_map(|ino| Op::ReleaseOrphan(pb::ReleaseOrphan { ino })),
         Just(Op::RegisterClient(pb::RegisterClient {})),
+        prop::collection::vec(0u64..4, 0..3)
+            .prop_map(|clients| Op::ExpireSessions(pb::ExpireSessions { clients })),
+        Just(Op::TouchSession(pb::TouchSession {})),
     ]
 }
 
@@ -260,6 +265,8 @@ fn check(sm: &StateMachine) -> Result<(), String> {
     let mut entries: Vec<(u64, Vec<u8>, DirEntryRec)> = Vec::new();
     let mut refs: HashMap<[u8; 32], u64> = HashMap::new();
     let mut orphans = Vec::new();
+    let mut holders = Vec::new();
+    let mut sessions = Vec::new();
     let mut tombs = Vec::new();
     let mut inode_count = 0;
     let mut next_ino = 0;
@@ -284,7 +291,11 @@ fn check(sm: &StateMachine) -> Result<(), String> {
                 }
                 refs.insert(k[1..].try_into().expect("32-byte hash"), n);
             }
-            Some(&PREFIX_ORPHAN) => orphans.push(u64_of(&k[1..])),
+            Some(&PREFIX_ORPHAN) => {
+                orphans.push(u64_of(&k[1..]));
+                holders.push(u64_of(&v));
+            }
+            Some(&PREFIX_SESSION) => sessions.push(u64_of(&k[1..])),
             Some(&PREFIX_TOMB) => {
                 let t: Tombstone =
                     bincode::deserialize(&v).map_err(|e| format!("tombstone: {e}"))?;
@@ -294,6 +305,12 @@ fn check(sm: &StateMachine) -> Result<(), String> {
             _ if k == KEY_NEXT_INO => next_ino = u64_of(&v),
             _ => {}
         }
+    }
+    // An orphan is held by a session that exists: it goes with it.
+    if let Some(h) = holders.iter().find(|h| !sessions.contains(h)) {
+        return Err(format!(
+            "an orphan is held by session {h}, which does not exist"
+        ));
     }
     if inodes.is_empty() {
         return Ok(()); // nothing applied yet
@@ -556,4 +573,117 @@ fn a_tombstone_stays_readable_for_its_time_and_then_goes() {
         check(&sm).expect("invariants");
     }
     assert!(inode(&sm).is_none(), "the loop reached past its time");
+}
+
+/// A session's orphan lives as long as the session: expiring another
+/// session leaves it, expiring its holder removes it with its chunk
+/// references, and a request in an expired session is refused as
+/// expired, never applied.
+#[test]
+fn an_expired_session_takes_its_orphans_and_is_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let (_dir, mut sm) = open();
+    let cmd = |client_id: u64, seq: u64, op: Op| Cmd {
+        client_id,
+        seq,
+        acked_below: 0,
+        now_ns: 0,
+        op: pb::MetaOp { op: Some(op) }.encode_to_vec(),
+    };
+    let mut index = 0;
+    let mut run = |sm: &mut StateMachine, c: Cmd| -> pb::MetaReply {
+        index += 1;
+        let r = rt.block_on(sm.apply(vec![entry(index, c)])).expect("apply");
+        pb::MetaReply::decode(r[0].0.as_slice()).expect("reply")
+    };
+    let count = |sm: &StateMachine, prefix: u8| {
+        dump(sm)
+            .into_iter()
+            .filter(|(k, _)| k.first() == Some(&prefix))
+            .count()
+    };
+    let register = cmd(0, 0, Op::RegisterClient(pb::RegisterClient {}));
+    let (a, b) = (
+        run(&mut sm, register.clone()).value,
+        run(&mut sm, register).value,
+    );
+    assert_eq!(count(&sm, PREFIX_SESSION), 2);
+    // A creates a file with one chunk and unlinks it, keeping it open.
+    let created = run(
+        &mut sm,
+        cmd(
+            a,
+            1,
+            Op::Create(pb::Create {
+                parent: pb::ROOT_INO,
+                name: b"held".to_vec(),
+                mode: libc::S_IFREG | 0o644,
+                ..Default::default()
+            }),
+        ),
+    );
+    let ino = created.attr.expect("attr").ino;
+    let write = Op::CommitWrite(pb::CommitWrite {
+        ino,
+        size: 10,
+        extents: vec![pb::Extent {
+            offset: 0,
+            len: 10,
+            hash: vec![9; 32],
+            at: 0,
+        }],
+        ..Default::default()
+    });
+    assert_eq!(run(&mut sm, cmd(a, 2, write)).errno, 0);
+    let unlink = Op::Unlink(pb::Unlink {
+        parent: pb::ROOT_INO,
+        name: b"held".to_vec(),
+        keep_open_ino: ino,
+    });
+    assert_eq!(run(&mut sm, cmd(a, 3, unlink)).errno, 0);
+    assert_eq!(count(&sm, PREFIX_ORPHAN), 1);
+    assert_eq!(count(&sm, PREFIX_CHUNK), 1);
+    let expire = |clients: Vec<u64>| cmd(0, 0, Op::ExpireSessions(pb::ExpireSessions { clients }));
+    // B goes: A's orphan stays.
+    assert_eq!(run(&mut sm, expire(vec![b, 12345])).value, 1);
+    assert_eq!(count(&sm, PREFIX_SESSION), 1);
+    assert_eq!(count(&sm, PREFIX_ORPHAN), 1);
+    // A goes: its orphan, the inode and its chunk reference go too.
+    assert_eq!(run(&mut sm, expire(vec![a])).value, 1);
+    assert_eq!(count(&sm, PREFIX_SESSION), 0);
+    assert_eq!(count(&sm, PREFIX_ORPHAN), 0);
+    assert_eq!(count(&sm, PREFIX_CHUNK), 0);
+    assert!(
+        !dump(&sm)
+            .iter()
+            .any(|(k, _)| k.first() == Some(&PREFIX_INODE) && u64_of(&k[1..]) == ino)
+    );
+    // A request in A now is refused, and applies nothing.
+    let before = dump(&sm);
+    let r = run(
+        &mut sm,
+        cmd(
+            a,
+            4,
+            Op::Mkdir(pb::Mkdir {
+                parent: pb::ROOT_INO,
+                name: b"late".to_vec(),
+                mode: 0o755,
+                ..Default::default()
+            }),
+        ),
+    );
+    assert!(r.session_expired);
+    assert_eq!(r.errno, libc::ESTALE);
+    let after: Vec<_> = dump(&sm)
+        .into_iter()
+        .filter(|(k, _)| k.as_slice() != schema::KEY_APPLIED)
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(k, _)| k.as_slice() != schema::KEY_APPLIED)
+        .collect();
+    assert_eq!(before, after);
 }

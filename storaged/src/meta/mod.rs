@@ -5,9 +5,11 @@
 //! - [`txn`]: the write overlay that makes one command atomic.
 //! - [`ops`]: every namespace command as a function over one transaction.
 //! - [`sessions`]: exactly-once replies per client.
+//! - [`expiry`]: the leader forgets sessions it no longer hears from.
 //! - [`read`]: the read queries served after a read-index check.
 //! - [`state_machine`]: openraft's `RaftStateMachine` over all of the above.
 
+pub mod expiry;
 pub mod format;
 pub mod ops;
 pub mod read;

@@ -32,6 +32,33 @@ impl MetaReader {
         Self { tree }
     }
 
+    /// The ids of every session in the session table.
+    pub fn session_ids(&self) -> Result<Vec<u64>, ReadError> {
+        let mut ids = Vec::new();
+        for item in self.tree.scan_prefix([super::schema::PREFIX_SESSION]) {
+            let (k, _) = item?;
+            if let Ok(id) = <[u8; 8]>::try_from(&k[1..]) {
+                ids.push(u64::from_be_bytes(id));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// How many inodes are kept without links for a holder (orphans).
+    pub fn orphan_count(&self) -> Result<usize, ReadError> {
+        let mut n = 0;
+        for item in self.tree.scan_prefix([super::schema::PREFIX_ORPHAN]) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Whether the session `client` exists.
+    pub fn has_session(&self, client: u64) -> Result<bool, ReadError> {
+        Ok(self.tree.contains_key(super::schema::session_key(client))?)
+    }
+
     /// Loads an inode.
     pub fn inode(&self, ino: u64) -> Result<Option<Inode>, ReadError> {
         Ok(self

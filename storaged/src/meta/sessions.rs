@@ -1,6 +1,10 @@
 //! Exactly-once replies: the state machine remembers, per client, the reply
 //! of every request the client has not yet acknowledged, so a request
 //! retried after a lost reply or a leader change is answered, not re-applied.
+//!
+//! A session exists from `RegisterClient` until the leader expires it
+//! (`ExpireSessions`, see `crate::meta::expiry`); a request in a session
+//! that does not exist is refused as expired, never applied.
 
 use std::collections::BTreeMap;
 
@@ -30,12 +34,14 @@ pub enum Seen {
     Replied(Vec<u8>),
     /// Applied so long ago that its reply is gone.
     Forgotten,
+    /// The session does not exist (expired): nothing may be applied in it.
+    Expired,
 }
 
 /// Looks a request up.
 pub fn seen(txn: &Txn<'_>, client: u64, seq: u64) -> Result<Seen, StoreError> {
     let Some(s) = txn.get::<Session>(&session_key(client))? else {
-        return Ok(Seen::New);
+        return Ok(Seen::Expired);
     };
     if let Some(r) = s.replies.get(&seq) {
         return Ok(Seen::Replied(r.clone()));
@@ -69,4 +75,22 @@ pub fn record(
     }
     txn.put(&key, &s);
     Ok(())
+}
+
+/// Starts the session of a newly registered client.
+pub fn create(txn: &mut Txn<'_>, client: u64) {
+    txn.put(&session_key(client), &Session::default());
+}
+
+/// Forgets the given sessions; returns how many existed.
+pub fn expire(txn: &mut Txn<'_>, clients: &[u64]) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for &c in clients {
+        let key = session_key(c);
+        if txn.get_raw(&key)?.is_some() {
+            txn.remove(&key);
+            n += 1;
+        }
+    }
+    Ok(n)
 }

@@ -170,11 +170,23 @@ impl StateMachine {
                     );
                     return Ok(errno_reply(libc::EIO));
                 }
+                Seen::Expired => {
+                    return Ok(pb::MetaReply {
+                        errno: libc::ESTALE,
+                        session_expired: true,
+                        ..Default::default()
+                    }
+                    .encode_to_vec());
+                }
                 Seen::New => {}
             }
         }
         txn.begin();
-        let reply = match ops::apply(txn, &Ctx { now_ns: cmd.now_ns }, &op) {
+        let ctx = Ctx {
+            now_ns: cmd.now_ns,
+            client_id: cmd.client_id,
+        };
+        let reply = match ops::apply(txn, &ctx, &op) {
             Ok(r) => {
                 txn.end();
                 r.encode_to_vec()

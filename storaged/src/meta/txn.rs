@@ -126,6 +126,26 @@ impl<'a> Txn<'a> {
         self.writes.insert(key.to_vec(), None);
     }
 
+    /// Every key that starts with `prefix`, through the overlay, in order.
+    pub fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (k, _) = item?;
+            keys.insert(k.to_vec());
+        }
+        for (k, v) in self.writes.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
     /// Reads a big-endian u64 counter (0 when absent).
     pub fn get_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
         Ok(self

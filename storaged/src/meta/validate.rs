@@ -139,10 +139,13 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
         Op::ReserveInodes(c) if c.count == 0 || c.count > pb::MAX_RESERVE_INODES => {
             Err(libc::EINVAL)
         }
+        Op::ExpireSessions(c) if c.clients.len() > super::expiry::MAX_EXPIRE => Err(libc::EINVAL),
+        Op::ExpireSessions(_) => Ok(()),
         Op::RegisterClient(_)
         | Op::AllocNodeId(_)
         | Op::InitVolume(_)
         | Op::ReleaseOrphan(_)
+        | Op::TouchSession(_)
         | Op::ReserveInodes(_) => Ok(()),
     }
 }

@@ -103,10 +103,8 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn ping(
-        &self,
-        _req: Request<pb::PingRequest>,
-    ) -> Result<Response<pb::PingReply>, Status> {
+    async fn ping(&self, req: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {
+        self.state.sessions.heard(req.get_ref().client_id);
         let (leader_id, term) = match self.state.raft.get() {
             Some(r) => {
                 let m = r.metrics();
@@ -123,6 +121,7 @@ impl Cluster for ClusterService {
             disk_total,
             disk_free,
             disk_reserve: self.state.cfg.reserve,
+            session_timeout_ms: self.state.sessions.timeout().as_millis() as u64,
         }))
     }
 

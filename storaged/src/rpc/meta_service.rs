@@ -79,6 +79,14 @@ impl Meta for MetaService {
         let op = req
             .op
             .ok_or_else(|| Status::invalid_argument("request has no operation"))?;
+        self.state.sessions.heard(req.client_id);
+        // Only the leader decides which sessions are silent.
+        if matches!(op.op, Some(pb::meta_op::Op::ExpireSessions(_))) {
+            return Ok(Response::new(pb::MetaReply {
+                errno: libc::EPERM,
+                ..Default::default()
+            }));
+        }
         if let Err(errno) = validate::op(&op) {
             return Ok(Response::new(pb::MetaReply {
                 errno,

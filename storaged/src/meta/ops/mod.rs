@@ -16,14 +16,18 @@ use super::schema::{
     self, DirEntryRec, Inode, KEY_INODE_COUNT, KEY_NEXT_CLIENT, KEY_NEXT_INO, KEY_NEXT_NODE,
     chunk_key, dirent_key, inode_key,
 };
+use super::sessions;
 use super::txn::{Fail, OpResult, Txn};
 use super::validate;
 
-/// What a command may use besides the state: the proposer's clock.
+/// What a command may use besides the state: the proposer's clock and the
+/// session it came in.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx {
     /// The time stamped on the command by the leader that proposed it.
     pub now_ns: i64,
+    /// The sender's session (0: none): the holder of an orphan it keeps.
+    pub client_id: u64,
 }
 
 /// Applies one operation, returning its reply. A `Fail::Posix` result must
@@ -37,9 +41,8 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
         ensure_root(txn, ctx)?;
     }
     let attr = |a: pb::Attr| pb::MetaReply {
-        errno: 0,
         attr: Some(a),
-        value: 0,
+        ..Default::default()
     };
     let done = pb::MetaReply::default();
     Ok(match op {
@@ -70,10 +73,20 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
         }
         Op::SetXattr(c) => attr::set_xattr(txn, ctx, c).map(|()| done)?,
         Op::RemoveXattr(c) => attr::remove_xattr(txn, ctx, c).map(|()| done)?,
-        Op::RegisterClient(_) => pb::MetaReply {
-            value: next_counter(txn, KEY_NEXT_CLIENT, 1)?,
-            ..done
-        },
+        Op::RegisterClient(_) => {
+            let id = next_counter(txn, KEY_NEXT_CLIENT, 1)?;
+            sessions::create(txn, id);
+            pb::MetaReply { value: id, ..done }
+        }
+        Op::ExpireSessions(c) => {
+            let expired = sessions::expire(txn, &c.clients)?;
+            namespace::release_unheld_orphans(txn)?;
+            pb::MetaReply {
+                value: expired,
+                ..done
+            }
+        }
+        Op::TouchSession(_) => done,
         Op::AllocNodeId(_) => pb::MetaReply {
             value: next_counter(txn, KEY_NEXT_NODE, schema::FIRST_JOINED_NODE_ID)?,
             ..done
@@ -209,7 +222,8 @@ fn remove_entry(txn: &mut Txn<'_>, ctx: &Ctx, parent: u64, name: &[u8], kind: u3
 
 /// Drops one link to an inode. A directory goes at once. When the last
 /// link of another inode goes, it stays without links: as an orphan (with
-/// its chunk references) until `ReleaseOrphan` if `keep_open` names it,
+/// its chunk references) until `ReleaseOrphan` (or the end of the sender's
+/// session) if `keep_open` names it,
 /// else as a tombstone: its references go now, its record
 /// [`schema::TOMBSTONE_NS`] later.
 fn drop_link(txn: &mut Txn<'_>, ctx: &Ctx, ino: u64, keep_open: u64) -> OpResult<()> {
@@ -219,8 +233,9 @@ fn drop_link(txn: &mut Txn<'_>, ctx: &Ctx, ino: u64, keep_open: u64) -> OpResult
     } else if inode.nlink <= 1 {
         inode.nlink = 0;
         inode.ctime_ns = ctx.now_ns;
-        if ino == keep_open {
-            txn.put_u64(&schema::orphan_key(ino), 1);
+        if ino == keep_open && ctx.client_id != 0 {
+            // The marker names its holder: the orphan goes with its session.
+            txn.put_u64(&schema::orphan_key(ino), ctx.client_id);
         } else {
             change_refs(txn, &inode.extents.refs(), &BTreeMap::new())?;
             bury(txn, ctx, ino)?;

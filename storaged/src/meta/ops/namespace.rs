@@ -133,6 +133,27 @@ pub(super) fn release_orphan(txn: &mut Txn<'_>, ino: u64) -> OpResult<()> {
     }
 }
 
+/// Removes every orphan whose holder's session is gone (expired, or never
+/// recorded: markers written before orphans named their holder).
+pub(super) fn release_unheld_orphans(txn: &mut Txn<'_>) -> OpResult<u64> {
+    let mut released = 0;
+    for key in txn.keys_with_prefix(&[crate::meta::schema::PREFIX_ORPHAN])? {
+        let holder = txn.get_u64(&key)?;
+        if txn
+            .get_raw(&crate::meta::schema::session_key(holder))?
+            .is_some()
+        {
+            continue;
+        }
+        let Ok(ino) = <[u8; 8]>::try_from(&key[1..]).map(u64::from_be_bytes) else {
+            continue;
+        };
+        release_orphan(txn, ino)?;
+        released += 1;
+    }
+    Ok(released)
+}
+
 /// Removes an empty directory.
 pub(super) fn rmdir(txn: &mut Txn<'_>, ctx: &Ctx, parent: u64, name: &[u8]) -> OpResult<()> {
     load_dir(txn, parent)?;
