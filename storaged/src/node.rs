@@ -24,7 +24,6 @@ use crate::chunk::heal::Healer;
 use crate::chunk::scrub::Scrubber;
 use crate::chunk::store::ChunkStore;
 use crate::config::Config;
-use crate::meta::read::MetaReader;
 use crate::meta::state_machine::StateMachine;
 use crate::metrics::Metrics;
 use crate::peers::PeerPool;
@@ -406,7 +405,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         leader_gone: OnceLock::new(),
         conn_closed: Arc::new(tokio::sync::Notify::new()),
         node_id: AtomicU64::new(0),
-        reader: MetaReader::new(sm.tree().clone()),
+        reader: sm.reader(),
         store: store.clone(),
         pool: pool.clone(),
         // Half the election timeout: well inside the followers' leader

@@ -1,6 +1,8 @@
 //! Read queries against the applied state. The caller has already made the
 //! read linearizable (read index) before calling these.
 
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
 use quizfs_proto as pb;
 
 use super::schema::{DirEntryRec, Inode, KEY_INODE_COUNT, dir_prefix, dirent_key, inode_key};
@@ -24,12 +26,21 @@ pub const MAX_READDIR: u32 = 4096;
 #[derive(Debug, Clone)]
 pub struct MetaReader {
     tree: sled::Tree,
+    /// Held for writing while an apply writes its keys: a read that looks
+    /// at several keys (an entry and its inode) sees all of a command or
+    /// none of it.
+    applying: Arc<RwLock<()>>,
 }
 
 impl MetaReader {
-    /// Reads from the state machine tree.
-    pub fn new(tree: sled::Tree) -> Self {
-        Self { tree }
+    /// Reads from the state machine tree, kept out of half-applied
+    /// commands by `applying`.
+    pub fn new(tree: sled::Tree, applying: Arc<RwLock<()>>) -> Self {
+        Self { tree, applying }
+    }
+
+    fn held(&self) -> RwLockReadGuard<'_, ()> {
+        self.applying.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The ids of every session in the session table.
@@ -61,8 +72,13 @@ impl MetaReader {
 
     /// Loads an inode.
     pub fn inode(&self, ino: u64) -> Result<Option<Inode>, ReadError> {
+        let _one_state = self.held();
+        self.inode_in(ino)
+    }
+
+    fn inode_in(&self, ino: u64) -> Result<Option<Inode>, ReadError> {
         Ok(self
-            .inode_or_tombstone(ino)?
+            .inode_or_tombstone_in(ino)?
             .filter(|(_, tomb)| !tomb)
             .map(|(i, _)| i))
     }
@@ -71,6 +87,11 @@ impl MetaReader {
     /// and that nobody holds open; only a layout read at open shows it),
     /// and whether it is one.
     pub fn inode_or_tombstone(&self, ino: u64) -> Result<Option<(Inode, bool)>, ReadError> {
+        let _one_state = self.held();
+        self.inode_or_tombstone_in(ino)
+    }
+
+    fn inode_or_tombstone_in(&self, ino: u64) -> Result<Option<(Inode, bool)>, ReadError> {
         let Some(v) = self.tree.get(inode_key(ino))? else {
             return Ok(None);
         };
@@ -84,6 +105,7 @@ impl MetaReader {
     /// Looks a name up in a directory: its attributes, or the errno and,
     /// when the directory has no such name, the directory's attributes.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<pb::AttrReply, ReadError> {
+        let _one_state = self.held();
         let failed = |errno| pb::AttrReply {
             errno,
             ..Default::default()
@@ -91,7 +113,7 @@ impl MetaReader {
         if let Err(e) = super::validate::name(name) {
             return Ok(failed(e));
         }
-        let Some(dir) = self.inode(parent)? else {
+        let Some(dir) = self.inode_in(parent)? else {
             return Ok(failed(libc::ENOENT));
         };
         if !dir.is_dir() {
@@ -100,7 +122,7 @@ impl MetaReader {
         let found = match self.tree.get(dirent_key(parent, name))? {
             Some(v) => {
                 let e: DirEntryRec = decode(&v)?;
-                self.inode(e.ino)?.map(|i| i.attr(e.ino))
+                self.inode_in(e.ino)?.map(|i| i.attr(e.ino))
             }
             None => None,
         };
@@ -125,7 +147,8 @@ impl MetaReader {
         after: &[u8],
         limit: u32,
     ) -> Result<Result<(Vec<pb::DirEntry>, bool), i32>, ReadError> {
-        let Some(dir) = self.inode(ino)? else {
+        let _one_state = self.held();
+        let Some(dir) = self.inode_in(ino)? else {
             return Ok(Err(libc::ENOENT));
         };
         if !dir.is_dir() {
@@ -152,7 +175,7 @@ impl MetaReader {
             let e: DirEntryRec = decode(&v)?;
             // The attributes ride along, so a listing needs no lookup per
             // entry (the client answers readdirplus with them).
-            let attr = self.inode(e.ino)?.map(|i| i.attr(e.ino));
+            let attr = self.inode_in(e.ino)?.map(|i| i.attr(e.ino));
             out.push(pb::DirEntry {
                 name: name.to_vec(),
                 ino: e.ino,

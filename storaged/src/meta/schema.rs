@@ -1,7 +1,8 @@
 //! Key layout of the state machine tree and the records stored in it.
 //!
-//! One sled tree holds the whole state machine, so that every command's
-//! writes, `last_applied` and the session table go into one atomic batch.
+//! One sled tree holds the whole state machine; every apply's writes,
+//! `last_applied` and the session table commit atomically (see
+//! `state_machine.rs`).
 //!
 //! | key | value |
 //! | --- | --- |

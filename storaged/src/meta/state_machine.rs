@@ -1,14 +1,24 @@
 //! openraft's `RaftStateMachine` over the sled tree: apply, snapshots.
 //!
 //! Each `apply` call commits all its entries, their replies in the session
-//! table and `last_applied` as one sled batch. The state machine is not
-//! flushed per apply: after a crash sled recovers a prefix of batches and
-//! openraft re-applies the rest from the log, which is never purged past a
-//! snapshot that was first synced to disk.
+//! table and `last_applied` atomically, without a sled batch: it writes the
+//! whole set of writes first as one redo record (one insert, in the Raft
+//! meta tree), then each write as a plain insert or remove. sled recovers
+//! a prefix of its writes after a crash, so if any of an apply's writes
+//! survived, its redo record did, and opening the state machine writes the
+//! record again (every write in it sets a key to a value: doing it twice
+//! is doing it once). Readers are kept out of a half-done apply by a lock
+//! ([`MetaReader`]). A sled batch did the same but wrote two of sled's IO
+//! buffers per apply, on sled's IO threads: about a third of a Raft
+//! write's time on the leader (BENCHMARKS.md).
+//!
+//! The state machine is not flushed per apply: after a crash sled recovers
+//! a prefix of applies and openraft re-applies the rest from the log, which
+//! is never purged past a snapshot that was first synced to disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, RaftSnapshotBuilder};
@@ -18,9 +28,10 @@ use quizfs_proto as pb;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::ops::{self, Ctx};
+use super::read::MetaReader;
 use super::schema::KEY_APPLIED;
 use super::sessions::{self, Seen};
-use super::txn::{Fail, StoreError, Txn};
+use super::txn::{Fail, StoreError, Txn, Writes};
 use crate::raft::{
     Cmd, CmdReply, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, decode,
     encode, read_err, snapshot, write_err,
@@ -30,6 +41,9 @@ const CURRENT: &str = "current.snap";
 /// Marker key (in the Raft meta tree) set while a snapshot is being loaded
 /// into the state machine; found at start-up, the load is redone.
 const KEY_INSTALLING: &[u8] = b"sm_installing";
+/// Key (in the Raft meta tree) of the last apply's writes, written before
+/// them, and written again at start-up.
+pub(super) const KEY_REDO: &[u8] = b"sm_redo";
 
 type Applied = (Option<LogId>, StoredMembership);
 
@@ -42,6 +56,8 @@ pub struct StateMachine {
     dir: PathBuf,
     recv_counter: Arc<AtomicU64>,
     apply_seconds: Option<Histogram>,
+    /// Held for writing while an apply writes its keys (see the readers).
+    applying: Arc<RwLock<()>>,
 }
 
 /// Runs blocking file and sled work from inside openraft's tasks: on a
@@ -95,6 +111,7 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             recv_counter: Arc::new(AtomicU64::new(0)),
             apply_seconds: None,
+            applying: Arc::default(),
         };
         if sm
             .raft_meta
@@ -103,16 +120,19 @@ impl StateMachine {
         {
             tracing::warn!("finishing a snapshot install interrupted by a crash");
             sm.load_current()?;
-        } else if sm.current_path().exists() {
-            let snap = snapshot::read_meta(&sm.current_path())?.last_log_id;
-            let applied = sm.applied().map_err(std::io::Error::other)?.0;
-            if snap > applied {
-                tracing::warn!(
-                    ?snap,
-                    ?applied,
-                    "state machine is behind its snapshot; reloading it"
-                );
-                sm.load_current()?;
+        } else {
+            sm.redo().map_err(std::io::Error::other)?;
+            if sm.current_path().exists() {
+                let snap = snapshot::read_meta(&sm.current_path())?.last_log_id;
+                let applied = sm.applied().map_err(std::io::Error::other)?.0;
+                if snap > applied {
+                    tracing::warn!(
+                        ?snap,
+                        ?applied,
+                        "state machine is behind its snapshot; reloading it"
+                    );
+                    sm.load_current()?;
+                }
             }
         }
         Ok(sm)
@@ -121,6 +141,44 @@ impl StateMachine {
     /// The tree, for readers.
     pub fn tree(&self) -> &sled::Tree {
         &self.tree
+    }
+
+    /// A reader of the tree that never sees half of an apply.
+    pub fn reader(&self) -> MetaReader {
+        MetaReader::new(self.tree.clone(), self.applying.clone())
+    }
+
+    /// Writes `writes` to the tree: its redo record first, then each key.
+    fn write(&self, writes: Writes) -> Result<(), sled::Error> {
+        self.raft_meta.insert(KEY_REDO, encode(&writes))?;
+        let _alone = self.applying.write().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in writes {
+            match v {
+                Some(v) => self.tree.insert(k, v)?,
+                None => self.tree.remove(k)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Writes the last apply's redo record again: after a crash, the part
+    /// of its writes that did not reach the disk.
+    fn redo(&self) -> Result<(), StorageError> {
+        let Some(record) = self
+            .raft_meta
+            .get(KEY_REDO)
+            .map_err(|e| read_err(ErrorSubject::StateMachine, &e))?
+        else {
+            return Ok(());
+        };
+        let writes: Writes =
+            decode(&record).map_err(|e| read_err(ErrorSubject::StateMachine, &e))?;
+        tracing::debug!(
+            keys = writes.len(),
+            "state machine: last apply written again"
+        );
+        self.write(writes)
+            .map_err(|e| write_err(ErrorSubject::StateMachine, &e))
     }
 
     fn current_path(&self) -> PathBuf {
@@ -133,6 +191,8 @@ impl StateMachine {
         self.raft_meta
             .insert(KEY_INSTALLING, b"1".as_slice())
             .map_err(other)?;
+        // The snapshot replaces everything an earlier apply wrote.
+        self.raft_meta.remove(KEY_REDO).map_err(other)?;
         self.db.flush()?;
         let meta = snapshot::import(&self.current_path(), &self.tree)?;
         let applied: Applied = (meta.last_log_id, meta.last_membership.clone());
@@ -259,8 +319,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let applied: Applied = (last, membership);
         txn.put(KEY_APPLIED, &applied);
-        self.tree
-            .apply_batch(txn.into_batch())
+        self.write(txn.into_writes())
             .map_err(|e| write_err(ErrorSubject::StateMachine, &e))?;
         if let Some(h) = &self.apply_seconds {
             h.observe(began.elapsed().as_secs_f64());

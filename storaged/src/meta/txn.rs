@@ -1,7 +1,8 @@
 //! A write overlay over the state machine tree.
 //!
 //! `apply` collects the writes of a whole batch of log entries here and
-//! commits them to sled as one atomic batch, together with `last_applied`.
+//! commits them to sled together with `last_applied`, atomically (see
+//! `state_machine.rs`).
 //! Reads see the batch's own earlier writes. Each command runs between
 //! [`Txn::begin`] and either [`Txn::end`] or [`Txn::rollback`], so a command
 //! that fails with an errno leaves nothing behind.
@@ -41,6 +42,9 @@ pub enum Fail {
 
 /// Result of a namespace operation.
 pub type OpResult<T> = Result<T, Fail>;
+
+/// A set of writes to the tree: each key's new value, `None` to delete it.
+pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// A key and its overlay state before the current command touched it
 /// (`None`: the overlay did not hold the key).
@@ -163,15 +167,8 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// Turns the overlay into one sled batch.
-    pub fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.writes {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        batch
+    /// The overlay's writes: each key's new value, `None` to delete it.
+    pub fn into_writes(self) -> Writes {
+        self.writes
     }
 }
