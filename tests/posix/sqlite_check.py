@@ -72,9 +72,9 @@ def reader(path, done, out):
             if "locked" in text or "busy" in text:
                 busy += 1
             else:
-                bad.append(text)
+                bad.append(f"{text} ({getattr(e, 'sqlite_errorname', '?')}, {MODE})")
         except sqlite3.DatabaseError as e:
-            bad.append(str(e))
+            bad.append(f"{e} ({getattr(e, 'sqlite_errorname', '?')}, {MODE})")
         time.sleep(0.1)
     out.put((reads, busy, bad, sorted(counts)))
 

@@ -137,10 +137,12 @@ impl Drop for Mount {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let problems: Vec<&str> = log
                 .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .filter(|l| {
+                    l.contains("WARN") || l.contains("ERROR") || l.contains("answered an error")
+                })
                 .collect();
             eprintln!(
-                "----- client warnings and errors ({}) -----\n{}",
+                "----- client warnings, errors and error answers ({}) -----\n{}",
                 self.path.display(),
                 problems[problems.len().saturating_sub(40)..].join("\n")
             );

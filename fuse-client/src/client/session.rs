@@ -129,8 +129,16 @@ impl ClusterClient {
             return Ok(());
         }
         drop(_one);
-        self.apply_raw("touch", Op::TouchSession(pb::TouchSession {}), true)
-            .await?;
+        // Bounded: without a leader the check waits no longer than one call.
+        let touch = self.apply_raw("touch", Op::TouchSession(pb::TouchSession {}), true);
+        let within = self.inner.opts.call_timeout;
+        tokio::time::timeout(within, touch)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                op: "touch",
+                timeout: within,
+                last: "no answer from the leader".into(),
+            })??;
         self.inner.session.settled();
         Ok(())
     }
