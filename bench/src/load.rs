@@ -70,6 +70,22 @@ pub struct Upload {
     pub len: usize,
 }
 
+/// A seed no earlier call in this process (nor, almost surely, an earlier
+/// run) returned: content made from it is new to the system under test,
+/// which must then store it, not find it already stored (quizfs keeps one
+/// copy of equal chunks, so a repetition that wrote the same bytes again
+/// would measure that instead of a write).
+pub fn fresh_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (now ^ (u64::from(std::process::id()) << 32))
+        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 /// The content of an upload: pseudo-random bytes from `seed` (xorshift).
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{Bound, Report, Sizes, drop_caches, io, rank};
-use crate::load::{close, content};
+use crate::load::{close, content, fresh_seed};
 
 /// Opens a file for an upload as web applications do: `O_CREAT |
 /// O_TRUNC`, not `O_EXCL` (PHP's `fopen(..., "wb")` behind
@@ -60,6 +60,8 @@ pub(super) fn uploads(
             io(format!("mkdir {}", d.display()), std::fs::create_dir(&d))?;
         }
     }
+    // New bytes for every repetition: see `fresh_seed`.
+    let salt = fresh_seed();
     let t = Instant::now();
     let results: Vec<Result<Vec<Duration>, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
@@ -68,7 +70,7 @@ pub(super) fn uploads(
                     let mut lat = Vec::with_capacity(per);
                     for i in (w * per)..((w + 1) * per).min(sizes.uploads) {
                         bound.check()?;
-                        let data = content(i as u64, len);
+                        let data = content(salt ^ i as u64, len);
                         lat.push(upload(&upload_path(dir, spread, w, i), &data)?);
                     }
                     Ok(lat)
@@ -93,7 +95,7 @@ pub(super) fn uploads(
         bound.check()?;
         let path = upload_path(dir, spread, i / per, i);
         let got = io(format!("read {}", path.display()), std::fs::read(&path))?;
-        if got != content(i as u64, len) {
+        if got != content(salt ^ i as u64, len) {
             return Err(format!(
                 "{} read back differs from what was written",
                 path.display()

@@ -98,8 +98,10 @@ fn measure(d: &Path, n: usize) -> Result<Vec<OpLatency>, String> {
             io("chmod", std::fs::set_permissions(&p, mode(0o600)))
         })?;
     }
-    let data = content(7, 100 * 1024);
+    // New bytes for every upload: see `fresh_seed`.
+    let salt = crate::load::fresh_seed();
     for i in 0..n {
+        let data = content(salt ^ i as u64, 100 * 1024);
         let p = d.join(format!("u{i}"));
         let t = Instant::now();
         let mut f = timed(&mut rows[4].1, || io("open", open_upload(&p)))?;

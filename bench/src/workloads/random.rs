@@ -15,11 +15,12 @@ pub(super) fn random_prepare(dir: &Path, sizes: &Sizes, bound: &Bound) -> Result
     let path = dir.join("random.bin");
     let mut f = io("create random.bin", File::create(&path))?;
     let mut block = content(7, MIB);
+    let salt = crate::load::fresh_seed();
     for i in 0..sizes.rand_mib {
         bound.check()?;
         // Every block differs, so no system can store the file as one
         // deduplicated chunk and serve every read from it.
-        block[..8].copy_from_slice(&i.to_le_bytes());
+        block[..8].copy_from_slice(&(salt ^ i).to_le_bytes());
         io("write random.bin", f.write_all(&block))?;
     }
     io("fsync random.bin", f.sync_all())?;

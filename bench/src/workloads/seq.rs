@@ -16,14 +16,16 @@ pub(super) fn seq(
 ) -> Result<(), String> {
     let path = dir.join("seq.bin");
     let block = content(sizes.seq_mib, MIB);
+    let salt = crate::load::fresh_seed();
     let mib = sizes.seq_mib as f64;
     let t = Instant::now();
     let mut f = io("create seq.bin", File::create(&path))?;
     for i in 0..sizes.seq_mib {
         bound.check()?;
-        // Vary the first bytes so no system can deduplicate the blocks.
+        // Vary the first bytes so no system can deduplicate the blocks,
+        // within this run or with an earlier repetition's.
         let mut b = block.clone();
-        b[..8].copy_from_slice(&i.to_le_bytes());
+        b[..8].copy_from_slice(&(salt ^ i).to_le_bytes());
         io("write seq.bin", f.write_all(&b))?;
     }
     io("fsync seq.bin", f.sync_all())?;
