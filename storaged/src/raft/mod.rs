@@ -24,7 +24,10 @@ pub struct Cmd {
     pub acked_below: u64,
     /// Time stamped by the leader when it proposed the command.
     pub now_ns: i64,
-    /// The prost-encoded `MetaOp`.
+    /// The prost-encoded `MetaOp`. As bytes, not a sequence of u8: the
+    /// same encoding in bincode, but written and read in one copy (a
+    /// command may carry file data; see `CommitWrite.chunks`).
+    #[serde(with = "serde_bytes")]
     pub op: Vec<u8>,
 }
 
