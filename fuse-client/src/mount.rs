@@ -33,6 +33,8 @@ Mount options (-o, comma-separated):
   backup_servers=H[,H]   more servers to try first contact with (also H:H)
   chunk_cache=MIB        MiB of file data cached for reads (default 64)
   write_buffers=N        4 MiB buffers the mount may fill before uploading (default 16)
+  inline_max=KIB         a file's writes up to this many KiB travel inside its commit, not
+                         as an uploaded chunk (default 256, the most; 0: never)
   sync_create            open(O_CREAT) waits for the create's commit (default: a create
                          of a new name is answered at once and committed by close)
   log=PATH               write the background process's log to PATH
@@ -168,6 +170,18 @@ pub(crate) fn parse(
                     return Err(format!("write_buffers={n}: must be between 1 and 1024"));
                 }
                 req.fs.write_buffers = n;
+            }
+            "inline_max" => {
+                let most = quizfs_proto::MAX_INLINE_BYTES / 1024;
+                let kib: usize = need()?
+                    .parse()
+                    .map_err(|_| "inline_max: not a number of KiB".to_string())?;
+                if kib > most {
+                    return Err(format!(
+                        "inline_max={kib}: must be between 0 and {most} KiB"
+                    ));
+                }
+                req.fs.inline_max = kib * 1024;
             }
             "backup_servers" | "backup-volfile-servers" => {
                 for s in need()?.split(':').filter(|s| !s.is_empty()) {
@@ -507,6 +521,8 @@ mod tests {
             "ping_timeout",
             "ping_timeout=x",
             "chunk_cache=1",
+            "inline_max=257",
+            "inline_max=-1",
             "ro,nas2",
         ] {
             assert!(

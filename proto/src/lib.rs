@@ -36,6 +36,11 @@ pub const MAX_UPLOADS_PER_CLIENT: usize = 16;
 /// fetches the whole chunk.
 pub const MAX_RANGE_BYTES: u32 = 256 * 1024;
 
+/// Most chunk bytes one `CommitWrite` may carry inside the command (see
+/// `CommitWrite.chunks`); a file whose uncommitted writes are larger
+/// uploads them as chunks first.
+pub const MAX_INLINE_BYTES: usize = 256 * 1024;
+
 /// Largest gRPC message a client-facing service accepts.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 

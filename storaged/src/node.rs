@@ -115,6 +115,9 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, StartError> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
         max_in_snapshot_log_to_keep: cfg.keep_logs,
         snapshot_max_chunk_size: 1024 * 1024,
+        // Entries may carry up to MAX_INLINE_BYTES of file data: one
+        // AppendEntries stays well inside MAX_RAFT_MESSAGE_BYTES.
+        max_payload_entries: 64,
         install_snapshot_timeout: 10_000,
         ..Default::default()
     }
@@ -350,6 +353,40 @@ async fn finish_join(
     }
 }
 
+/// Longest the chunks carried in commits wait to be written to disk (they
+/// are written as soon as they come, in batches, while the writer keeps
+/// up); the Raft log entries a restart writes again are bounded thereby.
+const INLINE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Carried chunk bytes in the Raft log after which a snapshot is taken
+/// (so the log can be purged) whatever the number of entries.
+const INLINE_SNAPSHOT_BYTES: u64 = 256 << 20;
+
+/// Writes the chunks carried in commits to disk as they come (each batch
+/// while the one before it is written), and asks for a snapshot once
+/// [`INLINE_SNAPSHOT_BYTES`] of them are in the log, so file data does not
+/// fill the disk twice.
+async fn sync_inline(sm: StateMachine, raft: Raft, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = sm.carried_waiting() => {}
+            _ = tokio::time::sleep(INLINE_SYNC_INTERVAL) => {}
+            _ = stop.cancelled() => return,
+        }
+        if sm.carried_since_snapshot() > INLINE_SNAPSHOT_BYTES {
+            if let Err(e) = raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "asking for a snapshot");
+            }
+        }
+        let me = sm.clone();
+        match tokio::task::spawn_blocking(move || me.sync_inline()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "syncing the chunks carried in commits"),
+            Err(e) => tracing::warn!(error = %e, "syncing the chunks carried in commits"),
+        }
+    }
+}
+
 /// Runs a node until `shutdown` is cancelled, then stops in order: stop
 /// accepting, drain requests, stop background work, stop Raft, flush.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
@@ -371,14 +408,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         .map_err(|e| StartError::Io("the Raft log".into(), e))?;
     db.flush()
         .map_err(|e| StartError::Db(data.display().to_string(), sled::Error::Io(e)))?;
-    let sm = StateMachine::open(&db, &data.join("snapshots"))
-        .map_err(|e| StartError::Io("snapshots".into(), e))?
-        .observe_applies(metrics.apply.clone());
     let store = Arc::new(
         ChunkStore::open(&data)
             .map_err(|e| StartError::Io("chunk store".into(), e))?
             .with_reserve(cfg.reserve),
     );
+    let sm = StateMachine::open(&db, &data.join("snapshots"))
+        .map_err(|e| StartError::Io("snapshots".into(), e))?
+        .observe_applies(metrics.apply.clone())
+        .with_chunks(store.clone());
+    sm.rematerialize(&mut log.clone())
+        .await
+        .map_err(|e| StartError::Io("chunks carried in the Raft log".into(), e))?;
     let (transport, tls) = match &cfg.tls {
         Some(files) => {
             let tls = crate::tls::ServerTls::new(files, &cfg.volume, &cfg.me().host)
@@ -473,9 +514,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             lease: state.lease.clone(),
             retry: cfg.heartbeat,
         };
-        let r = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log.clone(), sm)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let r = Raft::new(
+            id,
+            Arc::new(raft_config(&cfg)?),
+            network,
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
         let _ = state.raft.set(r.clone());
         tracing::info!(node = id, "raft started");
         let gone = Arc::new(LeaderGone::new(r.clone(), id, cfg.election * 4 / 3));
@@ -526,6 +573,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             state.metrics.sessions_expired.clone(),
             work.clone(),
         ));
+        tasks.spawn(sync_inline(sm.clone(), r.clone(), work.clone()));
         tasks.spawn(crate::chunk::gc::run(
             store.clone(),
             state.reader.clone(),
@@ -553,6 +601,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         if let Err(e) = r.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+    if let Err(e) = tokio::task::spawn_blocking(move || sm.sync_inline()).await {
+        tracing::warn!(error = %e, "syncing the chunks carried in commits");
     }
     db.flush_async()
         .await

@@ -57,7 +57,7 @@ async fn early_creates_keep_order_and_fail_at_close_when_the_name_was_taken() {
         at: 0,
     };
     let attr = a
-        .commit_extents(w, vec![ext.clone()], data.len() as u64, Some(0))
+        .commit_extents(w, vec![ext.clone()], data.len() as u64, Some(0), Vec::new())
         .await
         .unwrap();
     assert_eq!((attr.ino, attr.size), (w, data.len() as u64));
@@ -72,7 +72,7 @@ async fn early_creates_keep_order_and_fail_at_close_when_the_name_was_taken() {
     let theirs = b.create(d, b"race", 0o644, true).await.unwrap();
     b.write_bytes(theirs.ino, b"theirs").await.unwrap();
     let lost = a
-        .commit_extents(r, vec![ext], data.len() as u64, Some(0))
+        .commit_extents(r, vec![ext], data.len() as u64, Some(0), Vec::new())
         .await;
     assert_eq!(errno(lost), libc::EEXIST);
     assert_eq!(errno(a.created(r).await), libc::EEXIST);

@@ -63,7 +63,7 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         libc::ENOENT
     );
     assert_eq!(
-        errno(c.commit_extents(424_242, vec![], 0, None).await),
+        errno(c.commit_extents(424_242, vec![], 0, None, Vec::new()).await),
         libc::ENOENT
     );
     // Extents that reach past the size or their chunk, overlap, or name a
@@ -84,14 +84,20 @@ async fn hostile_requests_are_refused_and_change_nothing() {
     ];
     for bad in bad_lists {
         assert_eq!(
-            errno(c.commit_extents(keep.ino, bad.clone(), 10, None).await),
+            errno(
+                c.commit_extents(keep.ino, bad.clone(), 10, None, Vec::new())
+                    .await
+            ),
             libc::EINVAL,
             "{bad:?}"
         );
     }
     let too_many: Vec<pb::Extent> = (0..8193).map(|i| ext(i, 1, 0, vec![1; 32])).collect();
     assert_eq!(
-        errno(c.commit_extents(keep.ino, too_many, 9000, None).await),
+        errno(
+            c.commit_extents(keep.ino, too_many, 9000, None, Vec::new())
+                .await
+        ),
         libc::E2BIG
     );
     // Sizes beyond the largest file, an oversized xattr value.
@@ -108,16 +114,42 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         libc::EFBIG
     );
     assert_eq!(
-        errno(c.commit_extents(keep.ino, vec![], too_big, None).await),
+        errno(
+            c.commit_extents(keep.ino, vec![], too_big, None, Vec::new())
+                .await
+        ),
         libc::EFBIG
     );
     assert_eq!(
-        errno(c.commit_extents(keep.ino, vec![], u64::MAX, None).await),
+        errno(
+            c.commit_extents(keep.ino, vec![], u64::MAX, None, Vec::new())
+                .await
+        ),
         libc::EFBIG
     );
     // A truncation point past the size the commit sets.
     assert_eq!(
-        errno(c.commit_extents(keep.ino, vec![], 10, Some(11)).await),
+        errno(
+            c.commit_extents(keep.ino, vec![], 10, Some(11), Vec::new())
+                .await
+        ),
+        libc::EINVAL
+    );
+    // More file data inside one commit than it may carry, or an empty
+    // carried chunk.
+    let over = vec![
+        vec![7; pb::MAX_INLINE_BYTES / 2],
+        vec![8; pb::MAX_INLINE_BYTES / 2 + 1],
+    ];
+    assert_eq!(
+        errno(c.commit_extents(keep.ino, vec![], 10, None, over).await),
+        libc::E2BIG
+    );
+    assert_eq!(
+        errno(
+            c.commit_extents(keep.ino, vec![], 10, None, vec![Vec::new()])
+                .await
+        ),
         libc::EINVAL
     );
     assert_eq!(

@@ -12,7 +12,8 @@ use super::{ClientError, ClusterClient};
 pub const WRITE_PARALLELISM: usize = 3;
 
 impl ClusterClient {
-    /// Replaces the content of file `ino` with everything `src` yields.
+    /// Replaces the content of file `ino` with everything `src` yields;
+    /// up to [`pb::MAX_INLINE_BYTES`] go inside the commit.
     pub async fn write_from<R: AsyncRead + Unpin>(
         &self,
         ino: u64,
@@ -37,6 +38,19 @@ impl ClusterClient {
                 break;
             }
             buf.truncate(filled);
+            if index == 0 && filled <= pb::MAX_INLINE_BYTES {
+                // A small file travels inside its commit, as a mount's does.
+                let extent = pb::Extent {
+                    offset: 0,
+                    len: filled as u64,
+                    hash: ChunkHash::of(&buf).0.to_vec(),
+                    at: 0,
+                };
+                let size = filled as u64;
+                return self
+                    .commit_extents(ino, vec![extent], size, Some(0), vec![buf])
+                    .await;
+            }
             size += filled as u64;
             chunks.push(filled as u64);
             results.push(None);
@@ -69,7 +83,8 @@ impl ClusterClient {
                 at: 0,
             });
         }
-        self.commit_extents(ino, extents, size, Some(0)).await
+        self.commit_extents(ino, extents, size, Some(0), Vec::new())
+            .await
     }
 
     /// Replaces the content of file `ino` with `data`.

@@ -272,7 +272,8 @@ impl ClusterClient {
         self.apply_attr("setattr", Op::SetAttr(set)).await
     }
 
-    /// Commits extents of chunks already durable on a majority and the
+    /// Commits extents of chunks already durable on a majority, or carried
+    /// in the command (`chunks`, at most [`pb::MAX_INLINE_BYTES`]), and the
     /// file's new size; with `cut`, the content from that offset on is
     /// dropped first (`Some(0)`: they become the whole content).
     pub async fn commit_extents(
@@ -281,6 +282,7 @@ impl ClusterClient {
         extents: Vec<pb::Extent>,
         size: u64,
         cut: Option<u64>,
+        chunks: Vec<Vec<u8>>,
     ) -> Result<pb::Attr, ClientError> {
         let c = pb::CommitWrite {
             ino,
@@ -290,6 +292,7 @@ impl ClusterClient {
             if_version: None,
             cut,
             create: None,
+            chunks,
         };
         self.commit("write", c).await
     }
@@ -313,6 +316,7 @@ impl ClusterClient {
             if_version: Some(version),
             cut: None,
             create: None,
+            chunks: Vec::new(),
         };
         self.commit("compact", c).await
     }

@@ -12,7 +12,10 @@
 //! that only that buffer holds changes them in place); a full buffer, or
 //! the buffer at `flush`, becomes one chunk, so a small write costs a small
 //! chunk. `flush` (close, fsync) waits for every chunk to be durable and
-//! commits the pending extents with one metadata command. The buffers of
+//! commits the pending extents with one metadata command. A small file's
+//! buffer (up to the mount's `inline_max`) is not uploaded at all: it
+//! travels inside that command, durable through the Raft log, so its
+//! close is one metadata write. The buffers of
 //! all files take their memory from the mount's write budget, which a
 //! writer waits on only while uploads that give it back are under way.
 
@@ -113,6 +116,10 @@ pub struct FileState {
     /// The last commit found that another mount had changed the content
     /// too, and took the cluster's view.
     replaced: bool,
+    /// Chunks of small writes sent inside the commit rather than uploaded
+    /// (see `CommitWrite.chunks`): kept until a commit carrying them
+    /// succeeds, since nothing else holds them.
+    carried: Vec<(ChunkHash, Arc<Vec<u8>>)>,
     /// The handles whose writes (or truncations) are not committed yet:
     /// the close of any other handle commits nothing, so a descriptor
     /// that only read, or whose writes are committed, never publishes
@@ -179,6 +186,9 @@ pub struct Io {
     pub budget: Arc<Semaphore>,
     /// The budget's size in units (a reservation is capped at it).
     pub budget_units: u32,
+    /// Uncommitted writes of a file up to this many bytes travel inside
+    /// its commit instead of as an uploaded chunk (0: never).
+    pub inline_max: usize,
 }
 
 impl Io {
@@ -452,6 +462,8 @@ impl OpenFile {
             return Ok(None);
         }
         st.replaced = false;
+        // The budget of a carried buffer comes back once it is committed.
+        let _carried_budget = Self::carry(io, st);
         self.seal_locked(io, st).await?;
         // Uploads that failed before are sent again.
         for s in st.sealed.iter_mut().filter(|s| s.task.is_none()) {
@@ -468,6 +480,10 @@ impl OpenFile {
             })
             .ok_or_else(|| eio("write"))?;
         let wire = done.to_wire();
+        // Only the carried chunks the commit still names go with it.
+        st.carried
+            .retain(|(h, _)| wire.iter().any(|e| e.hash == h.0));
+        let mut chunks: Vec<Vec<u8>> = st.carried.iter().map(|(_, d)| d.to_vec()).collect();
         let size = st.size;
         // One command per MAX_PENDING_EXTENTS extents (and one for none).
         let batches: Vec<&[pb::Extent]> = if wire.is_empty() {
@@ -479,11 +495,13 @@ impl OpenFile {
         for (i, batch) in batches.iter().enumerate() {
             let cut = if i == 0 { st.cut } else { None };
             tracing::debug!(ino = self.ino, extents = batch.len(), size, ?cut, "commit");
+            let carried = std::mem::take(&mut chunks);
             let committed = io
                 .client
-                .commit_extents(self.ino, batch.to_vec(), size, cut);
+                .commit_extents(self.ino, batch.to_vec(), size, cut, carried);
             attr = Some(committed.await?);
             st.cut = None;
+            st.carried.clear();
         }
         let batches = batches.len() as u64;
         let attr = attr.ok_or_else(|| eio("write"))?;
@@ -500,6 +518,30 @@ impl OpenFile {
             tracing::debug!(ino = self.ino, error = %e, "compaction skipped");
         }
         Ok(Some(attr))
+    }
+
+    /// Turns the open buffer into a chunk carried by the commit, when no
+    /// upload is under way and it fits with the ones carried already
+    /// (a small file's close is then one metadata write, no upload).
+    /// Returns the buffer's budget, to give back after the commit.
+    fn carry(io: &Io, st: &mut FileState) -> Option<OwnedSemaphorePermit> {
+        let carried: usize = st.carried.iter().map(|(_, d)| d.len()).sum();
+        let fits = st
+            .open
+            .as_ref()
+            .is_some_and(|b| !b.data.is_empty() && carried + b.data.len() <= io.inline_max);
+        if !fits || !st.sealed.is_empty() {
+            return None;
+        }
+        let buf = st.open.take()?;
+        let data = Arc::new(buf.data);
+        let hash = ChunkHash::of(&data);
+        let id = buf.id;
+        st.pending
+            .replace_sources(|src| (*src == Src::Buf(id)).then_some(Src::Chunk(hash)));
+        io.cache.insert(hash, data.clone());
+        st.carried.push((hash, data));
+        buf.permit
     }
 
     /// Rewrites the most fragmented 4 MiB windows of the committed content
@@ -659,6 +701,16 @@ impl OpenFile {
                     Some((Src::Buf(id), at)) => {
                         let bytes = Self::buffer(&st, id)
                             .and_then(|b| b.get(at as usize..(at + span.len) as usize))
+                            .ok_or_else(|| eio("read"))?;
+                        parts.push(Part::Bytes(bytes.to_vec()));
+                    }
+                    // A carried chunk is on no node until its commit is.
+                    Some((Src::Chunk(hash), at)) if st.carried.iter().any(|(h, _)| *h == hash) => {
+                        let bytes = st
+                            .carried
+                            .iter()
+                            .find(|(h, _)| *h == hash)
+                            .and_then(|(_, d)| d.get(at as usize..(at + span.len) as usize))
                             .ok_or_else(|| eio("read"))?;
                         parts.push(Part::Bytes(bytes.to_vec()));
                     }

@@ -72,6 +72,9 @@ pub struct FsOptions {
     /// Answer `open(O_CREAT)` of a name just found missing before its
     /// create is committed (see `client::creates`); false: wait for it.
     pub early_create: bool,
+    /// A file's uncommitted writes up to this many bytes go inside its
+    /// commit rather than as an uploaded chunk (0: never).
+    pub inline_max: usize,
 }
 
 impl Default for FsOptions {
@@ -83,6 +86,7 @@ impl Default for FsOptions {
             chunk_cache_bytes: 64 << 20,
             write_buffers: 16,
             early_create: true,
+            inline_max: pb::MAX_INLINE_BYTES,
         }
     }
 }
@@ -162,6 +166,7 @@ impl QuizFs {
             cache: Arc::new(cache),
             budget,
             budget_units,
+            inline_max: opts.inline_max,
         };
         Self {
             inner: Arc::new(Inner {

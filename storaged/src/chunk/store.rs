@@ -79,6 +79,22 @@ pub struct ChunkStore {
     /// Fan-out directories (`chunks/ab/cd`) whose names are known to be
     /// durable: a chunk renamed into any other first syncs its parents.
     durable_dirs: Mutex<HashSet<PathBuf>>,
+    /// Chunks carried in commits, served from memory until
+    /// [`ChunkStore::write_carried`] has them durable on disk.
+    carried: Mutex<Carried>,
+    /// Told when a chunk is held.
+    carried_ready: tokio::sync::Notify,
+}
+
+/// Chunks held in memory until written: what a node applied from the Raft
+/// log (which keeps them durable meanwhile) is not written on the apply's
+/// path, where file creations wait behind the log's own syncs.
+#[derive(Debug, Default)]
+struct Carried {
+    map: HashMap<ChunkHash, std::sync::Arc<Vec<u8>>>,
+    /// Held and not yet written, oldest first.
+    queue: Vec<ChunkHash>,
+    bytes: u64,
 }
 
 /// Outboards kept in memory at most: 64 MiB for 4 MiB chunks.
@@ -155,6 +171,8 @@ impl ChunkStore {
             reserve: 0,
             outboards: Mutex::new(Outboards::default()),
             durable_dirs: Mutex::new(durable_dirs),
+            carried: Mutex::default(),
+            carried_ready: tokio::sync::Notify::new(),
         })
     }
 
@@ -181,12 +199,23 @@ impl ChunkStore {
         self.root.join(&hex[0..2]).join(&hex[2..4]).join(hex)
     }
 
-    /// Whether the chunk is present.
+    /// Whether the chunk is present (on disk, or held to be written).
     pub fn contains(&self, hash: &ChunkHash) -> bool {
         self.present
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(hash)
+            || self.held(hash).is_some()
+    }
+
+    /// A chunk held in memory until it is written.
+    fn held(&self, hash: &ChunkHash) -> Option<std::sync::Arc<Vec<u8>>> {
+        self.carried
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .get(hash)
+            .cloned()
     }
 
     /// Number of chunks and bytes stored.
@@ -241,8 +270,163 @@ impl ChunkStore {
         w.finish().await
     }
 
+    /// Holds a chunk carried in a commit (durable in the Raft log) to be
+    /// written by [`ChunkStore::write_carried`]; it is served from memory
+    /// meanwhile. Returns its hash.
+    pub fn hold(&self, data: Vec<u8>) -> ChunkHash {
+        let hash = ChunkHash::of(&data);
+        let mut c = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        if !c.map.contains_key(&hash) {
+            c.bytes += data.len() as u64;
+            c.map.insert(hash, std::sync::Arc::new(data));
+            c.queue.push(hash);
+        }
+        drop(c);
+        self.carried_ready.notify_one();
+        hash
+    }
+
+    /// Waits until a chunk is held (at once if one was held since the
+    /// last wait).
+    pub async fn carried_waiting(&self) {
+        self.carried_ready.notified().await;
+    }
+
+    /// Bytes of carried chunks held in memory.
+    pub fn carried_bytes(&self) -> u64 {
+        self.carried.lock().unwrap_or_else(|p| p.into_inner()).bytes
+    }
+
+    /// Writes every chunk held so far to disk and syncs it (each file,
+    /// then each directory it went into); then stops holding it. Blocking.
+    pub fn write_carried(&self) -> io::Result<()> {
+        let batch: Vec<(ChunkHash, std::sync::Arc<Vec<u8>>)> = {
+            let mut c = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+            let queue = std::mem::take(&mut c.queue);
+            queue
+                .into_iter()
+                .filter_map(|h| c.map.get(&h).map(|d| (h, d.clone())))
+                .collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written = batch
+            .iter()
+            .try_for_each(|(h, d)| self.write_unsynced(*h, d).map_err(io::Error::other))
+            .and_then(|()| self.sync_files(batch.iter().map(|(h, _)| h)));
+        let mut c = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = written {
+            // Tried again at the next write, first.
+            let mut queue: Vec<ChunkHash> = batch.iter().map(|(h, _)| *h).collect();
+            queue.append(&mut c.queue);
+            c.queue = queue;
+            return Err(e);
+        }
+        for (h, d) in &batch {
+            if c.map.remove(h).is_some() {
+                c.bytes -= d.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a chunk whose content is checked, unsynced: to `tmp/`, then
+    /// renamed into place, so a reader never meets it half written. A
+    /// chunk already present only has its age refreshed.
+    fn write_unsynced(&self, hash: ChunkHash, data: &[u8]) -> Result<(), ChunkError> {
+        if data.len() > CHUNK_SIZE {
+            return Err(ChunkError::TooLarge(hash));
+        }
+        let dest = self.path(&hash);
+        let on_disk = self
+            .present
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&hash);
+        if on_disk {
+            // As in `ChunkWriter::finish`: a fresh age keeps garbage
+            // collection off it; a file it removed meanwhile is written.
+            let _g = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if let Ok(f) = std::fs::File::options().write(true).open(&dest) {
+                if f.set_modified(SystemTime::now()).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}.{n}", hash.to_hex()));
+        let write = || -> io::Result<()> {
+            let mut guard = TmpGuard(Some(tmp.clone()));
+            std::fs::write(&tmp, data)?;
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::rename(&tmp, &dest)?;
+            guard.0 = None;
+            Ok(())
+        };
+        write().map_err(|e| ChunkError::io(hash, e))?;
+        let len = data.len() as u64;
+        let newly = self
+            .present
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, len)
+            .is_none();
+        if newly {
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn sync_files<'a>(&self, written: impl Iterator<Item = &'a ChunkHash>) -> io::Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for hash in written {
+            let path = self.path(hash);
+            match std::fs::File::open(&path) {
+                Ok(f) => f.sync_data()?,
+                // Collected or quarantined since: nothing to keep.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            if let Some(dir) = path.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            std::fs::File::open(&dir)?.sync_all()?;
+            let known = self
+                .durable_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&dir);
+            if !known {
+                // chunks/ab/cd: sync ab (for cd) and chunks (for ab).
+                for up in dir.ancestors().skip(1).take(2) {
+                    std::fs::File::open(up)?.sync_all()?;
+                }
+                self.durable_dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a chunk of up to `len` new bytes would eat into the reserve
+    /// (a leader refuses a small write carried in its commit then, as a
+    /// chunk upload would be refused).
+    pub fn would_fill(&self, len: usize) -> bool {
+        len > 0 && self.short_of_space()
+    }
+
     /// Reads and verifies a chunk. A corrupt file is quarantined.
     pub async fn get(&self, hash: &ChunkHash) -> Result<Vec<u8>, ChunkError> {
+        if let Some(d) = self.held(hash) {
+            return Ok(d.to_vec());
+        }
         let data = self.read_file(hash).await?;
         if ChunkHash::of(&data) != *hash {
             return Err(self.corrupt(hash).await);
@@ -254,6 +438,9 @@ impl ChunkStore {
     /// the async threads. Returns its length; a corrupt file is
     /// quarantined.
     pub async fn verify(&self, hash: &ChunkHash) -> Result<u64, ChunkError> {
+        if let Some(d) = self.held(hash) {
+            return Ok(d.len() as u64);
+        }
         let path = self.path(hash);
         let want = *hash;
         let read = tokio::task::spawn_blocking(move || -> io::Result<(u64, bool)> {
@@ -307,7 +494,10 @@ impl ChunkStore {
             // outboard's root is the chunk's hash, so one pass both checks
             // the chunk and makes the outboard.
             None => {
-                let data = self.read_file(hash).await?;
+                let data = match self.held(hash) {
+                    Some(d) => d.to_vec(),
+                    None => self.read_file(hash).await?,
+                };
                 let len = data.len() as u64;
                 if len <= GROUP {
                     if ChunkHash::of(&data) != *hash {

@@ -157,6 +157,7 @@ fn op() -> impl Strategy<Value = Op> {
                     if_version: (size % 3 == 0).then_some(size),
                     // Past the size now and then: refused.
                     cut: cut.then_some(size / 2 + size % 5),
+                    chunks: Vec::new(),
                     // Now and then the file's early create comes along.
                     create: (size % 5 == 1).then(|| pb::Create {
                         parent: pb::ROOT_INO,

@@ -15,12 +15,20 @@
 //! The state machine is not flushed per apply: after a crash sled recovers
 //! a prefix of applies and openraft re-applies the rest from the log, which
 //! is never purged past a snapshot that was first synced to disk.
+//!
+//! Small writes carried inside their commit (`CommitWrite.chunks`) are
+//! written to the chunk store by the apply, unsynced: the Raft log holds
+//! them durably. A sync of the chunk store (every second, and before every
+//! snapshot, so before the log is purged) records the index it covers
+//! (`KEY_INLINE_SYNCED`); at start-up [`StateMachine::rematerialize`]
+//! writes again the chunks of the entries after it, since sled may have
+//! kept an apply whose chunk files a crash took back.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::storage::{RaftLogReader, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, RaftSnapshotBuilder};
 use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
@@ -32,6 +40,8 @@ use super::read::MetaReader;
 use super::schema::KEY_APPLIED;
 use super::sessions::{self, Seen};
 use super::txn::{Fail, StoreError, Txn, Writes};
+use crate::chunk::store::ChunkStore;
+use crate::raft::log_store::LogStore;
 use crate::raft::{
     Cmd, CmdReply, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, decode,
     encode, read_err, snapshot, write_err,
@@ -44,6 +54,11 @@ const KEY_INSTALLING: &[u8] = b"sm_installing";
 /// Key (in the Raft meta tree) of the last apply's writes, written before
 /// them, and written again at start-up.
 pub(super) const KEY_REDO: &[u8] = b"sm_redo";
+/// Key (in the Raft meta tree) of the log index up to which the chunks
+/// carried in commits are durable in the chunk store.
+const KEY_INLINE_SYNCED: &[u8] = b"sm_inline_synced";
+/// Log entries read at once when start-up writes carried chunks again.
+const REMATERIALIZE_BATCH: u64 = 256;
 
 type Applied = (Option<LogId>, StoredMembership);
 
@@ -58,6 +73,16 @@ pub struct StateMachine {
     apply_seconds: Option<Histogram>,
     /// Held for writing while an apply writes its keys (see the readers).
     applying: Arc<RwLock<()>>,
+    /// Where the chunks carried in commits go (none in unit tests).
+    chunks: Option<Arc<ChunkStore>>,
+    /// The last applied log index whose carried chunks are written.
+    materialized: Arc<AtomicU64>,
+    /// Bytes of chunks carried in commits applied since the last snapshot
+    /// (the Raft log holds them until one).
+    carried_since_snapshot: Arc<AtomicU64>,
+    /// One [`StateMachine::sync_inline`] at a time: the index one records
+    /// must not pass chunks another is still writing.
+    syncing: Arc<std::sync::Mutex<()>>,
 }
 
 /// Runs blocking file and sled work from inside openraft's tasks: on a
@@ -97,6 +122,12 @@ impl StateMachine {
         self
     }
 
+    /// Chunks carried in commits are written to `store` as they apply.
+    pub fn with_chunks(mut self, store: Arc<ChunkStore>) -> Self {
+        self.chunks = Some(store);
+        self
+    }
+
     /// Opens the state machine tree of `db`, with snapshots kept in `dir`.
     /// Finishes a snapshot load that a crash interrupted.
     pub fn open(db: &crate::db::Db, dir: &Path) -> Result<Self, std::io::Error> {
@@ -112,6 +143,10 @@ impl StateMachine {
             recv_counter: Arc::new(AtomicU64::new(0)),
             apply_seconds: None,
             applying: Arc::default(),
+            chunks: None,
+            materialized: Arc::default(),
+            carried_since_snapshot: Arc::default(),
+            syncing: Arc::default(),
         };
         if sm
             .raft_meta
@@ -204,6 +239,114 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Writes the chunks carried in commits applied so far to disk,
+    /// durably, and records the log index that covers. Blocking.
+    pub fn sync_inline(&self) -> std::io::Result<()> {
+        let Some(store) = &self.chunks else {
+            return Ok(());
+        };
+        let _alone = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        let upto = self.materialized.load(Ordering::Acquire);
+        store.write_carried()?;
+        self.raft_meta
+            .insert(KEY_INLINE_SYNCED, &upto.to_be_bytes())
+            .map_err(std::io::Error::other)?;
+        Ok(())
+    }
+
+    fn inline_synced(&self) -> Result<u64, std::io::Error> {
+        let v = self
+            .raft_meta
+            .get(KEY_INLINE_SYNCED)
+            .map_err(std::io::Error::other)?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// At start-up: writes again the chunks carried by the applied entries
+    /// after the last sync of the chunk store (a crash may have kept the
+    /// apply in sled and lost the files), then syncs them.
+    pub async fn rematerialize(&self, log: &mut LogStore) -> Result<(), std::io::Error> {
+        let Some(store) = self.chunks.clone() else {
+            return Ok(());
+        };
+        let applied = self
+            .applied()
+            .map_err(std::io::Error::other)?
+            .0
+            .map_or(0, |l| l.index);
+        let mut from = self.inline_synced()? + 1;
+        let (mut chunks, mut written) = (0u64, 0u64);
+        while from <= applied {
+            let to = (from + REMATERIALIZE_BATCH - 1).min(applied);
+            let entries = log
+                .try_get_log_entries(from..=to)
+                .await
+                .map_err(std::io::Error::other)?;
+            for entry in entries {
+                let EntryPayload::Normal(cmd) = &entry.payload else {
+                    continue;
+                };
+                for data in carried(cmd) {
+                    chunks += 1;
+                    let hash = pb::ChunkHash::of(&data);
+                    if store.contains(&hash) && store.verify(&hash).await.is_ok() {
+                        continue;
+                    }
+                    store.hold(data);
+                    written += 1;
+                }
+            }
+            from = to + 1;
+            // Written as it goes, so memory holds one batch at most.
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.chunks.as_ref().map(|s| s.write_carried()))
+                .await
+                .map_err(std::io::Error::other)?
+                .transpose()?;
+        }
+        self.materialized.store(applied, Ordering::Release);
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.sync_inline())
+            .await
+            .map_err(std::io::Error::other)??;
+        if chunks > 0 {
+            tracing::info!(
+                chunks,
+                written,
+                "chunks carried in unsynced commits checked"
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until a chunk carried in a commit is held to be written.
+    pub async fn carried_waiting(&self) {
+        match &self.chunks {
+            Some(store) => store.carried_waiting().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Bytes of chunks carried in commits applied since the last snapshot.
+    pub fn carried_since_snapshot(&self) -> u64 {
+        self.carried_since_snapshot.load(Ordering::Relaxed)
+    }
+
+    /// Gives the chunks a command carried to the chunk store, which
+    /// serves them from memory until [`StateMachine::sync_inline`].
+    fn materialize(&self, carried: Vec<Vec<u8>>) {
+        let Some(store) = &self.chunks else {
+            return;
+        };
+        let bytes: usize = carried.iter().map(Vec::len).sum();
+        self.carried_since_snapshot
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        for data in carried {
+            store.hold(data);
+        }
+    }
+
     fn applied(&self) -> Result<Applied, StorageError> {
         match self
             .tree
@@ -215,28 +358,30 @@ impl StateMachine {
         }
     }
 
-    fn apply_cmd(txn: &mut Txn<'_>, cmd: &Cmd) -> Result<Vec<u8>, StoreError> {
-        let Ok(op) = pb::MetaOp::decode(cmd.op.as_slice()) else {
-            return Ok(errno_reply(libc::EINVAL));
+    /// Applies one command; returns its reply and the chunks it carried
+    /// if it changed the state (a retry's, or a failed command's, none).
+    fn apply_cmd(txn: &mut Txn<'_>, cmd: &Cmd) -> Result<(Vec<u8>, Vec<Vec<u8>>), StoreError> {
+        let Ok(mut op) = pb::MetaOp::decode(cmd.op.as_slice()) else {
+            return Ok((errno_reply(libc::EINVAL), Vec::new()));
         };
         if cmd.client_id != 0 {
             match sessions::seen(txn, cmd.client_id, cmd.seq)? {
-                Seen::Replied(r) => return Ok(r),
+                Seen::Replied(r) => return Ok((r, Vec::new())),
                 Seen::Forgotten => {
                     tracing::warn!(
                         client = cmd.client_id,
                         seq = cmd.seq,
                         "retry of a forgotten request"
                     );
-                    return Ok(errno_reply(libc::EIO));
+                    return Ok((errno_reply(libc::EIO), Vec::new()));
                 }
                 Seen::Expired => {
-                    return Ok(pb::MetaReply {
+                    let r = pb::MetaReply {
                         errno: libc::ESTALE,
                         session_expired: true,
                         ..Default::default()
-                    }
-                    .encode_to_vec());
+                    };
+                    return Ok((r.encode_to_vec(), Vec::new()));
                 }
                 Seen::New => {}
             }
@@ -246,9 +391,13 @@ impl StateMachine {
             now_ns: cmd.now_ns,
             client_id: cmd.client_id,
         };
+        let mut chunks = Vec::new();
         let reply = match ops::apply(txn, &ctx, &op) {
             Ok(r) => {
                 txn.end();
+                if let Some(pb::meta_op::Op::CommitWrite(c)) = &mut op.op {
+                    chunks = std::mem::take(&mut c.chunks);
+                }
                 r.encode_to_vec()
             }
             Err(Fail::Posix(errno)) => {
@@ -260,7 +409,18 @@ impl StateMachine {
         if cmd.client_id != 0 {
             sessions::record(txn, cmd.client_id, cmd.seq, cmd.acked_below, reply.clone())?;
         }
-        Ok(reply)
+        Ok((reply, chunks))
+    }
+}
+
+/// The chunks a logged command carries (none if it is not a commit).
+fn carried(cmd: &Cmd) -> Vec<Vec<u8>> {
+    match pb::MetaOp::decode(cmd.op.as_slice())
+        .ok()
+        .and_then(|o| o.op)
+    {
+        Some(pb::meta_op::Op::CommitWrite(c)) => c.chunks,
+        _ => Vec::new(),
     }
 }
 
@@ -304,12 +464,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (mut last, mut membership) = self.applied()?;
         let mut txn = Txn::new(&self.tree);
         let mut replies = Vec::new();
+        let mut carried = Vec::new();
         for entry in entries {
             last = Some(entry.log_id);
             match &entry.payload {
                 EntryPayload::Blank => replies.push(CmdReply::default()),
                 EntryPayload::Normal(cmd) => {
-                    replies.push(CmdReply(Self::apply_cmd(&mut txn, cmd).map_err(store_err)?));
+                    let (reply, chunks) = Self::apply_cmd(&mut txn, cmd).map_err(store_err)?;
+                    replies.push(CmdReply(reply));
+                    carried.extend(chunks);
                 }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -321,6 +484,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         txn.put(KEY_APPLIED, &applied);
         self.write(txn.into_writes())
             .map_err(|e| write_err(ErrorSubject::StateMachine, &e))?;
+        // Before the replies go: a reader told of the commit finds the
+        // chunks on the leader.
+        self.materialize(carried);
+        if let Some(l) = last {
+            self.materialized.store(l.index, Ordering::Release);
+        }
         if let Some(h) = &self.apply_seconds {
             h.observe(began.elapsed().as_secs_f64());
         }
@@ -344,8 +513,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snapshot_id: id,
             };
             let tmp = self.dir.join(format!("build-{}.tmp", meta.snapshot_id));
-            // The tree itself goes to disk first: the log may be purged up to
-            // this snapshot as soon as it exists.
+            // The tree and the chunks carried in commits go to disk first:
+            // the log may be purged up to this snapshot as soon as it exists.
+            self.sync_inline()?;
+            self.carried_since_snapshot.store(0, Ordering::Relaxed);
             self.db.flush()?;
             snapshot::export(&self.tree, &meta, &tmp)?;
             std::fs::rename(&tmp, self.current_path())?;
@@ -405,6 +576,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let applied: Applied = (meta.last_log_id, meta.last_membership.clone());
             self.tree
                 .insert(KEY_APPLIED, encode(&applied))
+                .map_err(std::io::Error::other)?;
+            // The chunks carried before it are not in the log here: the
+            // healer fetches the ones this node lacks from its peers.
+            let index = meta.last_log_id.map_or(0, |l| l.index);
+            self.materialized.store(index, Ordering::Release);
+            self.raft_meta
+                .insert(KEY_INLINE_SYNCED, &index.to_be_bytes())
                 .map_err(std::io::Error::other)?;
             self.db.flush()?;
             Ok(())

@@ -112,6 +112,13 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
             if let Some(create) = &c.create {
                 name(&create.name)?;
             }
+            let inline: usize = c.chunks.iter().map(Vec::len).sum();
+            if inline > pb::MAX_INLINE_BYTES {
+                return Err(libc::E2BIG);
+            }
+            if c.chunks.iter().any(Vec::is_empty) {
+                return Err(libc::EINVAL);
+            }
             extents(&c.extents, c.size)
         }
         Op::Fallocate(c) => {

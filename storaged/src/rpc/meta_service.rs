@@ -68,6 +68,10 @@ fn attr_reply(a: pb::Attr) -> pb::AttrReply {
     }
 }
 
+/// Bytes of chunks carried in commits a leader holds in memory, not yet
+/// written, before it makes new ones wait.
+const MAX_CARRIED_BYTES: u64 = 64 << 20;
+
 #[tonic::async_trait]
 impl Meta for MetaService {
     #[tracing::instrument(skip_all, fields(client = req.get_ref().client_id, seq = req.get_ref().seq))]
@@ -92,6 +96,26 @@ impl Meta for MetaService {
                 errno,
                 ..Default::default()
             }));
+        }
+        // A write carried in its commit is refused on a full disk, as its
+        // chunk upload would be.
+        if let Some(pb::meta_op::Op::CommitWrite(c)) = &op.op {
+            let carried = c.chunks.iter().map(Vec::len).sum();
+            if self.state.store.would_fill(carried) {
+                return Ok(Response::new(pb::MetaReply {
+                    errno: libc::ENOSPC,
+                    ..Default::default()
+                }));
+            }
+            // Held in memory until written: a disk that does not keep up
+            // slows the writers down rather than filling the memory.
+            let waited = std::time::Instant::now();
+            while carried > 0
+                && self.state.store.carried_bytes() > MAX_CARRIED_BYTES
+                && waited.elapsed() < COMMIT_TIMEOUT
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
         let who = Proposer {
             client_id: req.client_id,
