@@ -82,6 +82,10 @@ pub struct Metrics {
     pub sessions_expired: Counter,
     /// What scrubbing read and found.
     pub scrub: ScrubCounters,
+    /// Chunks carried in commits that start-up wrote again from the Raft
+    /// log (a crash had taken them back before they were synced).
+    pub carried_rewritten: Gauge,
+    carried_bytes: Gauge,
     is_leader: Gauge,
     has_leader: Gauge,
     term: Gauge,
@@ -128,6 +132,8 @@ impl Metrics {
             gc_deleted: Counter::default(),
             sessions_expired: Counter::default(),
             sessions: Gauge::default(),
+            carried_rewritten: Gauge::default(),
+            carried_bytes: Gauge::default(),
             orphans: Gauge::default(),
             session_leases: Gauge::default(),
             session_timeout: Gauge::default(),
@@ -191,6 +197,8 @@ impl Metrics {
             orphans: "orphans", "Inodes without links kept for a session that holds them open";
             session_leases: "session_leases", "Sessions this node keeps a last-heard time for";
             session_timeout: "session_timeout_seconds", "Silence after which the leader expires a session (--session-timeout)";
+            carried_bytes: "carried_bytes", "Bytes of small writes carried in commits held in memory, not yet written to the chunk store";
+            carried_rewritten: "carried_rewritten_chunks", "Chunks carried in commits that start-up wrote again from the Raft log";
         }
         let sc = m.scrub.clone();
         for (name, help, c) in [
@@ -235,6 +243,7 @@ impl Metrics {
                 .set(m.last_applied.map_or(0, |l| l.index) as i64);
         }
         let (chunks, bytes) = node.store.stats();
+        self.carried_bytes.set(node.store.carried_bytes() as i64);
         self.chunks.set(chunks as i64);
         self.chunk_bytes.set(bytes as i64);
         let (_, free) = crate::disk::space(&node.cfg.data_dir);

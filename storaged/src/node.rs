@@ -353,25 +353,37 @@ async fn finish_join(
     }
 }
 
-/// Longest the chunks carried in commits wait to be written to disk (they
-/// are written as soon as they come, in batches, while the writer keeps
-/// up); the Raft log entries a restart writes again are bounded thereby.
-const INLINE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the chunks carried in commits are synced to disk. They are
+/// written as they come (in batches, unsynced: the Raft log holds them),
+/// and synced together this often, and before every snapshot: one burst
+/// of syncs, not a file and a directory sync per upload competing with
+/// the log's own. A restart writes again at most this long of them.
+const INLINE_SYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Carried chunk bytes held in memory after which they are written
+/// before the next sync.
+const INLINE_WRITE_BYTES: u64 = 32 << 20;
 
 /// Carried chunk bytes in the Raft log after which a snapshot is taken
 /// (so the log can be purged) whatever the number of entries.
 const INLINE_SNAPSHOT_BYTES: u64 = 256 << 20;
 
 /// Writes the chunks carried in commits to disk as they come (each batch
-/// while the one before it is written), and asks for a snapshot once
+/// while the one before it is written), syncs them every
+/// [`INLINE_SYNC_INTERVAL`], and asks for a snapshot once
 /// [`INLINE_SNAPSHOT_BYTES`] of them are in the log, so file data does not
 /// fill the disk twice.
 async fn sync_inline(sm: StateMachine, raft: Raft, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(INLINE_SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = sm.carried_waiting() => {}
-            _ = tokio::time::sleep(INLINE_SYNC_INTERVAL) => {}
+        let sync = tokio::select! {
+            _ = sm.carried_waiting() => false,
+            _ = tick.tick() => true,
             _ = stop.cancelled() => return,
+        };
+        if !sync && sm.carried_held() < INLINE_WRITE_BYTES {
+            continue;
         }
         if sm.carried_since_snapshot() > INLINE_SNAPSHOT_BYTES {
             if let Err(e) = raft.trigger().snapshot().await {
@@ -379,10 +391,18 @@ async fn sync_inline(sm: StateMachine, raft: Raft, stop: CancellationToken) {
             }
         }
         let me = sm.clone();
-        match tokio::task::spawn_blocking(move || me.sync_inline()).await {
+        let done = tokio::task::spawn_blocking(move || {
+            if sync {
+                me.sync_inline()
+            } else {
+                me.write_inline()
+            }
+        })
+        .await;
+        match done {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "syncing the chunks carried in commits"),
-            Err(e) => tracing::warn!(error = %e, "syncing the chunks carried in commits"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "writing the chunks carried in commits"),
+            Err(e) => tracing::warn!(error = %e, "writing the chunks carried in commits"),
         }
     }
 }
@@ -417,9 +437,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         .map_err(|e| StartError::Io("snapshots".into(), e))?
         .observe_applies(metrics.apply.clone())
         .with_chunks(store.clone());
-    sm.rematerialize(&mut log.clone())
+    let rewritten = sm
+        .rematerialize(&mut log.clone())
         .await
         .map_err(|e| StartError::Io("chunks carried in the Raft log".into(), e))?;
+    metrics.carried_rewritten.set(rewritten as i64);
     let (transport, tls) = match &cfg.tls {
         Some(files) => {
             let tls = crate::tls::ServerTls::new(files, &cfg.volume, &cfg.me().host)

@@ -128,6 +128,12 @@ async fn a_power_cut_of_every_node_loses_no_closed_file() {
             cluster.spawn(i);
         }
         cluster.wait_healthy(Duration::from_secs(60)).await;
+        let rewritten: Vec<f64> = (0..3)
+            .map(|i| quizfs_tests::node_metric(&cluster, i, "quizfs_carried_rewritten_chunks"))
+            .collect();
+        println!(
+            "--- chunks carried in commits that start-up wrote again from the log: {rewritten:?}"
+        );
         // The writer finishes the operation in progress against the
         // restarted cluster (or sees it fail), then stops.
         drop(writer.stdin.take());

@@ -84,6 +84,8 @@ pub struct ChunkStore {
     carried: Mutex<Carried>,
     /// Told when a chunk is held.
     carried_ready: tokio::sync::Notify,
+    /// Carried chunks written to disk and not yet synced.
+    unsynced: Mutex<Vec<ChunkHash>>,
 }
 
 /// Chunks held in memory until written: what a node applied from the Raft
@@ -173,6 +175,7 @@ impl ChunkStore {
             durable_dirs: Mutex::new(durable_dirs),
             carried: Mutex::default(),
             carried_ready: tokio::sync::Notify::new(),
+            unsynced: Mutex::default(),
         })
     }
 
@@ -297,8 +300,9 @@ impl ChunkStore {
         self.carried.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
-    /// Writes every chunk held so far to disk and syncs it (each file,
-    /// then each directory it went into); then stops holding it. Blocking.
+    /// Writes every chunk held so far to disk, unsynced, and stops
+    /// holding it in memory; [`ChunkStore::sync_carried`] makes it
+    /// durable later. Blocking.
     pub fn write_carried(&self) -> io::Result<()> {
         let batch: Vec<(ChunkHash, std::sync::Arc<Vec<u8>>)> = {
             let mut c = self.carried.lock().unwrap_or_else(|p| p.into_inner());
@@ -308,25 +312,48 @@ impl ChunkStore {
                 .filter_map(|h| c.map.get(&h).map(|d| (h, d.clone())))
                 .collect()
         };
-        if batch.is_empty() {
-            return Ok(());
+        let mut done = 0;
+        let mut failed = None;
+        for (h, d) in &batch {
+            if let Err(e) = self.write_unsynced(*h, d) {
+                failed = Some(io::Error::other(e));
+                break;
+            }
+            done += 1;
         }
-        let written = batch
-            .iter()
-            .try_for_each(|(h, d)| self.write_unsynced(*h, d).map_err(io::Error::other))
-            .and_then(|()| self.sync_files(batch.iter().map(|(h, _)| h)));
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(batch[..done].iter().map(|(h, _)| *h));
         let mut c = self.carried.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = written {
+        for (h, d) in &batch[..done] {
+            if c.map.remove(h).is_some() {
+                c.bytes -= d.len() as u64;
+            }
+        }
+        if let Some(e) = failed {
             // Tried again at the next write, first.
-            let mut queue: Vec<ChunkHash> = batch.iter().map(|(h, _)| *h).collect();
+            let mut queue: Vec<ChunkHash> = batch[done..].iter().map(|(h, _)| *h).collect();
             queue.append(&mut c.queue);
             c.queue = queue;
             return Err(e);
         }
-        for (h, d) in &batch {
-            if c.map.remove(h).is_some() {
-                c.bytes -= d.len() as u64;
-            }
+        Ok(())
+    }
+
+    /// Writes every chunk held so far and makes every carried chunk
+    /// written durable: each file, then each directory it went into.
+    /// Blocking.
+    pub fn sync_carried(&self) -> io::Result<()> {
+        self.write_carried()?;
+        let written = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = self.sync_files(written.iter()) {
+            // Tried again at the next sync.
+            self.unsynced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(written);
+            return Err(e);
         }
         Ok(())
     }

@@ -247,7 +247,7 @@ impl StateMachine {
         };
         let _alone = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         let upto = self.materialized.load(Ordering::Acquire);
-        store.write_carried()?;
+        store.sync_carried()?;
         self.raft_meta
             .insert(KEY_INLINE_SYNCED, &upto.to_be_bytes())
             .map_err(std::io::Error::other)?;
@@ -265,10 +265,11 @@ impl StateMachine {
 
     /// At start-up: writes again the chunks carried by the applied entries
     /// after the last sync of the chunk store (a crash may have kept the
-    /// apply in sled and lost the files), then syncs them.
-    pub async fn rematerialize(&self, log: &mut LogStore) -> Result<(), std::io::Error> {
+    /// apply in sled and lost the files), then syncs them. Returns how
+    /// many it wrote.
+    pub async fn rematerialize(&self, log: &mut LogStore) -> Result<u64, std::io::Error> {
         let Some(store) = self.chunks.clone() else {
-            return Ok(());
+            return Ok(0);
         };
         let applied = self
             .applied()
@@ -317,7 +318,21 @@ impl StateMachine {
                 "chunks carried in unsynced commits checked"
             );
         }
-        Ok(())
+        Ok(written)
+    }
+
+    /// Writes the chunks carried in commits applied so far to disk, not
+    /// synced (that is [`StateMachine::sync_inline`]). Blocking.
+    pub fn write_inline(&self) -> std::io::Result<()> {
+        match &self.chunks {
+            Some(store) => store.write_carried(),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes of chunks carried in commits held in memory, not written.
+    pub fn carried_held(&self) -> u64 {
+        self.chunks.as_ref().map_or(0, |s| s.carried_bytes())
     }
 
     /// Waits until a chunk carried in a commit is held to be written.
