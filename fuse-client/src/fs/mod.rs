@@ -167,6 +167,7 @@ impl QuizFs {
             budget,
             budget_units,
             inline_max: opts.inline_max,
+            carrying: Arc::default(),
         };
         Self {
             inner: Arc::new(Inner {
