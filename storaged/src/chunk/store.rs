@@ -237,6 +237,31 @@ impl ChunkStore {
             .collect()
     }
 
+    /// Records a chunk now on disk; returns whether it was not before.
+    fn note_present(&self, hash: ChunkHash, len: u64) -> bool {
+        let newly = self
+            .present
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, len)
+            .is_none();
+        if newly {
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        newly
+    }
+
+    /// Restarts the garbage-collection grace period of the chunk file at
+    /// `dest`, under the lock collection holds, so a write that is about
+    /// to reference it again cannot lose it; false if it is gone.
+    fn refresh_age(&self, dest: &Path) -> bool {
+        let _g = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::File::options()
+            .write(true)
+            .open(dest)
+            .is_ok_and(|f| f.set_modified(SystemTime::now()).is_ok())
+    }
+
     fn forget(&self, hash: &ChunkHash) {
         let removed = self
             .present
@@ -371,15 +396,9 @@ impl ChunkStore {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&hash);
-        if on_disk {
-            // As in `ChunkWriter::finish`: a fresh age keeps garbage
-            // collection off it; a file it removed meanwhile is written.
-            let _g = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
-            if let Ok(f) = std::fs::File::options().write(true).open(&dest) {
-                if f.set_modified(SystemTime::now()).is_ok() {
-                    return Ok(());
-                }
-            }
+        // A file collection removed meanwhile is written again.
+        if on_disk && self.refresh_age(&dest) {
+            return Ok(());
         }
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("{}.{n}", hash.to_hex()));
@@ -394,16 +413,7 @@ impl ChunkStore {
             Ok(())
         };
         write().map_err(|e| ChunkError::io(hash, e))?;
-        let len = data.len() as u64;
-        let newly = self
-            .present
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, len)
-            .is_none();
-        if newly {
-            self.bytes.fetch_add(len, Ordering::Relaxed);
-        }
+        self.note_present(hash, data.len() as u64);
         Ok(())
     }
 
@@ -747,15 +757,10 @@ impl ChunkWriter<'_> {
             });
         }
         let dest = self.store.path(&hash);
-        if self.store.contains(&hash) {
-            // Restart the garbage-collection grace period: a write that
-            // found the chunk present is about to reference it again.
-            let _g = self.store.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
-            if let Ok(f) = std::fs::File::options().write(true).open(&dest) {
-                if f.set_modified(SystemTime::now()).is_ok() {
-                    return Ok(true);
-                }
-            }
+        // A write that found the chunk present is about to reference it
+        // again.
+        if self.store.contains(&hash) && self.store.refresh_age(&dest) {
+            return Ok(true);
         }
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
         // A fan-out directory not known durable has its own name synced
@@ -802,16 +807,6 @@ impl ChunkWriter<'_> {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(dir);
         }
-        let newly = self
-            .store
-            .present
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, len)
-            .is_none();
-        if newly {
-            self.store.bytes.fetch_add(len, Ordering::Relaxed);
-        }
-        Ok(!newly)
+        Ok(!self.store.note_present(hash, len))
     }
 }
