@@ -65,6 +65,8 @@ pub struct Metrics {
     pub propose: Histogram,
     /// Seconds of each state-machine apply of a batch of entries.
     pub apply: Histogram,
+    /// Seconds of each periodic sync of the chunks carried in commits.
+    pub carried_sync: Histogram,
     /// Seconds until each gRPC call's response headers, per method.
     pub rpc: Family<Method, Histogram, fn() -> Histogram>,
     /// gRPC calls answered with an error status at once, per method and
@@ -125,6 +127,7 @@ impl Metrics {
             log_flush: latency(),
             propose: latency(),
             apply: latency(),
+            carried_sync: latency(),
             rpc: Family::new_with_constructor(latency as fn() -> Histogram),
             rpc_errors: Family::default(),
             tls_refusals: Counter::default(),
@@ -169,6 +172,7 @@ impl Metrics {
             log_flush: "raft_log_flush_seconds", "Raft log flushes (fdatasync of a segment)";
             propose: "raft_propose_seconds", "Metadata writes on the leader: append, replicate, commit, apply";
             apply: "raft_apply_seconds", "State-machine applies of a batch of entries";
+            carried_sync: "carried_sync_seconds", "Syncs of the chunks carried in commits (every 5 s: write what is held, sync every file and directory written)";
             is_leader: "raft_is_leader", "1 when this node is the Raft leader";
             has_leader: "raft_has_leader", "1 when this node knows a leader";
             term: "raft_term", "Current Raft term";

@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use openraft::SnapshotPolicy;
+use prometheus_client::metrics::histogram::Histogram;
 use quizfs_proto::{self as pb, cluster_client::ClusterClient, meta_op::Op};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -373,7 +374,7 @@ const INLINE_SNAPSHOT_BYTES: u64 = 256 << 20;
 /// [`INLINE_SYNC_INTERVAL`], and asks for a snapshot once
 /// [`INLINE_SNAPSHOT_BYTES`] of them are in the log, so file data does not
 /// fill the disk twice.
-async fn sync_inline(sm: StateMachine, raft: Raft, stop: CancellationToken) {
+async fn sync_inline(sm: StateMachine, raft: Raft, seconds: Histogram, stop: CancellationToken) {
     let mut tick = tokio::time::interval(INLINE_SYNC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -391,6 +392,7 @@ async fn sync_inline(sm: StateMachine, raft: Raft, stop: CancellationToken) {
             }
         }
         let me = sm.clone();
+        let began = std::time::Instant::now();
         let done = tokio::task::spawn_blocking(move || {
             if sync {
                 me.sync_inline()
@@ -399,6 +401,9 @@ async fn sync_inline(sm: StateMachine, raft: Raft, stop: CancellationToken) {
             }
         })
         .await;
+        if sync {
+            seconds.observe(began.elapsed().as_secs_f64());
+        }
         match done {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "writing the chunks carried in commits"),
@@ -595,7 +600,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
             state.metrics.sessions_expired.clone(),
             work.clone(),
         ));
-        tasks.spawn(sync_inline(sm.clone(), r.clone(), work.clone()));
+        tasks.spawn(sync_inline(
+            sm.clone(),
+            r.clone(),
+            state.metrics.carried_sync.clone(),
+            work.clone(),
+        ));
         tasks.spawn(crate::chunk::gc::run(
             store.clone(),
             state.reader.clone(),

@@ -418,37 +418,41 @@ impl ChunkStore {
     }
 
     fn sync_files<'a>(&self, written: impl Iterator<Item = &'a ChunkHash>) -> io::Result<()> {
+        let files: Vec<PathBuf> = written.map(|h| self.path(h)).collect();
         let mut dirs = std::collections::BTreeSet::new();
-        for hash in written {
-            let path = self.path(hash);
-            match std::fs::File::open(&path) {
-                Ok(f) => f.sync_data()?,
+        for (path, synced) in files.iter().zip(in_parallel(&files, |p| {
+            match std::fs::File::open(p) {
+                Ok(f) => f.sync_data().map(|()| true),
                 // Collected or quarantined since: nothing to keep.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
             }
-            if let Some(dir) = path.parent() {
+        })?) {
+            if let (true, Some(dir)) = (synced, path.parent()) {
                 dirs.insert(dir.to_path_buf());
             }
         }
-        for dir in dirs {
-            std::fs::File::open(&dir)?.sync_all()?;
-            let known = self
-                .durable_dirs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&dir);
-            if !known {
-                // chunks/ab/cd: sync ab (for cd) and chunks (for ab).
-                for up in dir.ancestors().skip(1).take(2) {
-                    std::fs::File::open(up)?.sync_all()?;
+        // chunks/ab/cd: a directory new to this run needs ab (for cd) and
+        // chunks (for ab) synced too.
+        let mut new_dirs = Vec::new();
+        {
+            let known = self.durable_dirs.lock().unwrap_or_else(|p| p.into_inner());
+            for dir in &dirs {
+                if !known.contains(dir) {
+                    new_dirs.push(dir.clone());
                 }
-                self.durable_dirs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(dir);
             }
         }
+        let mut to_sync: std::collections::BTreeSet<PathBuf> = dirs;
+        for dir in &new_dirs {
+            to_sync.extend(dir.ancestors().skip(1).take(2).map(Path::to_path_buf));
+        }
+        let to_sync: Vec<PathBuf> = to_sync.into_iter().collect();
+        in_parallel(&to_sync, |d| std::fs::File::open(d)?.sync_all())?;
+        self.durable_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(new_dirs);
         Ok(())
     }
 
@@ -809,4 +813,35 @@ impl ChunkWriter<'_> {
         }
         Ok(!self.store.note_present(hash, len))
     }
+}
+
+/// Threads that sync files at once: the disk merges the cache flushes of
+/// syncs that are in flight together, where one thread would wait for
+/// each in turn.
+const SYNC_THREADS: usize = 8;
+
+/// Runs `f` on every item, on up to [`SYNC_THREADS`] threads; returns the
+/// results in the items' order, or the first error.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> io::Result<R> + Sync,
+) -> io::Result<Vec<R>> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = items
+            .chunks(per)
+            .map(|part| s.spawn(|| part.iter().map(&f).collect::<io::Result<Vec<R>>>()))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for p in parts {
+            out.extend(
+                p.join()
+                    .map_err(|_| io::Error::other("a sync thread panicked"))??,
+            );
+        }
+        Ok(out)
+    })
 }
