@@ -14,14 +14,25 @@
 //! the leader sends entries to its followers while its own flush runs, and
 //! appends that arrive during a flush share the next one (group commit).
 //!
+//! A segment starts as a spare: a file of zeros a little longer than a
+//! segment, written and synced by a thread of its own while the segment
+//! before is filling (from half full on). Its
+//! records overwrite the zeros, so a flush changes no file size and
+//! `fdatasync` writes the data alone, without a journal commit of the
+//! file system's metadata (on ext4 it halves a flush of 100 KiB, and
+//! other files created meanwhile, such as chunks, no longer ride along).
+//! When no spare is ready, or the disk has less than eight spares' worth
+//! free, a segment starts empty and grows.
+//!
 //! A segment is named by the first index it was started for
 //! (`00000000000000000001.seg`) and holds records
 //! `[length u32][crc32 u32][index u64][bincode entry]`, little-endian, the
-//! checksum over the index and the entry. At start every segment is read:
-//! a torn record at the end of the last segment (a crash during a write
-//! that was never acknowledged) is cut off; any other bad record, or a
-//! hole in the indexes after the purge point, refuses the start rather
-//! than serve a log that is not what was acknowledged.
+//! checksum over the index and the entry, then zeros to the end of the
+//! spare. At start every segment is read: a torn record at the end of
+//! the last segment (a crash during a write that was never acknowledged)
+//! is cut off; any other bad record, or a hole in the indexes after the
+//! purge point, refuses the start rather than serve a log that is not
+//! what was acknowledged.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -49,6 +60,14 @@ const KEY_PURGED: &[u8] = b"last_purged";
 const SEGMENT_BYTES: u64 = 32 << 20;
 /// Bytes before each record's entry: length, checksum, index.
 const HEADER: usize = 16;
+/// Bytes of zeros in a spare segment: a segment closes once it holds
+/// [`SEGMENT_BYTES`], so its last batch of records fits in the rest.
+const SPARE_BYTES: u64 = SEGMENT_BYTES + (4 << 20);
+/// The spare segment's name in the log directory.
+const SPARE_NAME: &str = "spare.tmp";
+/// Free bytes a disk must have for a spare to be made: on a small or
+/// nearly full disk the log grows as written, leaving the space to data.
+const SPARE_MIN_FREE: u64 = 8 * SPARE_BYTES;
 /// sled tree of the log before it moved to segment files (format 2).
 const OLD_LOG_TREE: &str = "raft_log";
 
@@ -105,6 +124,12 @@ struct Files {
     /// The next append starts a new segment (the last one holds only
     /// purged entries, so it can be deleted at the next purge).
     rotate: bool,
+    /// A spare segment ready to be the next (see the module's notes).
+    spare: Option<File>,
+    /// Asks the spare thread for a new spare.
+    want_spare: Option<std::sync::mpsc::Sender<()>>,
+    /// A spare was asked for since the last segment started.
+    spare_asked: bool,
 }
 
 /// The Raft log in segment files, and the vote and purge point in sled.
@@ -144,10 +169,10 @@ fn put_record(buf: &mut Vec<u8>, index: u64, body: &[u8]) {
 /// log id.
 type Record = (u64, u64, u32, LogId);
 
-/// The records of one segment file, the length of its valid prefix and
-/// the file's length. Stops at the first record that is short or fails
-/// its checksum.
-fn read_segment(path: &Path) -> std::io::Result<(Vec<Record>, u64, u64)> {
+/// The records of one segment file, the length of its valid prefix, and
+/// whether anything but zeros follows it. Stops at the first record that
+/// is short or fails its checksum.
+fn read_segment(path: &Path) -> std::io::Result<(Vec<Record>, u64, bool)> {
     let bytes = std::fs::read(path)?;
     let mut out = Vec::new();
     let mut pos = 0usize;
@@ -176,7 +201,8 @@ fn read_segment(path: &Path) -> std::io::Result<(Vec<Record>, u64, u64)> {
         out.push((index, start as u64, len as u32, entry.log_id));
         pos = start + len;
     }
-    Ok((out, pos as u64, bytes.len() as u64))
+    let rest = bytes[pos..].iter().any(|&b| b != 0);
+    Ok((out, pos as u64, rest))
 }
 
 impl Files {
@@ -199,14 +225,17 @@ impl Files {
             dirty: Vec::new(),
             dir_dirty: false,
             rotate: false,
+            spare: None,
+            want_spare: None,
+            spare_asked: false,
         };
         let last_seg = firsts.last().copied();
         let mut prev: Option<u64> = None;
         for first in firsts {
             let path = segment_path(dir, first);
-            let (records, valid, total) = read_segment(&path)?;
+            let (records, valid, rest) = read_segment(&path)?;
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            if valid < total {
+            if rest {
                 if Some(first) != last_seg {
                     return Err(corrupt(format!(
                         "{}: a bad record at byte {valid} of a closed segment",
@@ -216,7 +245,6 @@ impl Files {
                 tracing::warn!(
                     segment = %path.display(),
                     kept = valid,
-                    dropped = total - valid,
                     "cutting off the torn end of the Raft log (a write never acknowledged)"
                 );
                 file.set_len(valid)?;
@@ -309,6 +337,14 @@ impl Files {
             .expect("a segment exists");
         s.file.write_all_at(buf, s.len)?;
         s.len += buf.len() as u64;
+        // The next segment's spare is made once this one is half full: a
+        // small log (a test's, a new cluster's) never pays for one.
+        if s.len >= SEGMENT_BYTES / 2 && !self.spare_asked {
+            self.spare_asked = true;
+            if let Some(tx) = &self.want_spare {
+                let _ = tx.send(());
+            }
+        }
         if !self.dirty.iter().any(|f| Arc::ptr_eq(f, &s.file)) {
             self.dirty.push(s.file.clone());
         }
@@ -324,12 +360,19 @@ impl Files {
             s.file.sync_data()?;
         }
         let path = segment_path(&self.dir, first);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
+        let file = match self.spare.take() {
+            Some(spare) => {
+                std::fs::rename(self.dir.join(SPARE_NAME), &path)?;
+                spare
+            }
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?,
+        };
+        self.spare_asked = false;
         self.segments.insert(
             first,
             Segment {
@@ -368,6 +411,61 @@ fn flusher(
                 Flush::Barrier(tx) => {
                     let _ = tx.send(res.clone());
                 }
+            }
+        }
+    }
+}
+
+/// Writes a spare segment in `dir`: zeros, synced. A spare that could
+/// not be made whole is removed.
+fn make_spare(dir: &Path) -> std::io::Result<File> {
+    let path = dir.join(SPARE_NAME);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    let zeros = vec![0u8; 1 << 20];
+    // Synced a MiB at a time: one sync of the whole spare held the disk
+    // for 0.1 s, and every log flush waited behind it.
+    let fill = || -> std::io::Result<()> {
+        let mut off = 0;
+        while off < SPARE_BYTES {
+            file.write_all_at(&zeros, off)?;
+            file.sync_data()?;
+            off += zeros.len() as u64;
+        }
+        file.sync_all()
+    };
+    if let Err(e) = fill() {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(file)
+}
+
+/// The spare thread: makes a spare whenever asked and none is ready. Ends
+/// when the log is gone.
+fn spares(files: std::sync::Weak<Mutex<Files>>, dir: PathBuf, rx: std::sync::mpsc::Receiver<()>) {
+    while rx.recv().is_ok() {
+        // Only this thread writes the spare's file, and only while no
+        // spare is ready: a ready one may become a segment at any time.
+        match files.upgrade() {
+            Some(f) if lock(&f).spare.is_none() => {}
+            Some(_) => continue,
+            None => return,
+        }
+        if crate::disk::space(&dir).1 < SPARE_MIN_FREE {
+            continue;
+        }
+        match make_spare(&dir) {
+            Ok(spare) => match files.upgrade() {
+                Some(f) => lock(&f).spare = Some(spare),
+                None => return,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prepare a Raft log segment; the next grows as written")
             }
         }
     }
@@ -415,6 +513,19 @@ impl LogStore {
         std::thread::Builder::new()
             .name("raft-log-flush".into())
             .spawn(move || flusher(flushed, rx, flush_seconds))?;
+        // A spare left by the last run is made again: it may be half
+        // written.
+        match std::fs::remove_file(dir.join(SPARE_NAME)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let (want, asked) = std::sync::mpsc::channel();
+        let weak = Arc::downgrade(&files);
+        let spare_dir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("raft-log-spare".into())
+            .spawn(move || spares(weak, spare_dir, asked))?;
+        lock(&files).want_spare = Some(want);
         Ok(Self {
             files,
             db: db.clone(),
@@ -755,6 +866,91 @@ mod tests {
         std::fs::write(&seg, bytes).unwrap();
         let err = Files::recover(dir.path(), None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
+    fn segments_made_from_spares_reopen_and_keep_their_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Files::recover(dir.path(), None).unwrap();
+        f.spare = Some(make_spare(dir.path()).unwrap());
+        f.append((1..=3).map(|i| entry(1, i, 1000))).unwrap();
+        let first = segment_path(dir.path(), 1);
+        // The records went into the spare's zeros: the size did not move.
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), SPARE_BYTES);
+        assert!(!dir.path().join(SPARE_NAME).exists());
+        f.spare = Some(make_spare(dir.path()).unwrap());
+        f.rotate = true;
+        f.append((4..=5).map(|i| entry(1, i, 1000))).unwrap();
+        let valid = f.segments[&1].len;
+        drop(f);
+        // Both segments end in zeros, the closed one and the last: read
+        // as they were, and the last goes on where its records end.
+        let mut f = Files::recover(dir.path(), None).unwrap();
+        assert_eq!(indexes(&f), vec![1, 2, 3, 4, 5]);
+        assert_eq!(read_all(&f)[4].log_id.index, 5);
+        f.append(std::iter::once(entry(1, 6, 1000))).unwrap();
+        drop(f);
+        let f = Files::recover(dir.path(), None).unwrap();
+        assert_eq!(indexes(&f), (1..=6).collect::<Vec<_>>());
+        let last = segment_path(dir.path(), 4);
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), SPARE_BYTES);
+        drop(f);
+        // A torn record inside the last segment's zeros is cut off.
+        let end = Files::recover(dir.path(), None).unwrap().segments[&4].len;
+        let file = OpenOptions::new().write(true).open(&last).unwrap();
+        file.write_all_at(&[7; 40], end).unwrap();
+        let f = Files::recover(dir.path(), None).unwrap();
+        assert_eq!(indexes(&f), (1..=6).collect::<Vec<_>>());
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), end);
+        drop(f);
+        // Anything but zeros after the records of a closed segment
+        // refuses the start.
+        let file = OpenOptions::new().write(true).open(&first).unwrap();
+        file.write_all_at(&[1], valid + 1000).unwrap();
+        let err = Files::recover(dir.path(), None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
+    fn a_log_past_half_a_segment_gets_a_spare_and_the_next_segment_uses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("meta"), 8 << 20).unwrap();
+        let logdir = dir.path().join("raftlog");
+        std::fs::create_dir_all(&logdir).unwrap();
+        // A spare a crash left half written goes at the open.
+        std::fs::write(logdir.join(SPARE_NAME), b"half").unwrap();
+        let store = LogStore::open(&db, &logdir, None).unwrap();
+        assert!(!logdir.join(SPARE_NAME).exists());
+        if crate::disk::space(&logdir).1 < SPARE_MIN_FREE + (64 << 20) {
+            eprintln!(
+                "skipped: the disk holding {} is too full for spares",
+                logdir.display()
+            );
+            return;
+        }
+        let mut f = lock(&store.files);
+        // Under half a segment: no spare is asked for.
+        f.append((1..=3).map(|i| entry(1, i, 4 << 20))).unwrap();
+        assert!(!f.spare_asked);
+        f.append((4..=5).map(|i| entry(1, i, 4 << 20))).unwrap();
+        assert!(f.spare_asked);
+        drop(f);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while lock(&store.files).spare.is_none() {
+            assert!(std::time::Instant::now() < deadline, "no spare was made");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut f = lock(&store.files);
+        f.append((6..=9).map(|i| entry(1, i, 4 << 20))).unwrap();
+        let second = *f.segments.keys().nth(1).expect("a second segment");
+        assert!(f.spare.is_none() && !f.spare_asked);
+        drop(f);
+        let len = std::fs::metadata(segment_path(&logdir, second))
+            .unwrap()
+            .len();
+        assert_eq!(len, SPARE_BYTES);
+        // The spare thread ends with the log.
+        drop(store);
     }
 
     #[test]
