@@ -10,6 +10,8 @@
 //!   pause and heal time in one table.
 //! - `run`: the throughput workloads on any mounted directory.
 //! - `oplat`: each operation's latency on any mounted directory.
+//! - `logflush`: a durable append on a disk, into a growing file and into
+//!   zeros written first.
 //! - `compare`: local disk, bindfs, quizfs and GlusterFS side by side;
 //!   writes BENCHMARKS.md's comparison section, JSON and charts.
 //! - `scale`: how uploads, metadata and sequential throughput change with
@@ -19,8 +21,8 @@
 mod cmd;
 
 use clap::Parser;
-use cmd::args::{Args, CompareArgs, FailoverArgs, OplatArgs, RunArgs, ScaleArgs};
-use cmd::bench::{failover_bench, oplat_bench, run_bench, scale_bench};
+use cmd::args::{Args, CompareArgs, FailoverArgs, LogflushArgs, OplatArgs, RunArgs, ScaleArgs};
+use cmd::bench::{failover_bench, logflush_bench, oplat_bench, run_bench, scale_bench};
 use cmd::client::client_bench;
 use cmd::compare::compare_bench;
 
@@ -52,6 +54,10 @@ enum Cmd {
     /// negative lookup, create, chmod, an upload's open, write and close,
     /// stat, rename, unlink; prints p50/p90/p99/max and optionally JSON.
     Oplat(OplatArgs),
+    /// What a durable append (`pwrite`, `fdatasync`) costs on the disk
+    /// holding a directory: into a file that grows, and into zeros written
+    /// first (how the Raft log's segments start); p50/p90/p99/max.
+    Logflush(LogflushArgs),
     /// The scaling table: uploads and metadata with 1, 10 and 100 thousand
     /// files in the volume, sequential throughput at 64 MiB, 1 GiB and
     /// 4 GiB; on a quizfs cluster this command starts (root), or on --dir.
@@ -66,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
             Cmd::Failover(args) => failover_bench(args).await,
             Cmd::Run(args) => run_bench(args).await,
             Cmd::Oplat(args) => oplat_bench(args),
+            Cmd::Logflush(args) => logflush_bench(args),
             Cmd::Compare(args) => compare_bench(args).await,
             Cmd::Scale(args) => scale_bench(args).await,
         }

@@ -181,6 +181,20 @@ pub(crate) struct OplatArgs {
     pub(crate) dir: std::path::PathBuf,
 }
 
+/// Arguments of `quizfs-bench logflush`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogflushArgs {
+    /// Appends of each kind.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) count: usize,
+    /// Bytes per append (a 100 KiB upload carried in its commit, by
+    /// default).
+    #[arg(long, default_value_t = 102_400)]
+    pub(crate) size: usize,
+    /// A directory on the disk to measure (a node's data directory).
+    pub(crate) dir: std::path::PathBuf,
+}
+
 /// Parses workload names.
 pub(crate) fn parse_workloads(names: &[String]) -> anyhow::Result<Vec<Workload>> {
     names

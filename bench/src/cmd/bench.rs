@@ -3,7 +3,7 @@
 use quizfs_bench::failover::{self, Fault, Plan, Quizfs};
 use quizfs_bench::workloads;
 
-use super::args::{FailoverArgs, OplatArgs, RunArgs, ScaleArgs};
+use super::args::{FailoverArgs, LogflushArgs, OplatArgs, RunArgs, ScaleArgs};
 use super::output::{Bar, command_line, machine, measure, write_json, write_section};
 
 pub(crate) async fn run_bench(args: RunArgs) -> anyhow::Result<()> {
@@ -20,6 +20,23 @@ pub(crate) async fn run_bench(args: RunArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     anyhow::ensure!(report.errors.is_empty(), "some workloads failed");
+    Ok(())
+}
+
+/// `quizfs-bench logflush`: a durable append into a growing file against
+/// one into zeros written first.
+pub(crate) fn logflush_bench(args: LogflushArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.count > 0, "--count must be at least 1");
+    anyhow::ensure!(args.size > 0, "--size must be at least 1");
+    anyhow::ensure!(
+        args.dir.is_dir(),
+        "{} is not a directory",
+        args.dir.display()
+    );
+    let rows = workloads::logflush::logflush(&args.dir, args.count, args.size)
+        .map_err(anyhow::Error::msg)?;
+    let table = workloads::oplat::table(&rows);
+    print!("{table}");
     Ok(())
 }
 

@@ -46,6 +46,7 @@ pub fn rank(len: usize, p: f64) -> Option<usize> {
 const MIB: usize = 1 << 20;
 
 mod files;
+pub mod logflush;
 pub mod oplat;
 mod random;
 mod scale;
