@@ -374,8 +374,19 @@ const INLINE_SNAPSHOT_BYTES: u64 = 256 << 20;
 /// [`INLINE_SYNC_INTERVAL`], and asks for a snapshot once
 /// [`INLINE_SNAPSHOT_BYTES`] of them are in the log, so file data does not
 /// fill the disk twice.
-async fn sync_inline(sm: StateMachine, raft: Raft, seconds: Histogram, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(INLINE_SYNC_INTERVAL);
+async fn sync_inline(
+    sm: StateMachine,
+    raft: Raft,
+    id: NodeId,
+    seconds: Histogram,
+    stop: CancellationToken,
+) {
+    // Nodes sync a third of the interval apart, so that while one is in
+    // its burst a Raft write still has a leader and a follower (or two
+    // followers) whose log flushes do not wait behind it.
+    let phase = INLINE_SYNC_INTERVAL * (id % 3) as u32 / 3;
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + phase, INLINE_SYNC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let sync = tokio::select! {
@@ -603,6 +614,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         tasks.spawn(sync_inline(
             sm.clone(),
             r.clone(),
+            id,
             state.metrics.carried_sync.clone(),
             work.clone(),
         ));
