@@ -243,3 +243,93 @@ async fn a_mount_serves_its_own_metrics_and_health() {
         health.trim()
     );
 }
+
+/// The leader's count of chunk uploads it received (`Chunks/Put` calls).
+fn puts(cluster: &Cluster, leader: usize) -> f64 {
+    sample(
+        &metrics(cluster, leader),
+        "quizfs_rpc_seconds_count{method=\"/quizfs.v1.Chunks/Put\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+/// Writes `n` files of 100 KiB named `prefix`N on `threads` threads at
+/// once; returns every name with its content.
+fn upload(m: &Mount, prefix: &str, n: u64, threads: u64) -> Vec<(String, Vec<u8>)> {
+    let files: Vec<(String, Vec<u8>)> = (0..n * threads)
+        .map(|i| {
+            let seed = i + n * threads * u64::from(prefix.as_bytes()[0]);
+            (format!("{prefix}{i}.jpg"), pattern(seed, 100 * 1024))
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for part in files.chunks(n as usize) {
+            s.spawn(move || {
+                for (name, data) in part {
+                    std::fs::write(m.join(name), data).unwrap();
+                }
+            });
+        }
+    });
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_uploads_ride_in_their_commit_unless_inline_max_is_0() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await.expect("a leader");
+    let carrying = Mount::new(&cluster, 0, "").await;
+    let uploading = Mount::new(&cluster, 1, "inline_max=0").await;
+
+    // One writer at a time on a default mount: no chunk upload at all,
+    // the data went inside the commits.
+    let before = puts(&cluster, leader);
+    let mut files = upload(&carrying, "c", 10, 1);
+    let after = puts(&cluster, leader);
+    println!(
+        "default mount, one writer: {} chunk uploads",
+        after - before
+    );
+    assert_eq!(after, before, "a small file was uploaded as a chunk");
+
+    // With inline_max=0 every file is uploaded as a chunk first.
+    let before = after;
+    files.extend(upload(&uploading, "u", 10, 1));
+    let after = puts(&cluster, leader);
+    println!("inline_max=0: {} chunk uploads", after - before);
+    assert!(after >= before + 10.0, "{before} -> {after}");
+
+    // Many writers at once on a default mount: at most two commits carry
+    // data at a time, the others upload their chunks.
+    let before = after;
+    files.extend(upload(&carrying, "m", 4, 12));
+    let after = puts(&cluster, leader);
+    println!(
+        "default mount, 12 writers: {} chunk uploads",
+        after - before
+    );
+    assert!(after > before, "12 writers at once all carried their data");
+
+    // The carried chunks reach every node's disk (the 5 s sync), and every
+    // file reads back whole through the other mount.
+    for i in 0..3 {
+        wait_until(
+            Duration::from_secs(30),
+            "every node to sync the carried chunks",
+            || async {
+                let m = metrics(&cluster, i);
+                match sample(&m, "quizfs_carried_sync_seconds_count") {
+                    Some(n) if n >= 1.0 && sample(&m, "quizfs_carried_bytes") == Some(0.0) => {
+                        Ok(())
+                    }
+                    n => Err(format!("nas{}: {n:?} syncs", i + 1)),
+                }
+            },
+        )
+        .await;
+    }
+    for (name, data) in &files {
+        let got = std::fs::read(uploading.join(name)).unwrap();
+        assert!(got == *data, "{name} differs");
+    }
+}
