@@ -354,24 +354,26 @@ async fn finish_join(
     }
 }
 
-/// How often the chunks carried in commits are synced to disk. They are
-/// written as they come (in batches, unsynced: the Raft log holds them),
-/// and synced together this often, and before every snapshot: one burst
-/// of syncs, not a file and a directory sync per upload competing with
-/// the log's own. A restart writes again at most this long of them.
+/// How often the chunks carried in commits are written and synced to
+/// disk (the Raft log holds them meanwhile), and before every snapshot:
+/// one burst of writes and syncs, not a file and a directory sync per
+/// upload competing with the log's own. A restart writes again at most
+/// this long of them.
 const INLINE_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Carried chunk bytes held in memory after which they are written
-/// before the next sync.
+/// (unsynced) before the next sync, so memory holds at most about this
+/// much.
 const INLINE_WRITE_BYTES: u64 = 32 << 20;
 
 /// Carried chunk bytes in the Raft log after which a snapshot is taken
 /// (so the log can be purged) whatever the number of entries.
 const INLINE_SNAPSHOT_BYTES: u64 = 256 << 20;
 
-/// Writes the chunks carried in commits to disk as they come (each batch
-/// while the one before it is written), syncs them every
-/// [`INLINE_SYNC_INTERVAL`], and asks for a snapshot once
+/// Writes the chunks carried in commits to disk once
+/// [`INLINE_WRITE_BYTES`] are held, writes and syncs them every
+/// [`INLINE_SYNC_INTERVAL`] (each node at its own phase), and asks for a
+/// snapshot once
 /// [`INLINE_SNAPSHOT_BYTES`] of them are in the log, so file data does not
 /// fill the disk twice.
 async fn sync_inline(

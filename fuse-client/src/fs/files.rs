@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use quizfs_proto::extent::{ExtentMap, Piece};
 use quizfs_proto::{self as pb, CHUNK_SIZE, ChunkHash};
@@ -189,8 +189,9 @@ pub struct Io {
     /// Uncommitted writes of a file up to this many bytes travel inside
     /// its commit instead of as an uploaded chunk (0: never).
     pub inline_max: usize,
-    /// Commits carrying data now, on this mount (see [`MAX_CARRYING`]).
-    pub carrying: Arc<AtomicUsize>,
+    /// Places for commits carrying data, on this mount (holds
+    /// [`MAX_CARRYING`]).
+    pub carrying: Arc<Semaphore>,
 }
 
 /// Commits that may carry data at once from one mount. Carried data all
@@ -201,17 +202,10 @@ pub struct Io {
 pub const MAX_CARRYING: usize = 2;
 
 /// A commit's place among those carrying data, and its buffer's budget,
-/// both given back when the commit is done.
+/// both given back when the commit is done (dropped).
 struct CarrySlot {
-    budget: Option<OwnedSemaphorePermit>,
-    carrying: Arc<AtomicUsize>,
-}
-
-impl Drop for CarrySlot {
-    fn drop(&mut self) {
-        drop(self.budget.take());
-        self.carrying.fetch_sub(1, Ordering::Relaxed);
-    }
+    _place: OwnedSemaphorePermit,
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Io {
@@ -557,14 +551,7 @@ impl OpenFile {
         if !fits || !st.sealed.is_empty() {
             return None;
         }
-        if io.carrying.fetch_add(1, Ordering::Relaxed) >= MAX_CARRYING {
-            io.carrying.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        let mut slot = CarrySlot {
-            budget: None,
-            carrying: io.carrying.clone(),
-        };
+        let place = io.carrying.clone().try_acquire_owned().ok()?;
         let buf = st.open.take()?;
         let data = Arc::new(buf.data);
         let hash = ChunkHash::of(&data);
@@ -573,8 +560,10 @@ impl OpenFile {
             .replace_sources(|src| (*src == Src::Buf(id)).then_some(Src::Chunk(hash)));
         io.cache.insert(hash, data.clone());
         st.carried.push((hash, data));
-        slot.budget = buf.permit;
-        Some(slot)
+        Some(CarrySlot {
+            _place: place,
+            _budget: buf.permit,
+        })
     }
 
     /// Rewrites the most fragmented 4 MiB windows of the committed content

@@ -167,7 +167,7 @@ impl QuizFs {
             budget,
             budget_units,
             inline_max: opts.inline_max,
-            carrying: Arc::default(),
+            carrying: Arc::new(Semaphore::new(files::MAX_CARRYING)),
         };
         Self {
             inner: Arc::new(Inner {

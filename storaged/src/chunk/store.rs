@@ -6,7 +6,7 @@
 //! whenever it is read; a file whose content does not match its name is moved
 //! to `quarantine/` and never returned.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -400,59 +400,60 @@ impl ChunkStore {
         if on_disk && self.refresh_age(&dest) {
             return Ok(());
         }
-        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!("{}.{n}", hash.to_hex()));
-        let write = || -> io::Result<()> {
-            let mut guard = TmpGuard(Some(tmp.clone()));
-            std::fs::write(&tmp, data)?;
-            if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::rename(&tmp, &dest)?;
-            guard.0 = None;
-            Ok(())
-        };
-        write().map_err(|e| ChunkError::io(hash, e))?;
+        put_in_place(&self.tmp_path(&hash), &dest, data, false)
+            .map_err(|e| ChunkError::io(hash, e))?;
         self.note_present(hash, data.len() as u64);
         Ok(())
     }
 
-    fn sync_files<'a>(&self, written: impl Iterator<Item = &'a ChunkHash>) -> io::Result<()> {
-        let files: Vec<PathBuf> = written.map(|h| self.path(h)).collect();
-        let mut dirs = std::collections::BTreeSet::new();
-        for (path, synced) in files.iter().zip(in_parallel(&files, |p| {
-            match std::fs::File::open(p) {
-                Ok(f) => f.sync_data().map(|()| true),
-                // Collected or quarantined since: nothing to keep.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(e),
-            }
-        })?) {
-            if let (true, Some(dir)) = (synced, path.parent()) {
-                dirs.insert(dir.to_path_buf());
-            }
-        }
-        // chunks/ab/cd: a directory new to this run needs ab (for cd) and
-        // chunks (for ab) synced too.
-        let mut new_dirs = Vec::new();
-        {
-            let known = self.durable_dirs.lock().unwrap_or_else(|p| p.into_inner());
-            for dir in &dirs {
-                if !known.contains(dir) {
-                    new_dirs.push(dir.clone());
-                }
-            }
-        }
-        let mut to_sync: std::collections::BTreeSet<PathBuf> = dirs;
-        for dir in &new_dirs {
-            to_sync.extend(dir.ancestors().skip(1).take(2).map(Path::to_path_buf));
-        }
-        let to_sync: Vec<PathBuf> = to_sync.into_iter().collect();
-        in_parallel(&to_sync, |d| std::fs::File::open(d)?.sync_all())?;
+    /// A fresh name in `tmp/` for a chunk being written.
+    fn tmp_path(&self, hash: &ChunkHash) -> PathBuf {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        self.tmp.join(format!("{}.{n}", hash.to_hex()))
+    }
+
+    /// Whether the name of fan-out directory `dir` is known durable.
+    fn is_durable_dir(&self, dir: &Path) -> bool {
         self.durable_dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(new_dirs);
+            .contains(dir)
+    }
+
+    /// Records fan-out directories whose names were synced.
+    fn note_durable_dirs(&self, dirs: impl IntoIterator<Item = PathBuf>) {
+        self.durable_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(dirs);
+    }
+
+    fn sync_files<'a>(&self, written: impl Iterator<Item = &'a ChunkHash>) -> io::Result<()> {
+        let files: Vec<PathBuf> = written.map(|h| self.path(h)).collect();
+        let synced = in_parallel(&files, |p| match std::fs::File::open(p) {
+            Ok(f) => f.sync_data().map(|()| true),
+            // Collected or quarantined since: nothing to keep.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })?;
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .zip(synced)
+            .filter_map(|(path, synced)| path.parent().filter(|_| synced))
+            .map(Path::to_path_buf)
+            .collect();
+        let new_dirs: Vec<PathBuf> = dirs
+            .iter()
+            .filter(|d| !self.is_durable_dir(d))
+            .cloned()
+            .collect();
+        let mut to_sync = dirs;
+        for dir in &new_dirs {
+            to_sync.extend(fanout_parents(dir).map(Path::to_path_buf));
+        }
+        let to_sync: Vec<PathBuf> = to_sync.into_iter().collect();
+        in_parallel(&to_sync, |d| std::fs::File::open(d)?.sync_all())?;
+        self.note_durable_dirs(new_dirs);
         Ok(())
     }
 
@@ -770,32 +771,18 @@ impl ChunkWriter<'_> {
         // A fan-out directory not known durable has its own name synced
         // too; concurrent writers into a new one each sync it, so none
         // returns before its name is durable.
-        let known = self
-            .store
-            .durable_dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&dir);
-        let n = self.store.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.store.tmp.join(format!("{}.{n}", hash.to_hex()));
+        let known = self.store.is_durable_dir(&dir);
+        let tmp = self.store.tmp_path(&hash);
         let data = self.data;
         let len = data.len() as u64;
         let synced = dir.clone();
         // One blocking task writes, syncs and renames the whole chunk: one
         // hand-off to the blocking pool per chunk, not one per piece.
         tokio::task::spawn_blocking(move || {
-            let mut guard = TmpGuard(Some(tmp.clone()));
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&data)?;
-            file.sync_all()?;
-            drop(file);
-            std::fs::create_dir_all(&synced)?;
-            std::fs::rename(&tmp, &dest)?;
-            guard.0 = None;
+            put_in_place(&tmp, &dest, &data, true)?;
             std::fs::File::open(&synced)?.sync_all()?;
             if !known {
-                // chunks/ab/cd: sync ab (for cd) and chunks (for ab).
-                for up in synced.ancestors().skip(1).take(2) {
+                for up in fanout_parents(&synced) {
                     std::fs::File::open(up)?.sync_all()?;
                 }
             }
@@ -805,14 +792,35 @@ impl ChunkWriter<'_> {
         .map_err(|e| ChunkError::io(hash, io::Error::other(e)))?
         .map_err(|e| ChunkError::io(hash, e))?;
         if !known {
-            self.store
-                .durable_dirs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(dir);
+            self.store.note_durable_dirs([dir]);
         }
         Ok(!self.store.note_present(hash, len))
     }
+}
+
+/// Writes `data` to `tmp` (synced if `sync`) and renames it to `dest`,
+/// making its fan-out directory: a reader never meets a chunk half
+/// written, and a failed write leaves nothing in `tmp/`.
+fn put_in_place(tmp: &Path, dest: &Path, data: &[u8], sync: bool) -> io::Result<()> {
+    let mut guard = TmpGuard(Some(tmp.to_path_buf()));
+    let mut file = std::fs::File::create(tmp)?;
+    file.write_all(data)?;
+    if sync {
+        file.sync_all()?;
+    }
+    drop(file);
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::rename(tmp, dest)?;
+    guard.0 = None;
+    Ok(())
+}
+
+/// The directories whose entries make the name of fan-out directory
+/// `dir` durable: chunks/ab/cd needs ab (for cd) and chunks (for ab).
+fn fanout_parents(dir: &Path) -> impl Iterator<Item = &Path> {
+    dir.ancestors().skip(1).take(2)
 }
 
 /// Threads that sync files at once: the disk merges the cache flushes of
