@@ -102,6 +102,8 @@ read_reply!(
     LayoutReply,
     ReadDirReply,
     ReadLinkReply,
+    GetLockReply,
+    WaitLockReply,
     GetXattrReply,
     ListXattrReply
 );

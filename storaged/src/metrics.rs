@@ -108,6 +108,8 @@ pub struct Metrics {
     scrub_interval: Gauge,
     sessions: Gauge,
     orphans: Gauge,
+    file_locks: Gauge,
+    lock_waiters: Gauge,
     session_leases: Gauge,
     session_timeout: Gauge,
 }
@@ -138,6 +140,8 @@ impl Metrics {
             carried_rewritten: Gauge::default(),
             carried_bytes: Gauge::default(),
             orphans: Gauge::default(),
+            file_locks: Gauge::default(),
+            lock_waiters: Gauge::default(),
             session_leases: Gauge::default(),
             session_timeout: Gauge::default(),
             is_leader: Gauge::default(),
@@ -199,6 +203,8 @@ impl Metrics {
             sessions_expired: "sessions_expired", "Client sessions this node expired as the leader";
             sessions: "sessions", "Client sessions in the state machine's session table";
             orphans: "orphans", "Inodes without links kept for a session that holds them open";
+            file_locks: "file_locks", "File locks (fcntl, OFD, flock ranges) held in the state machine";
+            lock_waiters: "lock_waiters", "Lock requests queued behind a conflicting lock";
             session_leases: "session_leases", "Sessions this node keeps a last-heard time for";
             session_timeout: "session_timeout_seconds", "Silence after which the leader expires a session (--session-timeout)";
             carried_bytes: "carried_bytes", "Bytes of small writes carried in commits held in memory, not yet written to the chunk store";
@@ -277,6 +283,10 @@ impl Metrics {
         }
         if let Ok(n) = node.reader.orphan_count() {
             self.orphans.set(n as i64);
+        }
+        if let Ok((held, queued)) = node.reader.lock_counts() {
+            self.file_locks.set(held as i64);
+            self.lock_waiters.set(queued as i64);
         }
         self.session_leases.set(node.sessions.tracked() as i64);
         self.session_timeout

@@ -487,6 +487,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
         conn_closed: Arc::new(tokio::sync::Notify::new()),
         node_id: AtomicU64::new(0),
         reader: sm.reader(),
+        lock_changes: sm.lock_changes(),
         store: store.clone(),
         pool: pool.clone(),
         // Half the election timeout: well inside the followers' leader

@@ -40,6 +40,8 @@ pub struct NodeState {
     pub lease: Arc<ReadLease>,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
+    /// Counts applies that changed a file lock (`StateMachine::lock_changes`).
+    pub lock_changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// When this node last heard of each client session.
     pub sessions: Arc<crate::meta::expiry::SessionLeases>,
 }

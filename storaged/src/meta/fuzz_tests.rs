@@ -15,6 +15,10 @@
 //!   aside) that use each chunk, no extent reaches past its file's size, and the
 //!   inode count equals the inode records; every inode's number was
 //!   handed out (counted or reserved) before it was used;
+//! - file locks: every lock and queued request belongs to a session that
+//!   exists, two owners never hold conflicting locks, one owner's locks
+//!   never overlap and are merged where they touch, and every queued
+//!   request waits for a held lock it conflicts with;
 //!
 //! and two replicas that apply the same log, one command per batch on one
 //! and the whole log in one batch on the other, end byte-identical.
@@ -29,9 +33,10 @@ use proptest::prelude::*;
 use prost::Message;
 use quizfs_proto::{self as pb, meta_op::Op};
 
+use super::locks::LockTable;
 use super::schema::{
     self, DirEntryRec, Inode, KEY_INODE_COUNT, KEY_NEXT_INO, PREFIX_CHUNK, PREFIX_DIRENT,
-    PREFIX_INODE, PREFIX_ORPHAN, PREFIX_SESSION, PREFIX_TOMB, Tombstone,
+    PREFIX_INODE, PREFIX_LOCK, PREFIX_ORPHAN, PREFIX_SESSION, PREFIX_TOMB, Tombstone,
 };
 use super::state_machine::StateMachine;
 use crate::raft::{Cmd, Entry};
@@ -204,6 +209,26 @@ fn op() -> impl Strategy<Value = Op> {
         prop::collection::vec(0u64..4, 0..3)
             .prop_map(|clients| Op::ExpireSessions(pb::ExpireSessions { clients })),
         Just(Op::TouchSession(pb::TouchSession {})),
+        (
+            ino(),
+            0u64..3,
+            0u64..20,
+            prop_oneof![1u64..8, Just(u64::MAX)],
+            0i32..4,
+            any::<bool>()
+        )
+            .prop_map(
+                |(ino, owner, start, len, kind, wait)| Op::SetLock(pb::SetLock {
+                    ino,
+                    owner,
+                    pid: 7,
+                    start,
+                    end: start.saturating_add(len - 1),
+                    kind,
+                    wait,
+                })
+            ),
+        (ino(), 0u64..6).prop_map(|(ino, id)| Op::CancelLockWait(pb::CancelLockWait { ino, id })),
     ]
 }
 
@@ -260,6 +285,50 @@ fn u64_of(v: &[u8]) -> u64 {
     u64::from_be_bytes(v.try_into().expect("8-byte counter"))
 }
 
+/// The lock tables: every lock and request belongs to a session that
+/// exists; held locks of two owners never conflict; one owner's locks
+/// never overlap and are merged where they touch in one kind; every
+/// queued request waits for a held lock; no empty table is stored.
+fn check_locks(tables: &[LockTable], sessions: &[u64]) -> Result<(), String> {
+    for t in tables {
+        if t.is_empty() {
+            return Err("an empty lock table is stored".into());
+        }
+        let owners = t
+            .held
+            .iter()
+            .map(|l| l.who)
+            .chain(t.queue.iter().map(|q| q.lock.who));
+        if let Some(o) = owners.into_iter().find(|o| !sessions.contains(&o.client)) {
+            return Err(format!(
+                "a lock of session {}, which does not exist",
+                o.client
+            ));
+        }
+        for (i, a) in t.held.iter().enumerate() {
+            for b in &t.held[i + 1..] {
+                if a.conflicts(b) {
+                    return Err(format!("two owners hold conflicting locks: {a:?} {b:?}"));
+                }
+                let touch = a.end.checked_add(1).is_none_or(|n| n >= b.start)
+                    && b.end.checked_add(1).is_none_or(|n| n >= a.start);
+                if a.who == b.who
+                    && touch
+                    && (a.write == b.write || (a.start <= b.end && b.start <= a.end))
+                {
+                    return Err(format!(
+                        "one owner's locks overlap or are not merged: {a:?} {b:?}"
+                    ));
+                }
+            }
+        }
+        if let Some(q) = t.queue.iter().find(|q| t.conflict(&q.lock).is_none()) {
+            return Err(format!("a request waits for nothing: {q:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the invariants listed at the top; `Err` says which broke.
 fn check(sm: &StateMachine) -> Result<(), String> {
     let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();
@@ -269,6 +338,7 @@ fn check(sm: &StateMachine) -> Result<(), String> {
     let mut holders = Vec::new();
     let mut sessions = Vec::new();
     let mut tombs = Vec::new();
+    let mut tables: Vec<LockTable> = Vec::new();
     let mut inode_count = 0;
     let mut next_ino = 0;
     for (k, v) in dump(sm) {
@@ -297,6 +367,11 @@ fn check(sm: &StateMachine) -> Result<(), String> {
                 holders.push(u64_of(&v));
             }
             Some(&PREFIX_SESSION) => sessions.push(u64_of(&k[1..])),
+            Some(&PREFIX_LOCK) => {
+                let t: LockTable =
+                    bincode::deserialize(&v).map_err(|e| format!("lock table: {e}"))?;
+                tables.push(t);
+            }
             Some(&PREFIX_TOMB) => {
                 let t: Tombstone =
                     bincode::deserialize(&v).map_err(|e| format!("tombstone: {e}"))?;
@@ -313,6 +388,7 @@ fn check(sm: &StateMachine) -> Result<(), String> {
             "an orphan is held by session {h}, which does not exist"
         ));
     }
+    check_locks(&tables, &sessions)?;
     if inodes.is_empty() {
         return Ok(()); // nothing applied yet
     }

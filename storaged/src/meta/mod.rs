@@ -6,11 +6,13 @@
 //! - [`ops`]: every namespace command as a function over one transaction.
 //! - [`sessions`]: exactly-once replies per client.
 //! - [`expiry`]: the leader forgets sessions it no longer hears from.
+//! - [`locks`]: file locks held by the cluster, per inode.
 //! - [`read`]: the read queries served after a read-index check.
 //! - [`state_machine`]: openraft's `RaftStateMachine` over all of the above.
 
 pub mod expiry;
 pub mod format;
+pub mod locks;
 pub mod ops;
 pub mod read;
 pub mod schema;

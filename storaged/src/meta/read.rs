@@ -65,6 +65,28 @@ impl MetaReader {
         Ok(n)
     }
 
+    /// The file locks of `ino` (an empty table when it has none).
+    pub fn lock_table(&self, ino: u64) -> Result<super::locks::LockTable, ReadError> {
+        let _one_state = self.held();
+        Ok(match self.tree.get(super::locks::lock_key(ino))? {
+            Some(v) => decode(&v)?,
+            None => super::locks::LockTable::default(),
+        })
+    }
+
+    /// How many locks are held, and how many requests wait, over all files.
+    pub fn lock_counts(&self) -> Result<(usize, usize), ReadError> {
+        let _one_state = self.held();
+        let (mut held, mut queued) = (0, 0);
+        for item in self.tree.scan_prefix([super::schema::PREFIX_LOCK]) {
+            let (_, v) = item?;
+            let t: super::locks::LockTable = decode(&v)?;
+            held += t.held.len();
+            queued += t.queue.len();
+        }
+        Ok((held, queued))
+    }
+
     /// Whether the session `client` exists.
     pub fn has_session(&self, client: u64) -> Result<bool, ReadError> {
         Ok(self.tree.contains_key(super::schema::session_key(client))?)

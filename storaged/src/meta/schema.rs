@@ -12,6 +12,7 @@
 //! | `d` + parent (8, BE) + name | [`DirEntryRec`] |
 //! | `c` + hash (32) | chunk reference count (8, BE) |
 //! | `s` + client (8, BE) | [`sessions::Session`](super::sessions::Session) |
+//! | `l` + ino (8, BE) | [`LockTable`](super::locks::LockTable) |
 
 use std::collections::BTreeMap;
 
@@ -40,6 +41,8 @@ pub const PREFIX_SESSION: u8 = b's';
 /// Prefix of orphan markers: inodes without links kept while a client
 /// holds them open.
 pub const PREFIX_ORPHAN: u8 = b'o';
+/// Prefix of lock tables: the file locks of an inode (`crate::meta::locks`).
+pub const PREFIX_LOCK: u8 = b'l';
 /// Prefix of the tombstone queue: inodes whose last link went, in the
 /// order it went, each kept readable for [`TOMBSTONE_NS`].
 pub const PREFIX_TOMB: u8 = b't';

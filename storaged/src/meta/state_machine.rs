@@ -83,6 +83,8 @@ pub struct StateMachine {
     /// One [`StateMachine::sync_inline`] at a time: the index one records
     /// must not pass chunks another is still writing.
     syncing: Arc<std::sync::Mutex<()>>,
+    /// Counts applies that changed a lock table (see [`StateMachine::lock_changes`]).
+    lock_changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Runs blocking file and sled work from inside openraft's tasks: on a
@@ -128,6 +130,12 @@ impl StateMachine {
         self
     }
 
+    /// Counts the applies (and snapshot installs) that changed any file
+    /// lock: what a waiter for a lock watches (`Meta/WaitLock`).
+    pub fn lock_changes(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
+        self.lock_changes.clone()
+    }
+
     /// Opens the state machine tree of `db`, with snapshots kept in `dir`.
     /// Finishes a snapshot load that a crash interrupted.
     pub fn open(db: &crate::db::Db, dir: &Path) -> Result<Self, std::io::Error> {
@@ -147,6 +155,7 @@ impl StateMachine {
             materialized: Arc::default(),
             carried_since_snapshot: Arc::default(),
             syncing: Arc::default(),
+            lock_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         if sm
             .raft_meta
@@ -186,12 +195,22 @@ impl StateMachine {
     /// Writes `writes` to the tree: its redo record first, then each key.
     fn write(&self, writes: Writes) -> Result<(), sled::Error> {
         self.raft_meta.insert(KEY_REDO, encode(&writes))?;
-        let _alone = self.applying.write().unwrap_or_else(|p| p.into_inner());
-        for (k, v) in writes {
-            match v {
-                Some(v) => self.tree.insert(k, v)?,
-                None => self.tree.remove(k)?,
-            };
+        let locks = [crate::meta::schema::PREFIX_LOCK];
+        let locks_changed = writes
+            .range(locks.to_vec()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&locks));
+        {
+            let _alone = self.applying.write().unwrap_or_else(|p| p.into_inner());
+            for (k, v) in writes {
+                match v {
+                    Some(v) => self.tree.insert(k, v)?,
+                    None => self.tree.remove(k)?,
+                };
+            }
+        }
+        if locks_changed {
+            self.lock_changes.send_modify(|n| *n += 1);
         }
         Ok(())
     }
@@ -600,6 +619,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .insert(KEY_INLINE_SYNCED, &index.to_be_bytes())
                 .map_err(std::io::Error::other)?;
             self.db.flush()?;
+            // The lock tables may differ: every waiter looks again.
+            self.lock_changes.send_modify(|n| *n += 1);
             Ok(())
         })
         .map_err(|e| io_err(true, e))

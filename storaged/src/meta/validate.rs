@@ -148,6 +148,14 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
         }
         Op::ExpireSessions(c) if c.clients.len() > super::expiry::MAX_EXPIRE => Err(libc::EINVAL),
         Op::ExpireSessions(_) => Ok(()),
+        Op::SetLock(c) => {
+            super::locks::kind_of(c.kind)?;
+            if c.start > c.end || c.ino == 0 {
+                return Err(libc::EINVAL);
+            }
+            Ok(())
+        }
+        Op::CancelLockWait(_) => Ok(()),
         Op::RegisterClient(_)
         | Op::AllocNodeId(_)
         | Op::InitVolume(_)

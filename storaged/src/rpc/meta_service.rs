@@ -9,11 +9,15 @@ use quizfs_proto::{self as pb, ReadReply, meta_server::Meta};
 use tonic::{Request, Response, Status};
 
 use super::status;
+use crate::meta::locks;
 use crate::meta::read::MetaReader;
 use crate::meta::schema::Inode;
 use crate::meta::validate;
 use crate::raft::{COMMIT_TIMEOUT, Proposer, Raft, propose};
 use crate::state::NodeState;
+
+/// Longest a `WaitLock` call is held before it answers "still waiting".
+pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Longest a read waits for its read-index check.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
@@ -237,5 +241,86 @@ impl Meta for MetaService {
             free_bytes: free.saturating_sub(reserve),
             files,
         }))
+    }
+
+    async fn get_lock(
+        &self,
+        req: Request<pb::GetLockRequest>,
+    ) -> Result<Response<pb::GetLockReply>, Status> {
+        let r = self.linearize().await?;
+        let req = req.into_inner();
+        let Ok(Some(write)) = locks::kind_of(req.kind) else {
+            return answer(Err(libc::EINVAL));
+        };
+        let table = r.lock_table(req.ino).map_err(status::read_error)?;
+        let want = locks::Lock {
+            who: locks::Owner {
+                client: req.client_id,
+                owner: req.owner,
+            },
+            pid: 0,
+            start: req.start,
+            end: req.end.max(req.start),
+            write,
+        };
+        let found = table.conflict(&want).map(|l| pb::GetLockReply {
+            errno: 0,
+            kind: if l.write {
+                pb::LockKind::LockWrite
+            } else {
+                pb::LockKind::LockRead
+            } as i32,
+            start: l.start,
+            end: l.end,
+            pid: l.pid,
+            same_client: l.who.client == req.client_id,
+        });
+        answer(Ok(found.unwrap_or_default()))
+    }
+
+    async fn wait_lock(
+        &self,
+        req: Request<pb::WaitLockRequest>,
+    ) -> Result<Response<pb::WaitLockReply>, Status> {
+        let req = req.into_inner();
+        self.state.sessions.heard(req.client_id);
+        let Ok(Some(write)) = locks::kind_of(req.kind) else {
+            return answer(Err(libc::EINVAL));
+        };
+        let who = locks::Owner {
+            client: req.client_id,
+            owner: req.owner,
+        };
+        let until = tokio::time::Instant::now()
+            + Duration::from_millis(u64::from(req.wait_ms)).min(MAX_LOCK_WAIT);
+        // Subscribed before the first look: a change after it wakes us.
+        let mut changes = self.state.lock_changes.subscribe();
+        let r = self.linearize().await?;
+        loop {
+            let table = r.lock_table(req.ino).map_err(status::read_error)?;
+            let waiting = table
+                .queue
+                .iter()
+                .any(|q| q.id == req.id && q.lock.who.client == req.client_id);
+            if !waiting {
+                let granted = table.holds(who, req.start, req.end, write);
+                return answer(Ok(pb::WaitLockReply {
+                    errno: 0,
+                    waiting,
+                    granted,
+                }));
+            }
+            match tokio::time::timeout_at(until, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or the state machine is gone: still waiting.
+                _ => {
+                    return answer(Ok(pb::WaitLockReply {
+                        errno: 0,
+                        waiting: true,
+                        granted: false,
+                    }));
+                }
+            }
+        }
     }
 }

@@ -81,12 +81,18 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
         Op::ExpireSessions(c) => {
             let expired = sessions::expire(txn, &c.clients)?;
             namespace::release_unheld_orphans(txn)?;
+            super::locks::drop_sessions(txn, &c.clients)?;
             pb::MetaReply {
                 value: expired,
                 ..done
             }
         }
         Op::TouchSession(_) => done,
+        Op::SetLock(c) => super::locks::set_lock(txn, ctx, c)?,
+        Op::CancelLockWait(c) => pb::MetaReply {
+            value: super::locks::cancel_wait(txn, ctx, c)?,
+            ..done
+        },
         Op::AllocNodeId(_) => pb::MetaReply {
             value: next_counter(txn, KEY_NEXT_NODE, schema::FIRST_JOINED_NODE_ID)?,
             ..done
