@@ -20,6 +20,7 @@ pub mod error;
 pub mod health;
 pub mod io;
 pub mod liveness;
+pub mod locks;
 pub mod membership;
 pub mod meta;
 pub mod session;

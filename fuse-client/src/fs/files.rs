@@ -279,6 +279,11 @@ impl OpenFile {
         }
     }
 
+    /// The content version of the committed view held.
+    pub async fn view(&self) -> u64 {
+        self.state.lock().await.version
+    }
+
     /// Takes a newer committed view (at open). A view older than the one
     /// held is ignored: it was read before a commit this mount has seen.
     /// Writes pending here stay on top of whichever view is held. Returns

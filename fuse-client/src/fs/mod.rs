@@ -14,6 +14,7 @@
 //! - [`xattr`]: extended attributes and the cache of inodes without any.
 //! - [`cache`]: verified chunks, bounded, shared by the mount.
 //! - [`files`]: files open on this mount: write buffering, commit, reads.
+//! - [`locks`]: `fcntl`, OFD and `flock` locks, held by the cluster.
 //!
 //! Every request runs as its own task on the tokio runtime, so a request
 //! waiting on the network never holds up the others. Inode numbers are the
@@ -33,6 +34,7 @@ pub mod content;
 pub mod dir;
 pub mod errno;
 pub mod files;
+pub mod locks;
 pub mod metrics;
 pub mod names;
 pub mod open;
@@ -138,6 +140,8 @@ struct Inner {
     dirs: Mutex<HashMap<u64, attr::DirSeen>>,
     changes: AtomicU64,
     notifier: OnceLock<Notifier>,
+    /// What this mount knows of its lock owners' locks.
+    locks: Mutex<locks::LockBook>,
 }
 
 /// The quizfs FUSE filesystem.
@@ -183,6 +187,7 @@ impl QuizFs {
                 dirs: Mutex::new(HashMap::new()),
                 changes: AtomicU64::new(0),
                 notifier: OnceLock::new(),
+                locks: Mutex::default(),
             }),
             rt,
             metrics,

@@ -229,7 +229,7 @@ impl Inner {
     /// to end, so none fills a page from an older view afterwards) before
     /// `view` is recorded. True when the open may tell the kernel to keep
     /// its cache; false when only the open can drop it (no notifier yet).
-    async fn pages_of(&self, ino: u64, view: u64) -> bool {
+    pub(super) async fn pages_of(&self, ino: u64, view: u64) -> bool {
         if lock(&self.pages).get(&ino) == Some(&view) {
             return true;
         }

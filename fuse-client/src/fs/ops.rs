@@ -17,6 +17,7 @@ use quizfs_proto::{self as pb, meta_op::Op};
 
 use super::attr::set_time;
 use super::errno::errno;
+use super::locks::LockReq;
 use super::reply::Answer;
 use super::{MAX_READ_WINDOW, MAX_WRITE, QuizFs};
 
@@ -36,6 +37,16 @@ impl Filesystem for QuizFs {
                 | InitFlags::FUSE_DO_READDIRPLUS
                 | InitFlags::FUSE_READDIRPLUS_AUTO,
         );
+        // Locks held by the cluster, across mounts (see `locks`).
+        if let Err(missing) =
+            config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+        {
+            tracing::warn!(
+                ?missing,
+                "the kernel does not pass these lock calls to file systems: such locks stay local \
+                 to this mount"
+            );
+        }
         Ok(())
     }
 
@@ -254,33 +265,34 @@ impl Filesystem for QuizFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.answer(
-            "flush",
-            reply,
-            move |fs| async move { fs.flush(fh.0).await },
-        );
+        self.answer("flush", reply, move |fs| async move {
+            let flushed = fs.flush(fh.0).await;
+            // POSIX: any close by a process drops its locks on the file.
+            let unlocked = fs.close_owner(ino.0, lock_owner.0).await;
+            flushed.and(unlocked)
+        });
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.answer(
-            "release",
-            reply,
-            move |fs| async move { fs.release(fh.0).await },
-        );
+        self.answer("release", reply, move |fs| async move {
+            let released = fs.release(fh.0).await;
+            fs.close_handle(ino.0, fh.0).await;
+            released
+        });
     }
 
     fn fsync(
@@ -499,6 +511,58 @@ impl Filesystem for QuizFs {
         };
         self.answer("create", reply, move |fs| async move {
             fs.create(op, flags, pid).await
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        let r = LockReq {
+            ino: ino.0,
+            fh: fh.0,
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+        };
+        self.answer("getlk", reply, move |fs| async move { fs.getlk(r).await });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = LockReq {
+            ino: ino.0,
+            fh: fh.0,
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+        };
+        let tid = req.pid();
+        self.answer("setlk", reply, move |fs| async move {
+            fs.setlk(r, sleep, tid).await
         });
     }
 }

@@ -112,6 +112,16 @@ impl Answer for ReplyEmpty {
     }
 }
 
+impl Answer for fuser::ReplyLock {
+    type Value = super::locks::LockAnswer;
+    fn ok(self, l: super::locks::LockAnswer) {
+        self.locked(l.start, l.end, l.typ, l.pid);
+    }
+    fn error(self, e: Errno) {
+        fuser::ReplyLock::error(self, e);
+    }
+}
+
 impl Answer for ReplyEntry {
     type Value = Entry;
     fn ok(self, e: Entry) {
