@@ -21,6 +21,7 @@ mod t190_scenario;
 mod t195_scrub;
 mod t200_sessions;
 mod t20_namespace;
+mod t210_locks;
 mod t22_early_create;
 mod t30_exactly_once;
 mod t35_content;

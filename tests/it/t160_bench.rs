@@ -163,7 +163,7 @@ async fn quizfs_bench_run_measures_a_mount() {
     assert!(table.contains("upload: close"), "{table}");
     let rows: Vec<quizfs_bench::workloads::oplat::OpLatency> =
         serde_json::from_slice(&std::fs::read(lat_json.path()).unwrap()).unwrap();
-    assert_eq!(rows.len(), 12, "{rows:?}");
+    assert_eq!(rows.len(), 14, "{rows:?}");
     for r in &rows {
         assert_eq!(r.samples_ms.len(), 5, "{}", r.op);
         assert!(r.samples_ms.iter().all(|&ms| ms > 0.0), "{r:?}");

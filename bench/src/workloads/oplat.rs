@@ -3,7 +3,8 @@
 //! a stat of a missing name (a negative lookup), an exclusive create, a
 //! create as web applications open uploads (`O_CREAT|O_TRUNC`), a chmod;
 //! then uploads of 100 KiB with open, write and close timed apart;
-//! then stat, chmod, rename and unlink of those files.
+//! then stat, chmod, rename and unlink of those files, and an
+//! uncontended `fcntl` lock and unlock of each (the file open already).
 
 use std::fs::{OpenOptions, Permissions};
 use std::io::Write;
@@ -78,6 +79,8 @@ fn measure(d: &Path, n: usize) -> Result<Vec<OpLatency>, String> {
         "chmod (uploaded)",
         "rename",
         "unlink",
+        "lock (whole file)",
+        "unlock",
     ]
     .into_iter()
     .map(|op| (op, Vec::with_capacity(n)))
@@ -120,6 +123,15 @@ fn measure(d: &Path, n: usize) -> Result<Vec<OpLatency>, String> {
         })?;
     }
     for i in 0..n {
+        let p = d.join(format!("u{i}"));
+        let f = io("open", OpenOptions::new().read(true).write(true).open(&p))?;
+        timed(&mut rows[12].1, || io("lock", set_lock(&f, libc::F_WRLCK)))?;
+        timed(&mut rows[13].1, || {
+            io("unlock", set_lock(&f, libc::F_UNLCK))
+        })?;
+        io("close", close(f))?;
+    }
+    for i in 0..n {
         let (from, to) = (d.join(format!("u{i}")), d.join(format!("r{i}")));
         timed(&mut rows[10].1, || {
             io("rename", std::fs::rename(&from, &to))
@@ -136,6 +148,24 @@ fn measure(d: &Path, n: usize) -> Result<Vec<OpLatency>, String> {
             samples_ms,
         })
         .collect())
+}
+
+/// `fcntl(F_SETLK)` of the whole of `f` to `typ` (F_WRLCK, F_UNLCK).
+fn set_lock(f: &std::fs::File, typ: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed `struct flock` is valid (whole file from offset 0).
+    #[allow(unsafe_code)]
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = typ as libc::c_short;
+    l.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl on an open descriptor with a valid `struct flock`.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &l) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The latencies as a table: p50, p90, p99 and max, ms.

@@ -1,0 +1,210 @@
+//! File locks across mounts: `flock`, `fcntl` byte ranges, OFD locks,
+//! EDEADLK and EINTR from two mounts (`tests/posix/locks.py`); SQLite in
+//! rollback-journal mode written from two mounts, taking turns through
+//! its own locks; a leader killed while locks are held keeps them; a
+//! mount frozen past the session timeout loses its locks to the other
+//! mount within the lease and is told so when it comes back; a mount
+//! SIGKILLed loses them the same way.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quizfs_tests::{Cluster, Mount, node_metric, run_script, signal, wait_until};
+
+/// The session timeout of the expiry tests.
+const TIMEOUT_S: u64 = 3;
+/// Transactions each of the two SQLite writers makes.
+const SQLITE_TXNS: &str = "1250";
+
+fn script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("posix/locks.py")
+}
+
+/// `locks.py hold FILE`: a process holding an exclusive lock on FILE.
+struct Holder {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+}
+
+impl Holder {
+    fn start(file: &Path) -> Self {
+        let mut child = Command::new("python3")
+            .arg(script())
+            .arg("hold")
+            .arg(file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut h = Self { child, stdin, out };
+        assert_eq!(h.line(), "locked", "the holder did not get its lock");
+        h
+    }
+
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.out.read_line(&mut s).unwrap();
+        s.trim().to_string()
+    }
+
+    /// Locks the file again: "ok" or the errno's name.
+    fn relock(&mut self) -> String {
+        writeln!(self.stdin, "relock").unwrap();
+        self.line()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A non-blocking exclusive lock attempt on `file`: "ok" or the errno name.
+fn try_lock(file: &Path) -> String {
+    run_script("locks.py", &["try", file.to_str().unwrap()])
+        .trim()
+        .to_string()
+}
+
+/// Waits (F_SETLKW) for an exclusive lock on `file`; the seconds waited.
+fn take_lock(file: &Path, limit_s: u64) -> f64 {
+    let out = run_script(
+        "locks.py",
+        &["take", file.to_str().unwrap(), &limit_s.to_string()],
+    );
+    out.trim().parse().unwrap()
+}
+
+fn path_of(m: &Mount) -> String {
+    m.join("")
+        .to_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flock_fcntl_and_ofd_locks_hold_across_two_mounts() {
+    let cluster = Cluster::start(3, &[]).await;
+    let a = Mount::new(&cluster, 0, "").await;
+    let b = Mount::new(&cluster, 1, "").await;
+    let (pa, pb) = (path_of(&a), path_of(&b));
+    let out = run_script("locks.py", &["flock", &pa, &pb]);
+    print!("{out}");
+    let out = run_script("locks.py", &["fcntl", &pa, &pb]);
+    print!("{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_in_rollback_journal_mode_from_two_mounts_loses_nothing() {
+    let cluster = Cluster::start(3, &[]).await;
+    let a = Mount::new(&cluster, 0, "").await;
+    let b = Mount::new(&cluster, 1, "").await;
+    let out = run_script(
+        "locks.py",
+        &["sqlite", &path_of(&a), &path_of(&b), SQLITE_TXNS],
+    );
+    print!("{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_survive_a_leader_kill_and_go_with_a_dead_or_frozen_mounts_session() {
+    let timeout = format!("{TIMEOUT_S}s");
+    let mut cluster = Cluster::start(3, &["--session-timeout", &timeout]).await;
+    let a = Mount::new(&cluster, 0, "").await;
+    let b = Mount::new(&cluster, 1, "").await;
+    std::fs::write(a.join("deploy.lock"), b"").unwrap();
+    std::fs::write(a.join("cache.lock"), b"").unwrap();
+    let mut holder = Holder::start(&a.join("deploy.lock"));
+    assert_eq!(try_lock(&b.join("deploy.lock")), "EAGAIN");
+
+    // The leader killed while the lock is held: the new leader has it.
+    let leader = cluster.leader().await.expect("a leader");
+    cluster.kill(leader);
+    let killed = Instant::now();
+    wait_until(Duration::from_secs(30), "a new leader", || {
+        let c = &cluster;
+        async move { c.leader().await.ok_or_else(|| "none yet".to_string()) }
+    })
+    .await;
+    assert_eq!(
+        try_lock(&b.join("deploy.lock")),
+        "EAGAIN",
+        "the lock went with the leader"
+    );
+    println!(
+        "lock held through a leader kill (new leader after {:.2} s)",
+        killed.elapsed().as_secs_f64()
+    );
+    cluster.spawn(leader);
+    assert_eq!(holder.relock(), "ok", "the holder still holds its lock");
+
+    // Mount A frozen past the session timeout: B gets the lock within the
+    // lease; A, thawed, is told its lock is gone.
+    signal(a.pid(), libc::SIGSTOP);
+    let waited = take_lock(&b.join("deploy.lock"), 6 * TIMEOUT_S);
+    println!("B got the frozen mount's lock after {waited:.2} s (session timeout {TIMEOUT_S} s)");
+    assert!(
+        waited <= 2.0 * TIMEOUT_S as f64,
+        "B waited {waited:.2} s for a lock whose mount was frozen"
+    );
+    signal(a.pid(), libc::SIGCONT);
+    assert_eq!(
+        holder.relock(),
+        "ENOLCK",
+        "a mount back from an expired session still believes in its lock"
+    );
+    let log = a.log_tail(400);
+    assert!(
+        log.contains("released by the cluster"),
+        "the mount's log does not say why:\n{log}"
+    );
+    drop(holder);
+    // Closed, the file can be locked afresh on A.
+    let holder = Holder::start(&a.join("deploy.lock"));
+    drop(holder);
+
+    // Mount A SIGKILLed while a process holds a lock through it.
+    let holder = Holder::start(&a.join("cache.lock"));
+    assert_eq!(try_lock(&b.join("cache.lock")), "EAGAIN");
+    signal(a.pid(), libc::SIGKILL);
+    let waited = take_lock(&b.join("cache.lock"), 6 * TIMEOUT_S);
+    println!("B got the killed mount's lock after {waited:.2} s");
+    assert!(
+        waited <= 2.0 * TIMEOUT_S as f64,
+        "B waited {waited:.2} s for a lock whose mount was killed"
+    );
+    drop(holder);
+    // Nothing is left in the lock tables: every lock was released by its
+    // close or went with its session.
+    let leader = cluster.leader().await.expect("a leader");
+    wait_until(Duration::from_secs(10), "empty lock tables", || {
+        let now = (
+            node_metric(&cluster, leader, "quizfs_file_locks"),
+            node_metric(&cluster, leader, "quizfs_lock_waiters"),
+        );
+        async move {
+            if now == (0.0, 0.0) {
+                Ok(())
+            } else {
+                Err(format!("(held, waiting) {now:?}"))
+            }
+        }
+    })
+    .await;
+}
