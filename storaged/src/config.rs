@@ -74,9 +74,10 @@ pub struct Args {
     pub scrub_rate_mib: u64,
     /// How long a client session lives once the leader stops hearing from
     /// its mount (a mount pings every node 10 times a second): then it is
-    /// forgotten, with the files it kept open after their unlink. A number
-    /// with s, m, h or d.
-    #[arg(long, default_value = "5m", value_parser = parse_interval)]
+    /// forgotten, with the files it kept open after their unlink and its
+    /// file locks (so a dead mount holds locks this long at most). A
+    /// number with s, m, h or d.
+    #[arg(long, default_value = "1m", value_parser = parse_interval)]
     pub session_timeout: Duration,
     /// Directory with this node's TLS files: ca.crt, node.crt, node.key and
     /// optionally crl.pem (made by `quizfs cert init`).

@@ -197,11 +197,14 @@ async fn a_crash_mid_write_leaves_old_or_new_bytes_and_every_closed_file() {
 /// A database written through the crash of the leader and then of the
 /// client (the mount process SIGKILLed, as a power cut of the web server
 /// loses it): on a fresh mount it passes `integrity_check` and holds every
-/// transaction whose COMMIT returned.
+/// transaction whose COMMIT returned. The dead client's SQLite locks are
+/// held by its session until the leader expires it: the fresh mount's
+/// check waits for them (SQLite's busy timeout), as the other web servers
+/// would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_survives_the_crash_of_the_leader_and_the_client() {
     use std::io::BufRead;
-    let mut cluster = Cluster::start(3, &[]).await;
+    let mut cluster = Cluster::start(3, &["--session-timeout", "3s"]).await;
     let servers = format!("backup_servers={},{}", cluster.addr(1), cluster.addr(2));
     let mount = Mount::new(&cluster, 0, &servers).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("posix/sqlite_crash.py");

@@ -27,8 +27,9 @@ if mode == "write":
 else:
     want = [int(x) for x in sys.argv[3:]]
     # Read-write, as the application reopens it: a hot journal left by the
-    # crash is rolled back first.
-    db = sqlite3.connect(path)
+    # crash is rolled back first, once the crashed client's locks went with
+    # its session (the busy timeout waits for that).
+    db = sqlite3.connect(path, timeout=60)
     ok = db.execute("PRAGMA integrity_check").fetchall()
     if ok != [("ok",)]:
         raise SystemExit(f"integrity_check: {ok[:5]}")
