@@ -99,6 +99,19 @@ impl LockReq {
         }
     }
 
+    /// The request as the cluster takes it.
+    fn to_wire(self, kind: pb::LockKind, wait: bool) -> pb::SetLock {
+        pb::SetLock {
+            ino: self.ino,
+            owner: self.owner,
+            pid: self.pid,
+            start: self.start,
+            end: self.end(),
+            kind: kind as i32,
+            wait,
+        }
+    }
+
     /// The end as the cluster keeps it: to the end of any file is u64::MAX.
     fn end(&self) -> u64 {
         if self.end >= OFFSET_MAX {
@@ -188,16 +201,12 @@ impl Inner {
         self.client().created(r.ino).await.map_err(errno)?;
         let session = self.client().client_id();
         let had_locks = self.book().held.contains_key(&(r.ino, r.owner));
-        let req = pb::SetLock {
-            ino: r.ino,
-            owner: r.owner,
-            pid: r.pid,
-            start: r.start,
-            end: r.end(),
-            kind: kind as i32,
-            wait,
-        };
-        match self.client().set_lock(req).await.map_err(errno)? {
+        match self
+            .client()
+            .set_lock(r.to_wire(kind, wait))
+            .await
+            .map_err(errno)?
+        {
             LockOutcome::Granted(_) if had_locks && self.client().client_id() != session => {
                 // Sent again in a new session: the owner's older locks
                 // are gone, and this grant must not pass for them.
@@ -284,15 +293,7 @@ impl Inner {
         if let Some(f) = self.open_file(r.ino) {
             self.flush_file(&f, None).await?;
         }
-        let req = pb::SetLock {
-            ino: r.ino,
-            owner: r.owner,
-            pid: r.pid,
-            start: r.start,
-            end: r.end(),
-            kind: pb::LockKind::LockUnlock as i32,
-            wait: false,
-        };
+        let req = r.to_wire(pb::LockKind::LockUnlock, false);
         self.client().set_lock(req).await.map_err(errno)?;
         if whole {
             self.book().held.remove(&(r.ino, r.owner));
@@ -401,16 +402,19 @@ impl Inner {
     }
 
     async fn drop_locks(&self, ino: u64, owner: u64) -> Result<(), Errno> {
-        let req = pb::SetLock {
+        let all = LockReq {
             ino,
+            fh: 0,
             owner,
-            pid: 0,
             start: 0,
-            end: u64::MAX,
-            kind: pb::LockKind::LockUnlock as i32,
-            wait: false,
+            end: OFFSET_MAX,
+            typ: libc::F_UNLCK,
+            pid: 0,
         };
-        let r = self.client().set_lock(req).await;
+        let r = self
+            .client()
+            .set_lock(all.to_wire(pb::LockKind::LockUnlock, false))
+            .await;
         self.book().held.remove(&(ino, owner));
         match r {
             Ok(_) => Ok(()),

@@ -21,6 +21,27 @@ use super::locks::LockReq;
 use super::reply::Answer;
 use super::{MAX_READ_WINDOW, MAX_WRITE, QuizFs};
 
+/// A lock request as the kernel sent it.
+fn lock_req(
+    ino: INodeNo,
+    fh: FileHandle,
+    owner: LockOwner,
+    start: u64,
+    end: u64,
+    typ: i32,
+    pid: u32,
+) -> LockReq {
+    LockReq {
+        ino: ino.0,
+        fh: fh.0,
+        owner: owner.0,
+        start,
+        end,
+        typ,
+        pid,
+    }
+}
+
 fn name_bytes(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
@@ -526,15 +547,7 @@ impl Filesystem for QuizFs {
         pid: u32,
         reply: fuser::ReplyLock,
     ) {
-        let r = LockReq {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            start,
-            end,
-            typ,
-            pid,
-        };
+        let r = lock_req(ino, fh, lock_owner, start, end, typ, pid);
         self.answer("getlk", reply, move |fs| async move { fs.getlk(r).await });
     }
 
@@ -551,15 +564,7 @@ impl Filesystem for QuizFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let r = LockReq {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            start,
-            end,
-            typ,
-            pid,
-        };
+        let r = lock_req(ino, fh, lock_owner, start, end, typ, pid);
         let tid = req.pid();
         self.answer("setlk", reply, move |fs| async move {
             fs.setlk(r, sleep, tid).await
