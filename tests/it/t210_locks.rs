@@ -104,9 +104,10 @@ async fn flock_fcntl_and_ofd_locks_hold_across_two_mounts() {
     let a = Mount::new(&cluster, 0, "").await;
     let b = Mount::new(&cluster, 1, "").await;
     let (pa, pb) = (path_of(&a), path_of(&b));
-    let out = run_script("locks.py", &["flock", &pa, &pb]);
+    let metrics: Vec<String> = (0..3).map(|i| cluster.metrics_addr(i)).collect();
+    let out = run_script("locks.py", &["flock", &pa, &pb, &metrics.join(",")]);
     print!("{out}");
-    let out = run_script("locks.py", &["fcntl", &pa, &pb]);
+    let out = run_script("locks.py", &["fcntl", &pa, &pb, &metrics.join(",")]);
     print!("{out}");
 }
 

