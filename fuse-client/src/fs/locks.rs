@@ -54,6 +54,10 @@ pub struct LockBook {
     by_handle: HashMap<u64, BTreeSet<u64>>,
     /// (inode, owner) whose locks went with an expired session.
     lost: HashSet<(u64, u64)>,
+    /// Queued requests whose wait ended in an error (the cluster out of
+    /// reach): they may still be granted, so the owner's close withdraws
+    /// them before it unlocks.
+    strays: HashMap<(u64, u64), Vec<u64>>,
 }
 
 /// The answer to F_GETLK: the blocking lock, or `typ` F_UNLCK.
@@ -224,8 +228,38 @@ impl Inner {
     }
 
     /// Waits for queued request `id` until it is granted, or withdraws it
-    /// when the waiting thread gets a signal (EINTR).
+    /// when the waiting thread gets a signal (EINTR). A wait that fails
+    /// otherwise leaves the request a stray: the owner's close withdraws
+    /// it, and unlocks in case it was granted meanwhile.
     async fn wait_granted(
+        &self,
+        r: LockReq,
+        kind: pb::LockKind,
+        id: u64,
+        session: u64,
+        tid: u32,
+    ) -> OpResult<()> {
+        let r2 = self.wait_queued(r, kind, id, session, tid).await;
+        if let Err(e) = r2 {
+            if !matches!(e.code(), libc::EINTR | libc::ENOLCK) {
+                tracing::warn!(
+                    ino = r.ino,
+                    owner = r.owner,
+                    errno = e.code(),
+                    "a wait for a lock failed; the request is withdrawn at the owner's close"
+                );
+                self.note_held(&r, session);
+                self.book()
+                    .strays
+                    .entry((r.ino, r.owner))
+                    .or_default()
+                    .push(id);
+            }
+        }
+        r2
+    }
+
+    async fn wait_queued(
         &self,
         r: LockReq,
         kind: pb::LockKind,
@@ -402,6 +436,12 @@ impl Inner {
     }
 
     async fn drop_locks(&self, ino: u64, owner: u64) -> Result<(), Errno> {
+        let strays = self.book().strays.remove(&(ino, owner)).unwrap_or_default();
+        for id in strays {
+            if let Err(e) = self.client().cancel_lock_wait(ino, id).await {
+                tracing::warn!(ino, owner, id, error = %e, "withdrawing a stray lock request failed");
+            }
+        }
         let all = LockReq {
             ino,
             fh: 0,
