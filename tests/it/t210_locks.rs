@@ -22,7 +22,8 @@ fn script() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("posix/locks.py")
 }
 
-/// `locks.py hold FILE`: a process holding an exclusive lock on FILE.
+/// `locks.py hold FILE` (a process holding an exclusive lock on FILE), or
+/// another mode of the script that takes orders on its standard input.
 struct Holder {
     child: Child,
     stdin: ChildStdin,
@@ -31,9 +32,15 @@ struct Holder {
 
 impl Holder {
     fn start(file: &Path) -> Self {
+        let mut h = Self::spawn("hold", file);
+        assert_eq!(h.line(), "locked", "the holder did not get its lock");
+        h
+    }
+
+    fn spawn(mode: &str, file: &Path) -> Self {
         let mut child = Command::new("python3")
             .arg(script())
-            .arg("hold")
+            .arg(mode)
             .arg(file)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -41,9 +48,13 @@ impl Holder {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
-        let mut h = Self { child, stdin, out };
-        assert_eq!(h.line(), "locked", "the holder did not get its lock");
-        h
+        Self { child, stdin, out }
+    }
+
+    /// Sends one order; returns the answer line.
+    fn ask(&mut self, order: &str) -> String {
+        writeln!(self.stdin, "{order}").unwrap();
+        self.line()
     }
 
     fn line(&mut self) -> String {
@@ -54,8 +65,7 @@ impl Holder {
 
     /// Locks the file again: "ok" or the errno's name.
     fn relock(&mut self) -> String {
-        writeln!(self.stdin, "relock").unwrap();
-        self.line()
+        self.ask("relock")
     }
 }
 
@@ -208,4 +218,59 @@ async fn locks_survive_a_leader_kill_and_go_with_a_dead_or_frozen_mounts_session
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_fails_leaves_no_lock_behind_once_its_file_is_closed() {
+    let cluster = Cluster::start(3, &[]).await;
+    let a = Mount::new(&cluster, 0, "").await;
+    // B gives up on the cluster after 2 s.
+    let b = Mount::new(&cluster, 1, "op_timeout=2").await;
+    std::fs::write(a.join("stray.lock"), b"").unwrap();
+    let holder = Holder::start(&a.join("stray.lock"));
+    let mut waiter = Holder::spawn("waitfail", &b.join("stray.lock"));
+    assert_eq!(waiter.line(), "waiting");
+    wait_until(Duration::from_secs(10), "B's request queued", || {
+        let n = node_metric(&cluster, 2, "quizfs_lock_waiters");
+        async move {
+            if n >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        }
+    })
+    .await;
+    // Two nodes frozen: B's wait fails, its request stays queued.
+    let leader = cluster.leader().await.expect("a leader");
+    let other = (0..3).find(|&i| i != leader && i != 2).unwrap();
+    cluster.freeze(leader);
+    cluster.freeze(other);
+    let failed = waiter.line();
+    cluster.thaw(leader);
+    cluster.thaw(other);
+    println!("B's wait with two nodes frozen: {failed}");
+    assert_ne!(failed, "ok", "the wait could not have been granted");
+    // A lets go: the queued request of B's failed wait is granted, and
+    // holds the lock while B keeps the file open.
+    drop(holder);
+    wait_until(Duration::from_secs(20), "the stray request granted", || {
+        let n = node_metric(&cluster, 2, "quizfs_lock_waiters");
+        async move {
+            if n == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{n} waiting"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(try_lock(&a.join("stray.lock")), "EAGAIN");
+    // B closes the file: the lock goes with it.
+    assert_eq!(waiter.ask("close"), "closed");
+    assert_eq!(
+        try_lock(&a.join("stray.lock")),
+        "ok",
+        "a lock granted after its wait failed outlived the file's close"
+    );
 }

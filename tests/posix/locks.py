@@ -18,6 +18,10 @@ Usage:
                                       on FILE; prints the seconds it waited
   locks.py try FILE                   prints "ok" or the errno name of a
                                       non-blocking exclusive lock on FILE
+  locks.py waitfail FILE              prints "waiting", waits (F_SETLKW) for
+                                      an exclusive lock on FILE, prints "ok"
+                                      or the errno name; closes FILE when
+                                      stdin says "close" (prints "closed")
   locks.py sqlite MOUNT_A MOUNT_B N   two writers, one per mount, N
                                       transactions each, rollback journal
 
@@ -407,6 +411,18 @@ def try_lock(path):
     os.close(fd)
 
 
+def waitfail(path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    print("waiting", flush=True)
+    e = errno_of(lambda: setlk(fd, fcntl.F_WRLCK, 0, 0, fcntl.F_SETLKW))
+    print("ok" if e == 0 else errno.errorcode.get(e, str(e)), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "close":
+            os.close(fd)
+            print("closed", flush=True)
+            return
+
+
 def sqlite_writer(mount, who, n, out):
     import sqlite3
 
@@ -485,6 +501,9 @@ def main():
         return
     elif cmd == "try":
         try_lock(args[0])
+        return
+    elif cmd == "waitfail":
+        waitfail(args[0])
         return
     elif cmd == "sqlite":
         sqlite_test(args[0], args[1], int(args[2]))
