@@ -143,8 +143,28 @@ async fn locks_survive_a_leader_kill_and_go_with_a_dead_or_frozen_mounts_session
     std::fs::write(a.join("cache.lock"), b"").unwrap();
     let mut holder = Holder::start(&a.join("deploy.lock"));
     assert_eq!(try_lock(&b.join("deploy.lock")), "EAGAIN");
+    // A process on B waits for it through everything that follows.
+    let mut waiter = Command::new("python3")
+        .arg(script())
+        .args(["take", b.join("deploy.lock").to_str().unwrap(), "120"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited_out = BufReader::new(waiter.stdout.take().unwrap());
+    wait_until(Duration::from_secs(10), "B's wait queued", || {
+        let n = node_metric(&cluster, 1, "quizfs_lock_waiters");
+        async move {
+            if n >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        }
+    })
+    .await;
 
-    // The leader killed while the lock is held: the new leader has it.
+    // The leader killed while the lock is held and B waits: the new
+    // leader has the lock and B's queued request.
     let leader = cluster.leader().await.expect("a leader");
     cluster.kill(leader);
     let killed = Instant::now();
@@ -168,8 +188,24 @@ async fn locks_survive_a_leader_kill_and_go_with_a_dead_or_frozen_mounts_session
     // Mount A frozen past the session timeout: B gets the lock within the
     // lease; A, thawed, is told its lock is gone.
     signal(a.pid(), libc::SIGSTOP);
-    let waited = take_lock(&b.join("deploy.lock"), 6 * TIMEOUT_S);
-    println!("B got the frozen mount's lock after {waited:.2} s (session timeout {TIMEOUT_S} s)");
+    let frozen = Instant::now();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let mut out = waited_out;
+        out.read_line(&mut line).unwrap();
+        let _ = waiter.wait();
+        line
+    });
+    let got = tokio::time::timeout(Duration::from_secs(6 * TIMEOUT_S), got)
+        .await
+        .expect("B's waiter never got the frozen mount's lock")
+        .unwrap();
+    assert!(!got.trim().is_empty(), "B's waiter ended without the lock");
+    let waited = frozen.elapsed().as_secs_f64();
+    println!(
+        "B's waiter, queued since before the leader kill, got the frozen mount's lock \
+         {waited:.2} s after the freeze (session timeout {TIMEOUT_S} s)"
+    );
     assert!(
         waited <= 2.0 * TIMEOUT_S as f64,
         "B waited {waited:.2} s for a lock whose mount was frozen"
