@@ -223,6 +223,16 @@ def until_queued(addrs, limit=10.0):
         time.sleep(0.005)
 
 
+def after_close(p, step, *args):
+    """A blocking lock that another owner's close just freed: granted
+    within 1 s (the release reaches the mount just after close returns)."""
+    began = time.monotonic()
+    p.start(step, *args)
+    r = p.result(10)
+    check(r is not None and r[0] == "ok", f"{step}{args} after a close: {r}")
+    check(r[1] - began < 1.0, f"{step}{args}: granted {r[1] - began:.2f} s after the close")
+
+
 def flock_test(a, b, metrics):
     addrs = metrics.split(",")
     pa, pb = Proc(), Proc()
@@ -268,14 +278,17 @@ def flock_test(a, b, metrics):
     late = [w for w in wakes if w >= 0.1]
     check(len(late) <= 1, f"blocked flocks woken late: {late}")
     check(max(wakes) < 1.0, f"a blocked flock was woken {max(wakes) * 1000:.0f} ms after the unlock")
-    # Shared locks from both mounts at once; closing drops a flock.
+    # Shared locks from both mounts at once; closing drops a flock. The
+    # kernel sends a FUSE file system the RELEASE that drops a flock just
+    # after close() returns (for every FUSE file system), so the other
+    # side waits for it, briefly.
     pa.ok("flock", "f", fcntl.LOCK_SH)
     pb.ok("flock", "f", fcntl.LOCK_SH | fcntl.LOCK_NB)
     pb.ok("close", "f")
-    pa.ok("flock", "f", fcntl.LOCK_EX | fcntl.LOCK_NB)
+    after_close(pa, "flock_timed", "f", fcntl.LOCK_EX)
     pa.ok("close", "f")
     pb.ok("open", "f", os.path.join(b, "flock.lock"))
-    pb.ok("flock", "f", fcntl.LOCK_EX | fcntl.LOCK_NB)
+    after_close(pb, "flock_timed", "f", fcntl.LOCK_EX)
     pb.ok("close", "f")
     pa.close()
     pb.close()
@@ -345,9 +358,9 @@ def fcntl_test(a, b, metrics):
     check(e in (errno.EAGAIN, errno.EACCES), f"OFD lock across mounts: errno {e}")
     typ, start, length, _ = pb.ok("getlk", "o", W, 0, 0, F_OFD_GETLK)
     check((typ, start, length) == (W, 0, 10), f"F_OFD_GETLK: {(typ, start, length)}")
-    # Closing the description drops its OFD lock.
+    # Closing the description drops its OFD lock (at RELEASE, as flock).
     pa.ok("close", "o1")
-    pb.ok("setlk", "o", W, 0, 10, F_OFD_SETLK)
+    after_close(pb, "setlk_timed", "o", W, 0, 10, F_OFD_SETLKW)
     pb.ok("close", "o")
     pa.ok("close", "o2")
 
