@@ -100,6 +100,21 @@ fn take_lock(file: &Path, limit_s: u64) -> f64 {
     out.trim().parse().unwrap()
 }
 
+/// Waits until node `i` counts some queued lock request (`some`), or none.
+async fn await_waiters(cluster: &Cluster, i: usize, some: bool, what: &str) {
+    wait_until(Duration::from_secs(20), what, || {
+        let n = node_metric(cluster, i, "quizfs_lock_waiters");
+        async move {
+            if (n >= 1.0) == some {
+                Ok(())
+            } else {
+                Err(format!("{n} waiting"))
+            }
+        }
+    })
+    .await;
+}
+
 fn path_of(m: &Mount) -> String {
     m.join("")
         .to_str()
@@ -151,17 +166,7 @@ async fn locks_survive_a_leader_kill_and_go_with_a_dead_or_frozen_mounts_session
         .spawn()
         .unwrap();
     let waited_out = BufReader::new(waiter.stdout.take().unwrap());
-    wait_until(Duration::from_secs(10), "B's wait queued", || {
-        let n = node_metric(&cluster, 1, "quizfs_lock_waiters");
-        async move {
-            if n >= 1.0 {
-                Ok(())
-            } else {
-                Err(format!("{n}"))
-            }
-        }
-    })
-    .await;
+    await_waiters(&cluster, 1, true, "B's wait queued").await;
 
     // The leader killed while the lock is held and B waits: the new
     // leader has the lock and B's queued request.
@@ -266,17 +271,7 @@ async fn a_wait_that_fails_leaves_no_lock_behind_once_its_file_is_closed() {
     let holder = Holder::start(&a.join("stray.lock"));
     let mut waiter = Holder::spawn("waitfail", &b.join("stray.lock"));
     assert_eq!(waiter.line(), "waiting");
-    wait_until(Duration::from_secs(10), "B's request queued", || {
-        let n = node_metric(&cluster, 2, "quizfs_lock_waiters");
-        async move {
-            if n >= 1.0 {
-                Ok(())
-            } else {
-                Err(format!("{n}"))
-            }
-        }
-    })
-    .await;
+    await_waiters(&cluster, 2, true, "B's request queued").await;
     // Two nodes frozen: B's wait fails, its request stays queued.
     let leader = cluster.leader().await.expect("a leader");
     let other = (0..3).find(|&i| i != leader && i != 2).unwrap();
@@ -290,17 +285,7 @@ async fn a_wait_that_fails_leaves_no_lock_behind_once_its_file_is_closed() {
     // A lets go: the queued request of B's failed wait is granted, and
     // holds the lock while B keeps the file open.
     drop(holder);
-    wait_until(Duration::from_secs(20), "the stray request granted", || {
-        let n = node_metric(&cluster, 2, "quizfs_lock_waiters");
-        async move {
-            if n == 0.0 {
-                Ok(())
-            } else {
-                Err(format!("{n} waiting"))
-            }
-        }
-    })
-    .await;
+    await_waiters(&cluster, 2, false, "the stray request granted").await;
     assert_eq!(try_lock(&a.join("stray.lock")), "EAGAIN");
     // B closes the file: the lock goes with it.
     assert_eq!(waiter.ask("close"), "closed");

@@ -239,9 +239,23 @@ impl Inner {
         session: u64,
         tid: u32,
     ) -> OpResult<()> {
-        let r2 = self.wait_queued(r, kind, id, session, tid).await;
-        if let Err(e) = r2 {
-            if !matches!(e.code(), libc::EINTR | libc::ENOLCK) {
+        match self.wait_queued(r, kind, id, tid).await {
+            Ok(WaitState::Granted) => {
+                self.note_held(&r, session);
+                self.lock_taken(r.ino, None).await;
+                Ok(())
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    ino = r.ino,
+                    owner = r.owner,
+                    "a lock request waiting in the cluster's queue went with this mount's \
+                     session (it expired): answering ENOLCK"
+                );
+                Err(err(libc::ENOLCK))
+            }
+            Err(e) if e.code() == libc::EINTR => Err(e),
+            Err(e) => {
                 tracing::warn!(
                     ino = r.ino,
                     owner = r.owner,
@@ -254,19 +268,20 @@ impl Inner {
                     .entry((r.ino, r.owner))
                     .or_default()
                     .push(id);
+                Err(e)
             }
         }
-        r2
     }
 
+    /// Long polls queued request `id` until it leaves the queue (Granted
+    /// or Gone); EINTR once a signal to thread `tid` withdrew it.
     async fn wait_queued(
         &self,
         r: LockReq,
         kind: pb::LockKind,
         id: u64,
-        session: u64,
         tid: u32,
-    ) -> OpResult<()> {
+    ) -> OpResult<WaitState> {
         let poll = |wait_ms| pb::WaitLockRequest {
             ino: r.ino,
             client_id: 0,
@@ -297,20 +312,7 @@ impl Inner {
             };
             match state.map_err(errno)? {
                 WaitState::Waiting => continue,
-                WaitState::Granted => {
-                    self.note_held(&r, session);
-                    self.lock_taken(r.ino, None).await;
-                    return Ok(());
-                }
-                WaitState::Gone => {
-                    tracing::warn!(
-                        ino = r.ino,
-                        owner = r.owner,
-                        "a lock request waiting in the cluster's queue went with this mount's \
-                         session (it expired): answering ENOLCK"
-                    );
-                    return Err(err(libc::ENOLCK));
-                }
+                done => return Ok(done),
             }
         }
     }
