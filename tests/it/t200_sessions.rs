@@ -29,9 +29,26 @@ async fn a_thousand_clients_come_and_go_and_their_sessions_and_orphans_go_too() 
     let watcher = cluster.client().await;
     let leader = cluster.leader().await.expect("a leader");
     let start = table(&cluster, leader);
-    let leases: Vec<f64> = (0..3)
-        .map(|i| node_metric(&cluster, i, "quizfs_session_leases"))
-        .collect();
+    // The baseline counts the watcher once every node has heard its
+    // heartbeat: read before that, a node's count rose by the watcher's
+    // own time and never came back to it.
+    let leases: Vec<f64> = wait_until(
+        Duration::from_secs(10),
+        "the watcher heard by every node",
+        || {
+            let now: Vec<f64> = (0..3)
+                .map(|i| node_metric(&cluster, i, "quizfs_session_leases"))
+                .collect();
+            async move {
+                if now.iter().all(|&n| n >= 1.0) {
+                    Ok(now)
+                } else {
+                    Err(format!("{now:?}"))
+                }
+            }
+        },
+    )
+    .await;
     println!("at start: sessions and orphans {start:?}, last-heard times {leases:?}");
 
     // 20 waves of 50 clients; each client creates a file and unlinks it
