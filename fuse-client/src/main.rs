@@ -3,6 +3,7 @@
 //! runs for `-t quizfs`.
 
 mod mount;
+mod node_cmd;
 mod scrub;
 
 use std::path::PathBuf;
@@ -48,8 +49,10 @@ enum Cmd {
         /// The mount point.
         mountpoint: PathBuf,
     },
-    /// Show every node: address, up/down, role, term, applied index, chunks,
-    /// bytes, free disk space, version and heal backlog. Exits 1 when the
+    /// Show every node: address, up/down, Raft role, term, applied index,
+    /// chunks, bytes, free disk space, version, membership (voter, learner,
+    /// draining), its share of chunks by placement, surplus copies and heal
+    /// backlog, and the rebalance backlog with its rate. Exits 1 when the
     /// cluster has no leader.
     Status {
         /// Any storage node, host[:port].
@@ -70,6 +73,12 @@ enum Cmd {
     Scrub {
         #[command(subcommand)]
         cmd: scrub::ScrubCmd,
+    },
+    /// Storage nodes: add, remove (drain first) and replace, while the
+    /// volume stays mounted. Needs a read-write client certificate.
+    Node {
+        #[command(subcommand)]
+        cmd: node_cmd::NodeCmd,
     },
     /// Certificates: the cluster's CA, node and client certificates,
     /// revocation.
@@ -231,7 +240,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Cmd::Status { .. } | Cmd::Heal { .. } | Cmd::Scrub { .. } => {}
+        Cmd::Status { .. } | Cmd::Heal { .. } | Cmd::Scrub { .. } | Cmd::Node { .. } => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -279,6 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Cmd::Scrub { cmd } => scrub::run(cmd).await,
+        Cmd::Node { cmd } => node_cmd::run(cmd).await,
         Cmd::Mount { .. } | Cmd::Umount { .. } | Cmd::Cert { .. } => Ok(ExitCode::SUCCESS),
     }
 }
@@ -416,9 +426,12 @@ async fn status(
         rpc.node_status(pb::NodeStatusRequest {}).await
     })
     .await;
-    println!("volume {}  term {}", members.volume, members.term);
     println!(
-        "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>10} {:>8} {:>5}",
+        "volume {}  term {}  copies {}",
+        members.volume, members.term, members.replicas
+    );
+    println!(
+        "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>10} {:>8} {:<8} {:>8} {:>8} {:>5}",
         "NODE",
         "ADDRESS",
         "STATE",
@@ -429,10 +442,14 @@ async fn status(
         "BYTES",
         "FREE",
         "VERSION",
+        "MEMBER",
+        "SHARE",
+        "SURPLUS",
         "HEAL"
     );
     let mut leaders = 0;
     let mut insecure = transport.is_insecure();
+    let (mut to_copy, mut to_delete, mut healed) = (0u64, 0u64, Vec::new());
     for (m, reply) in rows {
         let addr = &m.addr;
         match reply.ok() {
@@ -441,16 +458,15 @@ async fn status(
                     leaders += 1;
                 }
                 insecure |= r.insecure;
+                to_copy += r.heal_backlog;
+                to_delete += r.surplus;
+                healed.push((m.addr.clone(), r.healed_total, r.healed_bytes));
                 println!(
-                    "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>10} {:>8} {:>5}",
+                    "{:<5} {:<22} {:<5} {:<10} {:>5} {:>9} {:>8} {:>10} {:>10} {:>8} {:<8} {:>8} {:>8} {:>5}",
                     r.node_id,
                     addr,
                     "up",
-                    if m.voter {
-                        r.role.clone()
-                    } else {
-                        format!("{}*", r.role)
-                    },
+                    r.role,
                     r.term,
                     r.last_applied,
                     r.chunks,
@@ -461,11 +477,45 @@ async fn status(
                     } else {
                         &r.version
                     },
+                    if m.draining {
+                        "draining"
+                    } else if m.voter {
+                        "voter"
+                    } else {
+                        "learner"
+                    },
+                    r.placed,
+                    r.surplus,
                     r.heal_backlog
                 );
             }
             None => println!("{:<5} {:<22} {:<5}", m.id, addr, "down"),
         }
+    }
+    if to_copy + to_delete > 0 {
+        // The rate: what the nodes fetched over one second, now.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let again = ask_each(&members, timeout, transport, |mut rpc| async move {
+            rpc.node_status(pb::NodeStatusRequest {}).await
+        })
+        .await;
+        let (mut chunks, mut bytes) = (0u64, 0u64);
+        for (m, r) in again {
+            let (Ok(r), Some((_, t, b))) = (r, healed.iter().find(|(a, _, _)| *a == m.addr)) else {
+                continue;
+            };
+            chunks += r.healed_total.saturating_sub(*t);
+            bytes += r.healed_bytes.saturating_sub(*b);
+        }
+        let eta = if chunks > 0 {
+            format!("about {}s left", to_copy.div_ceil(chunks))
+        } else {
+            "no copy finished in the last second".into()
+        };
+        println!(
+            "rebalance: {to_copy} copies to make, {to_delete} surplus copies to delete; {chunks} chunks/s ({}/s), {eta}",
+            human(bytes)
+        );
     }
     if insecure {
         println!(

@@ -13,8 +13,12 @@ pub use prost::bytes::Bytes;
 
 pub mod extent;
 pub mod metrics_http;
+pub mod placement;
 pub mod range;
 pub mod tls;
+
+/// Most hashes in one `Chunks/Has` request.
+pub const MAX_HAS: usize = 4096;
 
 /// Default TCP port of `storaged` when a peer is given as a bare host.
 pub const DEFAULT_PORT: u16 = 7420;

@@ -17,10 +17,21 @@ use quizfs_proto::DEFAULT_PORT;
 pub struct Args {
     /// Every storage node of the cluster, comma-separated, as host[:port]
     /// (default port 7420). Give every node the same list.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "join",
+        conflicts_with = "join"
+    )]
     pub peers: Vec<String>,
-    /// This node's entry in --peers. Default: the entry matching --listen,
-    /// else the one matching the hostname.
+    /// Join the running cluster that HOST[:port] belongs to, as a new node
+    /// (after `quizfs node add` or `quizfs node replace` admitted it),
+    /// instead of starting one from --peers.
+    #[arg(long, value_name = "HOST")]
+    pub join: Option<String>,
+    /// This node's entry in --peers (with --join: its own address as the
+    /// others dial it). Default: the entry matching --listen, else the one
+    /// matching the hostname.
     #[arg(long)]
     pub name: Option<String>,
     /// Address to listen on, host[:port]. Default: every interface, on this
@@ -171,6 +182,9 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// Index of this node in `peers`.
     pub self_index: usize,
+    /// Started with `--join`: `peers` is this node and the node it joins
+    /// through, and it never bootstraps a cluster.
+    pub join: bool,
     /// Socket to listen on.
     pub listen: SocketAddr,
     /// Data directory.
@@ -219,6 +233,30 @@ impl Config {
     /// Checks the flags.
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
         let mut peers = Vec::new();
+        let mut given = args.peers.clone();
+        if let Some(target) = &args.join {
+            // This node first, then the node it joins through.
+            let me = match (&args.name, &args.listen) {
+                (Some(n), _) => n.clone(),
+                (None, Some(l)) if !l.starts_with("0.0.0.0") && !l.starts_with("[::]") => l.clone(),
+                _ => hostname(),
+            };
+            if Peer::parse(&me).ok() == Some(Peer::parse(target)?) {
+                return Err(ConfigError::BadValue(
+                    "--join names this node itself; give another member's address",
+                ));
+            }
+            given = vec![me, target.clone()];
+        }
+        let args = &Args {
+            peers: given,
+            name: if args.join.is_some() {
+                None
+            } else {
+                args.name.clone()
+            },
+            ..args.clone()
+        };
         for p in args.peers.iter().filter(|p| !p.trim().is_empty()) {
             let peer = Peer::parse(p)?;
             if peers.contains(&peer) {
@@ -242,7 +280,9 @@ impl Config {
                 .iter()
                 .position(|p| p.host == host && port.is_none_or(|port| p.port == port))
         };
-        let self_index = if let Some(name) = &args.name {
+        let self_index = if args.join.is_some() {
+            0
+        } else if let Some(name) = &args.name {
             let n = Peer::parse(name)?;
             let port = name.contains(':').then_some(n.port);
             find(&n.host, port)
@@ -317,6 +357,7 @@ impl Config {
             reserve: args.reserve_mib.saturating_mul(1024 * 1024),
             peers,
             self_index,
+            join: args.join.is_some(),
             listen,
             data_dir: args.data_dir.clone(),
             volume: args.volume.clone(),

@@ -127,11 +127,30 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, StartError> {
 }
 
 async fn probe(pool: &PeerPool, addr: &str) -> Option<pb::ProbeReply> {
-    let mut c = ClusterClient::new(pool.channel(addr).ok()?);
-    let r = tokio::time::timeout(PEER_CALL_TIMEOUT, c.probe(pb::ProbeRequest {}))
-        .await
-        .ok()?;
-    r.ok().map(|r| r.into_inner())
+    probe_or_why(pool, addr).await.ok()
+}
+
+/// Probes `addr`: its answer, or why there is none (with the chain of
+/// errors under a transport error, which names a refused certificate).
+async fn probe_or_why(pool: &PeerPool, addr: &str) -> Result<pb::ProbeReply, String> {
+    let mut c = ClusterClient::new(pool.channel(addr).map_err(|e| e.to_string())?);
+    match tokio::time::timeout(PEER_CALL_TIMEOUT, c.probe(pb::ProbeRequest {})).await {
+        Err(_) => Err("no answer in time".into()),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => {
+            let mut out = s.message().to_string();
+            let mut source = std::error::Error::source(&s);
+            while let Some(e) = source {
+                let text = e.to_string();
+                if !out.contains(&text) {
+                    out.push_str(": ");
+                    out.push_str(&text);
+                }
+                source = e.source();
+            }
+            Err(out)
+        }
+    }
 }
 
 /// Calls Join at `addr`, following leader hints a few times.
@@ -203,16 +222,22 @@ async fn choose_identity(
         }
         let mut answered = 0;
         let mut initialized = None;
+        let mut why = Vec::new();
         for addr in &others {
-            if let Some(p) = probe(pool, addr).await {
-                answered += 1;
-                if p.initialized {
-                    initialized = Some(addr.clone());
+            match probe_or_why(pool, addr).await {
+                Ok(p) => {
+                    answered += 1;
+                    if p.initialized {
+                        initialized = Some(addr.clone());
+                    }
                 }
+                Err(e) => why.push(format!("{addr}: {e}")),
             }
         }
         let decided = if let Some(peer) = initialized {
-            tracing::warn!(peer = %peer, "--- empty data directory in an initialized cluster: joining as a new member");
+            if !cfg.join || rounds.is_multiple_of(20) {
+                tracing::warn!(peer = %peer, "--- empty data directory in an initialized cluster: joining as a new member");
+            }
             match join_call(
                 pool,
                 &peer,
@@ -225,10 +250,17 @@ async fn choose_identity(
             {
                 Ok(id) => Some(Identity::Joining(id)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not get a node id yet");
+                    if rounds.is_multiple_of(20) {
+                        tracing::warn!(error = %e, "could not get a node id yet");
+                    }
                     None
                 }
             }
+        } else if cfg.join {
+            if rounds.is_multiple_of(20) {
+                tracing::warn!(peers = ?others, errors = ?why, "--join: no initialized cluster answers yet");
+            }
+            None
         } else if answered == others.len() {
             Some(Identity::Fresh(cfg.self_index as u64 + 1))
         } else {

@@ -538,8 +538,10 @@ fn need(path: &str) -> Need {
     let (service, method) = method.rsplit_once('/').unwrap_or((method, ""));
     let service = service.rsplit('.').next().unwrap_or(service);
     match (service, method) {
-        ("Meta", "Apply") | ("Chunks", "Put") | ("Cluster", "ScrubStart") => Need::Write,
-        ("Meta", _) | ("Chunks", "Get" | "GetRange") => Need::Read,
+        ("Meta", "Apply")
+        | ("Chunks", "Put")
+        | ("Cluster", "ScrubStart" | "AddNode" | "RemoveNode" | "ReplaceNode") => Need::Write,
+        ("Meta", _) | ("Chunks", "Get" | "GetRange" | "Has") => Need::Read,
         ("Cluster", "Probe" | "Members" | "Ping" | "NodeStatus" | "HealInfo" | "ScrubStatus") => {
             Need::Read
         }
@@ -695,6 +697,8 @@ mod tests {
             ("/quizfs.v1.Chunks/GetRange", [true, true, true, true]),
             ("/quizfs.v1.Cluster/ScrubStatus", [true, true, true, true]),
             ("/quizfs.v1.Cluster/ScrubStart", [true, true, false, true]),
+            ("/quizfs.v1.Cluster/RemoveNode", [true, true, false, true]),
+            ("/quizfs.v1.Chunks/Has", [true, true, true, true]),
             ("/quizfs.v1.Unknown/Thing", [true, false, false, true]),
         ];
         for (path, want) in cases {

@@ -22,6 +22,7 @@ mod t195_scrub;
 mod t200_sessions;
 mod t20_namespace;
 mod t210_locks;
+mod t220_membership;
 mod t22_early_create;
 mod t30_exactly_once;
 mod t35_content;

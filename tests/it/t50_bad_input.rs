@@ -249,6 +249,23 @@ fn storaged_refuses_bad_flags_in_one_line() {
     let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", "--bogus"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--bogus"), "{err}");
+    // --join instead of --peers, never both, never neither, never itself.
+    let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", "--join", "127.0.0.22"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--join") && err.contains("--peers"), "{err}");
+    let (code, err, _) = run_storaged(&["--data-dir", dir]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--peers"), "{err}");
+    let (code, err, _) = run_storaged(&[
+        "--join",
+        "127.0.0.21:7420",
+        "--listen",
+        "127.0.0.21:7420",
+        "--data-dir",
+        dir,
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--join names this node itself"), "{err}");
     for flag in ["--scrub-interval", "--session-timeout"] {
         for bad in ["7x", "d", "0s", "99999999999999999d"] {
             let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", flag, bad]);

@@ -22,6 +22,9 @@ pub struct Node {
     pub log: PathBuf,
     /// The running process.
     pub child: Option<Child>,
+    /// Started with `storaged --join` through this address (a node added
+    /// after the bootstrap), instead of `--peers`.
+    pub join: Option<String>,
 }
 
 impl Node {
@@ -234,6 +237,7 @@ impl Cluster {
                 dir: tmp.path().join(format!("nas{}", i + 1)),
                 log: tmp.path().join(format!("nas{}.log", i + 1)),
                 child: None,
+                join: None,
             })
             .collect();
         let mut c = Self {
@@ -313,10 +317,46 @@ impl Cluster {
         }
     }
 
-    /// `--peers` value.
+    /// Prepares node `nas{N+1}` on the next loopback address, with a node
+    /// certificate of the cluster's CA (`with_cert`) or of another CA, to
+    /// be started by [`Cluster::spawn`] with `storaged --join` through
+    /// nas1; returns its index. `quizfs node add` admits it.
+    pub fn new_node(&mut self, with_cert: bool) -> usize {
+        let i = self.nodes.len();
+        assert!(self.net.is_none(), "new nodes run on loopback only");
+        let ip = format!("127.0.0.{}", 21 + i);
+        if let Some(ca) = &self.ca {
+            let peer = format!("{ip}:{}", self.port);
+            if with_cert {
+                quizfs::cert::Ca::open(ca)
+                    .and_then(|c| c.issue_node(&peer, quizfs::cert::Validity::days(30)))
+                    .expect("issue the new node's certificate");
+            } else {
+                // A CA of its own, whose node certificate the cluster's
+                // CA did not sign.
+                let other = self._tmp.path().join(format!("other-ca-{i}"));
+                quizfs::cert::init(&other, &[peer], 30, 30).expect("create another CA");
+                std::fs::create_dir_all(ca.join("nodes")).expect("nodes dir");
+                let _ = std::fs::remove_dir_all(ca.join("nodes").join(&ip));
+                std::fs::rename(other.join("nodes").join(&ip), ca.join("nodes").join(&ip))
+                    .expect("move the foreign node certificate into place");
+            }
+        }
+        self.nodes.push(Node {
+            dir: self._tmp.path().join(format!("nas{}", i + 1)),
+            log: self._tmp.path().join(format!("nas{}.log", i + 1)),
+            ip,
+            child: None,
+            join: Some(self.addr(0)),
+        });
+        i
+    }
+
+    /// `--peers` value: the bootstrap nodes.
     pub fn peers(&self) -> String {
         self.nodes
             .iter()
+            .filter(|n| n.join.is_none())
             .map(|n| format!("{}:{}", n.ip, self.port))
             .collect::<Vec<_>>()
             .join(",")
@@ -346,9 +386,12 @@ impl Cluster {
             Some(net) => net.command(i, &bin("storaged")),
             None => Command::new(bin("storaged")),
         };
+        let bootstrap = match &node.join {
+            Some(via) => ["--join".to_string(), via.clone()],
+            None => ["--peers".to_string(), self.peers()],
+        };
         let child = cmd
-            .arg("--peers")
-            .arg(self.peers())
+            .args(bootstrap)
             .arg("--listen")
             .arg(format!("{}:{}", node.ip, self.port))
             .arg("--data-dir")

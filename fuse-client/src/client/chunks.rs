@@ -1,14 +1,17 @@
-//! Chunk transfer. A write sends the chunk to every node at once and returns
-//! when a majority has it durably; the other uploads finish in the
-//! background (a node that misses one gets it from its healer); nodes the
-//! heartbeats mark down are skipped while enough others are up, and so are
-//! nodes with all of this client's upload slots taken
-//! ([`pb::MAX_UPLOADS_PER_CLIENT`]), so no upload waits behind a node that
-//! is not keeping up. A read asks
-//! one node, and is hedged: if that node has not answered within a few
-//! times the usual chunk latency (or fails, or is marked down), the next
-//! node is asked as well, and the first verified copy wins. A copy whose
-//! content does not match its hash is never returned.
+//! Chunk transfer. A write sends the chunk to its R holders at once
+//! (`quizfs_proto::placement`: chosen from the hash and the membership) and
+//! returns when a majority of them has it durably; the other uploads finish
+//! in the background (a holder that misses one gets it from its healer).
+//! Holders the heartbeats mark down are replaced by the next nodes in
+//! placement order while enough others are up (their healers move the
+//! chunk to its holders later), and holders with all of this client's
+//! upload slots taken ([`pb::MAX_UPLOADS_PER_CLIENT`]) are skipped while
+//! a majority has a free one, so no upload waits behind a node that is not
+//! keeping up. A read asks one holder, and is hedged: if that node has not
+//! answered within a few times the usual chunk latency (or fails, or is
+//! marked down), the next node in placement order is asked as well, and
+//! the first verified copy wins. A copy whose content does not match its
+//! hash is never returned.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -192,10 +195,23 @@ impl ClusterClient {
         let mut retry = Retry::new(self.inner.opts.op_timeout);
         let mut detail = Vec::new();
         loop {
-            let all = self.nodes();
-            let needed = all.len() / 2 + 1;
-            let up: Vec<_> = all.iter().filter(|n| n.is_up()).cloned().collect();
-            let nodes = if up.len() >= needed { up } else { all };
+            let (placed, r) = self.placed(&hash);
+            let needed = r / 2 + 1;
+            let holders = &placed[..r.min(placed.len())];
+            // Holders that are up, then (in placement order) enough other
+            // nodes that are up to make R; all holders when too few are up.
+            let mut nodes: Vec<_> = holders.iter().filter(|n| n.is_up()).cloned().collect();
+            let fill = r.saturating_sub(nodes.len());
+            nodes.extend(
+                placed[holders.len()..]
+                    .iter()
+                    .filter(|n| n.is_up() && !n.draining.load(Ordering::Relaxed))
+                    .take(fill)
+                    .cloned(),
+            );
+            if nodes.len() < needed {
+                nodes = holders.to_vec();
+            }
             // Nodes with a free upload slot take the chunk now. A node
             // without one (slow, or just thawed) is left out when the
             // others make a majority: its heal copies the chunk later, and
@@ -283,11 +299,14 @@ impl ClusterClient {
         let mut retry = Retry::new(self.inner.opts.op_timeout);
         let mut detail = Vec::new();
         loop {
-            let mut nodes: Vec<Arc<NodeHandle>> = self.nodes();
-            // Up nodes first, starting at a rotating offset to spread reads.
+            let (mut nodes, r) = self.placed(&hash);
+            // Holders first, starting at a rotating one to spread reads,
+            // then the others in placement order; up nodes before down.
             let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) as usize;
-            let n = nodes.len().max(1);
-            nodes.rotate_left(start % n);
+            let r = r.min(nodes.len()).max(1);
+            if nodes.len() >= r {
+                nodes[..r].rotate_left(start % r);
+            }
             nodes.sort_by_key(|x| !x.is_up());
             let mut queue = nodes.into_iter();
             let mut running = tokio::task::JoinSet::new();
@@ -343,9 +362,12 @@ impl ClusterClient {
         from: u64,
         to: u64,
     ) -> Result<(u64, Vec<u8>), ClientError> {
-        let mut nodes = self.nodes();
-        let n = nodes.len().max(1);
-        nodes.rotate_left(self.inner.next_reader.fetch_add(1, Ordering::Relaxed) as usize % n);
+        let (mut nodes, r) = self.placed(&hash);
+        let r = r.min(nodes.len()).max(1);
+        if nodes.len() >= r {
+            nodes[..r]
+                .rotate_left(self.inner.next_reader.fetch_add(1, Ordering::Relaxed) as usize % r);
+        }
         let Some(node) = nodes.into_iter().find(|x| x.is_up()) else {
             return Err(ClientError::ChunkUnavailable {
                 hash,

@@ -2,7 +2,7 @@
 //! by the heartbeat task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use quizfs_proto::tls::Transport;
@@ -33,6 +33,8 @@ pub struct NodeHandle {
     pub uploads: Arc<Semaphore>,
     /// The node's disk as its last heartbeat answer gave it.
     pub disk: std::sync::Mutex<Option<DiskSpace>>,
+    /// Being drained (`quizfs node remove`): new chunks go elsewhere.
+    pub draining: AtomicBool,
 }
 
 /// A node's data disk, as it reports it.
@@ -152,8 +154,12 @@ impl ClusterClient {
         let mut nodes = self.inner.nodes.write().unwrap_or_else(|p| p.into_inner());
         for member in &m.members {
             match nodes.iter().find(|n| n.addr == member.addr) {
-                Some(n) => n.id.store(member.id, Ordering::Relaxed),
+                Some(n) => {
+                    n.id.store(member.id, Ordering::Relaxed);
+                    n.draining.store(member.draining, Ordering::Relaxed);
+                }
                 None => nodes.push(Arc::new(NodeHandle {
+                    draining: AtomicBool::new(member.draining),
                     disk: std::sync::Mutex::new(None),
                     id: AtomicU64::new(member.id),
                     addr: member.addr.clone(),
@@ -175,6 +181,44 @@ impl ClusterClient {
             self.set_leader(leader);
         }
         Ok(())
+    }
+
+    /// Every known node in the order placement asks them for `hash`
+    /// (`quizfs_proto::placement`): its holders first, then the other
+    /// nodes that are not draining, then the draining ones; and how many
+    /// holders it has.
+    pub fn placed(&self, hash: &quizfs_proto::ChunkHash) -> (Vec<Arc<NodeHandle>>, usize) {
+        let nodes = self.nodes();
+        let set: Vec<u64> = nodes
+            .iter()
+            .filter(|n| !n.draining.load(Ordering::Relaxed))
+            .map(|n| n.id.load(Ordering::Relaxed))
+            .collect();
+        let mut out: Vec<Arc<NodeHandle>> = quizfs_proto::placement::rank(hash, &set)
+            .into_iter()
+            .filter_map(|id| {
+                nodes
+                    .iter()
+                    .find(|n| n.id.load(Ordering::Relaxed) == id)
+                    .cloned()
+            })
+            .collect();
+        out.extend(
+            nodes
+                .iter()
+                .filter(|n| n.draining.load(Ordering::Relaxed))
+                .cloned(),
+        );
+        // Ids the client has not learnt yet (0) or duplicated: every node
+        // once, whatever its id says.
+        for n in &nodes {
+            if !out.iter().any(|x| Arc::ptr_eq(x, n)) {
+                out.push(n.clone());
+            }
+        }
+        out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let holders = quizfs_proto::placement::REPLICAS.min(set.len()).max(1);
+        (out, holders)
     }
 
     /// The handle of the node at `addr`, if known.

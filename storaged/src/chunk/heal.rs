@@ -1,6 +1,10 @@
 //! Healing: this node fetches, from its peers, every chunk that its metadata
-//! references and its disk lacks (missed while it was down, lost with its
-//! disk, or quarantined as corrupt).
+//! references, placement gives to it (`quizfs_proto::placement`), and its
+//! disk lacks (missed while it was down, lost with its disk, quarantined as
+//! corrupt, or moved to it by a membership change). It also deletes the
+//! chunks placement gives to other nodes once every one of their holders
+//! has them durably (a node added or drained moves chunks this way), so a
+//! chunk never has fewer copies than before the move.
 //!
 //! A scan runs every interval. A chunk missing in two scans in a row is
 //! fetched (the first sighting is often an upload still on its way); one
@@ -13,6 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use quizfs_proto::placement::{self, REPLICAS};
 use quizfs_proto::{CHUNK_SIZE, ChunkHash, GetChunkRequest, chunks_client::ChunksClient};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +48,9 @@ pub struct Healer {
     scanned_index: AtomicU64,
     healed_total: AtomicU64,
     healed_bytes: AtomicU64,
+    placed: AtomicU64,
+    surplus: AtomicU64,
+    surplus_removed: AtomicU64,
     pending: Mutex<HashSet<ChunkHash>>,
     urgent: Mutex<HashSet<ChunkHash>>,
     wake: Notify,
@@ -79,6 +89,9 @@ impl Healer {
             scanned_index: AtomicU64::new(0),
             healed_total: AtomicU64::new(0),
             healed_bytes: AtomicU64::new(0),
+            placed: AtomicU64::new(0),
+            surplus: AtomicU64::new(0),
+            surplus_removed: AtomicU64::new(0),
             pending: Mutex::new(HashSet::new()),
             urgent: Mutex::new(HashSet::new()),
             wake: Notify::new(),
@@ -106,6 +119,23 @@ impl Healer {
         self.healed_bytes.load(Ordering::Relaxed)
     }
 
+    /// Referenced chunks that placement gives to this node, at the last
+    /// scan.
+    pub fn placed(&self) -> u64 {
+        self.placed.load(Ordering::Relaxed)
+    }
+
+    /// Referenced chunks on this node that placement gives to others, at
+    /// the last scan (deleted once their holders have them).
+    pub fn surplus(&self) -> u64 {
+        self.surplus.load(Ordering::Relaxed)
+    }
+
+    /// Surplus chunks deleted since start.
+    pub fn surplus_removed(&self) -> u64 {
+        self.surplus_removed.load(Ordering::Relaxed)
+    }
+
     /// The fetch limit in bytes per second (0: none).
     pub fn rate_limit(&self) -> u64 {
         self.rate.bytes_per_sec()
@@ -126,26 +156,137 @@ impl Healer {
         self.wake.notify_one();
     }
 
-    fn missing(&self) -> HashSet<ChunkHash> {
-        let mut out = HashSet::new();
+    /// The placement set (members that are not draining), the address of
+    /// every member, and whether the membership is settled (not joint, and
+    /// this node in it): surplus is deleted only then.
+    fn placement(&self) -> (Vec<u64>, HashMap<u64, String>, bool) {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let draining = self.reader.draining().unwrap_or_default();
+        let addrs: HashMap<u64, String> = m.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let set: Vec<u64> = addrs
+            .iter()
+            .filter(|(_, a)| !draining.contains(*a))
+            .map(|(id, _)| *id)
+            .collect();
+        let settled =
+            m.membership().get_joint_config().len() == 1 && addrs.contains_key(&self.self_id);
+        (set, addrs, settled)
+    }
+
+    /// One scan: the chunks to fetch, and the surplus ones.
+    fn scan(&self, set: &[u64]) -> (HashSet<ChunkHash>, Vec<ChunkHash>) {
+        let (mut missing, mut surplus) = (HashSet::new(), Vec::new());
+        let mut placed = 0u64;
         for h in self.reader.referenced_chunks() {
             match h {
-                Ok(h) if !self.store.contains(&ChunkHash(h)) => {
-                    out.insert(ChunkHash(h));
+                Ok(h) => {
+                    let h = ChunkHash(h);
+                    let mine = placement::holds(&h, set, REPLICAS, self.self_id);
+                    let here = self.store.contains(&h);
+                    placed += u64::from(mine);
+                    if mine && !here {
+                        missing.insert(h);
+                    } else if !mine && here {
+                        surplus.push(h);
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "heal scan failed"),
             }
         }
-        out
+        self.placed.store(placed, Ordering::Relaxed);
+        self.surplus.store(surplus.len() as u64, Ordering::Relaxed);
+        (missing, surplus)
     }
 
-    fn peers(&self) -> Vec<String> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        m.nodes()
-            .filter(|(id, _)| **id != self.self_id)
-            .map(|(_, n)| n.addr.clone())
+    /// Every other member, those placement asks first for `hash` first.
+    fn sources(&self, hash: &ChunkHash) -> Vec<String> {
+        let (set, addrs, _) = self.placement();
+        let mut ids: Vec<u64> = placement::rank(hash, &set);
+        ids.extend(addrs.keys().filter(|id| !set.contains(id)));
+        ids.into_iter()
+            .filter(|id| *id != self.self_id)
+            .filter_map(|id| addrs.get(&id).cloned())
             .collect()
+    }
+
+    /// Which of `hashes` the node at `addr` has durably.
+    async fn durable_at(&self, addr: &str, hashes: &[ChunkHash]) -> Result<Vec<bool>, String> {
+        let channel = self.pool.channel(addr).map_err(|e| e.to_string())?;
+        let mut client = ChunksClient::new(channel);
+        let req = quizfs_proto::HasRequest {
+            hashes: hashes.iter().map(|h| h.0.to_vec()).collect(),
+        };
+        match tokio::time::timeout(FETCH_TIMEOUT, client.has(req)).await {
+            Err(_) => Err("timed out".into()),
+            Ok(Err(s)) => Err(s.message().to_string()),
+            Ok(Ok(r)) if r.get_ref().present.len() == hashes.len() => Ok(r.into_inner().present),
+            Ok(Ok(_)) => Err("answer does not match the question".into()),
+        }
+    }
+
+    /// Deletes the surplus chunks whose every holder has them durably;
+    /// returns how many.
+    async fn remove_surplus(
+        &self,
+        surplus: &[ChunkHash],
+        set: &[u64],
+        addrs: &HashMap<u64, String>,
+    ) -> u64 {
+        let mut removed = 0;
+        for batch in surplus.chunks(quizfs_proto::MAX_HAS) {
+            // Every holder of every chunk in the batch is asked once.
+            let mut asks: HashMap<u64, Vec<ChunkHash>> = HashMap::new();
+            let holders: Vec<Vec<u64>> = batch
+                .iter()
+                .map(|h| placement::holders(h, set, REPLICAS))
+                .collect();
+            for (h, hs) in batch.iter().zip(&holders) {
+                for id in hs {
+                    asks.entry(*id).or_default().push(*h);
+                }
+            }
+            let mut have: HashMap<(u64, ChunkHash), bool> = HashMap::new();
+            for (id, hashes) in &asks {
+                let Some(addr) = addrs.get(id) else { continue };
+                match self.durable_at(addr, hashes).await {
+                    Ok(present) => {
+                        for (h, p) in hashes.iter().zip(present) {
+                            have.insert((*id, *h), p);
+                        }
+                    }
+                    Err(e) => tracing::debug!(peer = %addr, error = %e, "surplus check failed"),
+                }
+            }
+            for (h, hs) in batch.iter().zip(&holders) {
+                let everywhere = hs.len() >= REPLICAS.min(set.len())
+                    && hs.iter().all(|id| have.get(&(*id, *h)) == Some(&true));
+                if !everywhere {
+                    continue;
+                }
+                let store = self.store.clone();
+                let h = *h;
+                let r =
+                    tokio::task::spawn_blocking(move || store.remove_surplus(&h, || true)).await;
+                match r {
+                    Ok(Ok(true)) => removed += 1,
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(hash = ?h, error = %e, "deleting a surplus chunk failed")
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        if removed > 0 {
+            self.surplus_removed.fetch_add(removed, Ordering::Relaxed);
+            self.surplus
+                .fetch_sub(removed.min(self.surplus()), Ordering::Relaxed);
+            tracing::info!(
+                removed,
+                "chunks now held by their placement nodes deleted here"
+            );
+        }
+        removed
     }
 
     async fn fetch_from(&self, addr: &str, hash: ChunkHash) -> Result<Vec<u8>, String> {
@@ -182,7 +323,7 @@ impl Healer {
     /// Fetches one chunk from the first peer that has it; its size, or
     /// `None` when no peer could give it.
     async fn heal_one(&self, hash: ChunkHash) -> Option<u64> {
-        for addr in self.peers() {
+        for addr in self.sources(&hash) {
             match self.fetch_from(&addr, hash).await {
                 Ok(data) => match self.store.put(hash, &data).await {
                     Ok(_) => {
@@ -217,8 +358,12 @@ impl Healer {
                 .borrow()
                 .last_applied
                 .map_or(0, |l| l.index);
+            let (set, addrs, settled) = self.placement();
             let me = self.clone();
-            let Ok(missing) = tokio::task::spawn_blocking(move || me.missing()).await else {
+            let scan_set = set.clone();
+            let Ok((missing, surplus)) =
+                tokio::task::spawn_blocking(move || me.scan(&scan_set)).await
+            else {
                 continue;
             };
             *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = missing.clone();
@@ -263,6 +408,9 @@ impl Healer {
             }
             seen_before = missing.difference(&healed).copied().collect();
             self.scanned_index.store(applied, Ordering::Relaxed);
+            if settled && !surplus.is_empty() {
+                self.remove_surplus(&surplus, &set, &addrs).await;
+            }
         }
     }
 }

@@ -221,6 +221,23 @@ impl ChunkStore {
             .cloned()
     }
 
+    /// For each hash, whether the chunk is on this node's disk and synced
+    /// (not only held in memory, or written and not yet synced).
+    pub fn durable(&self, hashes: &[ChunkHash]) -> Vec<bool> {
+        let unsynced: HashSet<ChunkHash> = self
+            .unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        let present = self.present.read().unwrap_or_else(|p| p.into_inner());
+        hashes
+            .iter()
+            .map(|h| present.contains_key(h) && !unsynced.contains(h))
+            .collect()
+    }
+
     /// Number of chunks and bytes stored.
     pub fn stats(&self) -> (u64, u64) {
         let n = self.present.read().unwrap_or_else(|p| p.into_inner()).len() as u64;
@@ -698,6 +715,28 @@ impl ChunkStore {
             return Ok(false);
         }
         std::fs::remove_file(&path)?;
+        self.forget(hash);
+        Ok(true)
+    }
+}
+
+impl ChunkStore {
+    /// Deletes a chunk that placement gives to other nodes, if
+    /// `still_surplus` (asked under the collection lock) says it still is.
+    pub fn remove_surplus(
+        &self,
+        hash: &ChunkHash,
+        still_surplus: impl FnOnce() -> bool,
+    ) -> io::Result<bool> {
+        let _g = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.held(hash).is_some() || !still_surplus() {
+            return Ok(false);
+        }
+        match std::fs::remove_file(self.path(hash)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         self.forget(hash);
         Ok(true)
     }

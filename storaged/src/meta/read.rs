@@ -229,6 +229,29 @@ impl MetaReader {
             })
     }
 
+    /// Every node record (`quizfs node add/remove/replace`), by address.
+    pub fn node_records(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, super::schema::NodeRecord>, ReadError> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in self.tree.scan_prefix([super::schema::PREFIX_NODE]) {
+            let (k, v) = item?;
+            let addr = String::from_utf8_lossy(&k[1..]).into_owned();
+            out.insert(addr, decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// The addresses of the nodes being drained.
+    pub fn draining(&self) -> Result<std::collections::BTreeSet<String>, ReadError> {
+        Ok(self
+            .node_records()?
+            .into_iter()
+            .filter(|(_, r)| r.draining())
+            .map(|(a, _)| a)
+            .collect())
+    }
+
     /// Whether any file references the chunk.
     pub fn is_referenced(&self, hash: &[u8; 32]) -> Result<bool, ReadError> {
         Ok(self.tree.contains_key(super::schema::chunk_key(hash))?)

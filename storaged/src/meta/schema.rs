@@ -13,6 +13,7 @@
 //! | `c` + hash (32) | chunk reference count (8, BE) |
 //! | `s` + client (8, BE) | [`sessions::Session`](super::sessions::Session) |
 //! | `l` + ino (8, BE) | [`LockTable`](super::locks::LockTable) |
+//! | `m` + node address | [`NodeRecord`]: admitted or draining |
 
 use std::collections::BTreeMap;
 
@@ -43,6 +44,9 @@ pub const PREFIX_SESSION: u8 = b's';
 pub const PREFIX_ORPHAN: u8 = b'o';
 /// Prefix of lock tables: the file locks of an inode (`crate::meta::locks`).
 pub const PREFIX_LOCK: u8 = b'l';
+/// Prefix of node records: what the operator decided about a storage
+/// node (`quizfs node add/remove/replace`), by its address.
+pub const PREFIX_NODE: u8 = b'm';
 /// Prefix of the tombstone queue: inodes whose last link went, in the
 /// order it went, each kept readable for [`TOMBSTONE_NS`].
 pub const PREFIX_TOMB: u8 = b't';
@@ -65,6 +69,32 @@ pub const MAX_REAP: usize = 64;
 /// First node id handed out to nodes that join after the bootstrap (the
 /// bootstrap members are 1..=N in `--peers` order).
 pub const FIRST_JOINED_NODE_ID: u64 = 101;
+
+/// What the operator decided about one storage node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// `pb::NodeRecordState` as a number (admitted or draining).
+    pub state: i32,
+    /// With admitted: the member this node replaces when it joins.
+    pub replaces: String,
+    /// When the record was set, by the command clock (ns since the epoch).
+    pub since_ns: i64,
+}
+
+impl NodeRecord {
+    /// Whether `quizfs node remove` is draining the node.
+    pub fn draining(&self) -> bool {
+        self.state == pb::NodeRecordState::NodeDraining as i32
+    }
+}
+
+/// Key of the record of the node at `addr`.
+pub fn node_key(addr: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + addr.len());
+    k.push(PREFIX_NODE);
+    k.extend_from_slice(addr.as_bytes());
+    k
+}
 
 /// File type bits of a mode.
 pub const S_IFMT: u32 = libc::S_IFMT;

@@ -156,6 +156,17 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
             Ok(())
         }
         Op::CancelLockWait(_) => Ok(()),
+        Op::SetNodeRecord(c) => {
+            let state = pb::NodeRecordState::try_from(c.state).map_err(|_| libc::EINVAL)?;
+            let bad_addr = |a: &str| a.is_empty() || a.len() > 255 || a.contains(['/', ' ', ',']);
+            if bad_addr(&c.addr)
+                || (!c.replaces.is_empty() && bad_addr(&c.replaces))
+                || (!c.replaces.is_empty() && state != pb::NodeRecordState::NodeAdmitted)
+            {
+                return Err(libc::EINVAL);
+            }
+            Ok(())
+        }
         Op::RegisterClient(_)
         | Op::AllocNodeId(_)
         | Op::InitVolume(_)

@@ -180,6 +180,24 @@ impl Chunks for ChunkService {
         }
     }
 
+    async fn has(&self, req: Request<pb::HasRequest>) -> Result<Response<pb::HasReply>, Status> {
+        let hashes = &req.get_ref().hashes;
+        if hashes.len() > pb::MAX_HAS {
+            return Err(Status::invalid_argument(format!(
+                "at most {} hashes per request",
+                pb::MAX_HAS
+            )));
+        }
+        let hashes: Vec<ChunkHash> = hashes
+            .iter()
+            .map(|h| ChunkHash::from_slice(h))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Status::invalid_argument("chunk hash must be 32 bytes"))?;
+        Ok(Response::new(pb::HasReply {
+            present: self.state.store.durable(&hashes),
+        }))
+    }
+
     type GetStream = PieceStream;
 
     #[tracing::instrument(skip_all)]

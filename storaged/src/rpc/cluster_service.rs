@@ -55,6 +55,108 @@ impl ClusterService {
     }
 }
 
+/// Longest one `RemoveNode` call waits for the drain before it answers
+/// "draining".
+const DRAIN_CHECK: Duration = Duration::from_secs(5);
+
+/// How long after a drain starts every client has heard of it (their
+/// members refresh is every 2 s).
+const CLIENTS_HEAR: Duration = Duration::from_secs(5);
+
+/// `host[:port]` checked and normalised to `host:port`.
+fn node_addr(addr: &str) -> Result<String, Status> {
+    crate::config::Peer::parse(addr)
+        .map(|p| p.addr())
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// "voter" or "learner" when `addr` is a member.
+fn member_state(raft: &Raft, addr: &str) -> Option<&'static str> {
+    let m = raft.metrics().borrow().membership_config.clone();
+    let m = m.membership();
+    let (id, _) = m.nodes().find(|(_, n)| n.addr == addr)?;
+    Some(if m.voter_ids().any(|v| v == *id) {
+        "voter"
+    } else {
+        "learner"
+    })
+}
+
+/// Takes the learners `remove` out of the cluster (voters are removed by
+/// replacing the voter set); `voters`, when given, becomes the voter set
+/// first.
+async fn set_voters(
+    raft: &Raft,
+    voters: Option<BTreeSet<u64>>,
+    remove: &BTreeSet<u64>,
+) -> Result<(), Status> {
+    if let Some(v) = voters {
+        raft.change_membership(v, false)
+            .await
+            .map_err(status::write_error)?;
+    }
+    let m = raft.metrics().borrow().membership_config.clone();
+    let gone: BTreeSet<u64> = remove
+        .iter()
+        .copied()
+        .filter(|id| m.membership().get_node(id).is_some())
+        .collect();
+    if !gone.is_empty() {
+        raft.change_membership(openraft::ChangeMembers::RemoveNodes(gone), false)
+            .await
+            .map_err(status::write_error)?;
+    }
+    Ok(())
+}
+
+impl ClusterService {
+    /// Commits the operator's record of the node at `addr`.
+    async fn set_record(
+        &self,
+        raft: &Raft,
+        addr: &str,
+        state: pb::NodeRecordState,
+        replaces: &str,
+    ) -> Result<(), Status> {
+        let op = pb::MetaOp {
+            op: Some(Op::SetNodeRecord(pb::SetNodeRecord {
+                addr: addr.into(),
+                state: state as i32,
+                replaces: replaces.into(),
+            })),
+        };
+        propose(raft, Proposer::default(), &op, COMMIT_TIMEOUT)
+            .await
+            .map_err(status::propose_error)?;
+        Ok(())
+    }
+
+    /// The heal state of the node at `addr` (this node's own, or a peer's).
+    async fn heal_info(&self, addr: &str) -> Result<pb::HealInfoReply, String> {
+        if addr == self.state.cfg.me().addr() {
+            let h = self.state.healer.get().ok_or("not ready")?;
+            return Ok(pb::HealInfoReply {
+                backlog: h.backlog(),
+                scanned_index: h.scanned_index(),
+                healed_total: h.healed_total(),
+                pending: Vec::new(),
+            });
+        }
+        let channel = self.state.pool.channel(addr).map_err(|e| e.to_string())?;
+        let mut c = pb::cluster_client::ClusterClient::new(channel);
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            c.heal_info(pb::HealInfoRequest { limit: 0 }),
+        )
+        .await
+        {
+            Err(_) => Err("timed out".into()),
+            Ok(Err(s)) => Err(s.message().to_string()),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn probe(
@@ -87,12 +189,14 @@ impl Cluster for ClusterService {
         let m = self.raft()?.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let draining = self.state.reader.draining().map_err(status::read_error)?;
         let members = membership
             .nodes()
             .map(|(id, n)| pb::Member {
                 id: *id,
                 addr: n.addr.clone(),
                 voter: voters.contains(id),
+                draining: draining.contains(&n.addr),
             })
             .collect();
         Ok(Response::new(pb::MembersReply {
@@ -100,6 +204,7 @@ impl Cluster for ClusterService {
             members,
             leader_id: m.current_leader.unwrap_or(0),
             term: m.current_term,
+            replicas: pb::placement::REPLICAS as u32,
         }))
     }
 
@@ -140,6 +245,14 @@ impl Cluster for ClusterService {
             heal_backlog: self.state.healer.get().map_or(0, |h| h.backlog()),
             heal_scanned_index: self.state.healer.get().map_or(0, |h| h.scanned_index()),
             healed_total: self.state.healer.get().map_or(0, |h| h.healed_total()),
+            healed_bytes: self.state.healer.get().map_or(0, |h| h.healed_bytes()),
+            surplus: self.state.healer.get().map_or(0, |h| h.surplus()),
+            placed: self.state.healer.get().map_or(0, |h| h.placed()),
+            draining: self
+                .state
+                .reader
+                .draining()
+                .is_ok_and(|d| d.contains(&self.state.cfg.me().addr())),
             disk_free,
             disk_total,
             insecure: self.state.cfg.tls.is_none(),
@@ -238,6 +351,26 @@ impl Cluster for ClusterService {
             ));
         }
         let raft = self.ensure_leader()?;
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let records = self
+            .state
+            .reader
+            .node_records()
+            .map_err(status::read_error)?;
+        let record = records.get(&req.addr).cloned().unwrap_or_default();
+        let known_addr = membership.nodes().any(|(_, n)| n.addr == req.addr);
+        let admitted = record.state == pb::NodeRecordState::NodeAdmitted as i32;
+        if req.node_id == 0 && !known_addr && !admitted {
+            return Err(Status::failed_precondition(format!(
+                "{} is not admitted to the cluster: run `quizfs node add {}` (or `quizfs node replace OLD {}`)",
+                req.addr, req.addr, req.addr
+            )));
+        }
         if req.node_id == 0 {
             let op = pb::MetaOp {
                 op: Some(Op::AllocNodeId(pb::AllocNodeId {})),
@@ -250,13 +383,7 @@ impl Cluster for ClusterService {
                 node_id: reply.value,
             }));
         }
-        let membership = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
-        if membership.voter_ids().any(|id| id == req.node_id) {
+        if membership.nodes().any(|(id, _)| *id == req.node_id) && !admitted {
             return Ok(Response::new(pb::JoinReply {
                 node_id: req.node_id,
             }));
@@ -269,22 +396,248 @@ impl Cluster for ClusterService {
             .await
             .map_err(|_| Status::unavailable("joining node did not catch up in time"))?
             .map_err(status::write_error)?;
-        let replaced: Vec<u64> = membership
+        // The members this node takes the place of: its old self at the
+        // same address (a node that lost its data), and the one named by
+        // `quizfs node replace`.
+        let replaced: BTreeSet<u64> = membership
             .nodes()
-            .filter(|(id, n)| n.addr == req.addr && **id != req.node_id)
+            .filter(|(id, n)| {
+                **id != req.node_id
+                    && (n.addr == req.addr
+                        || (!record.replaces.is_empty() && n.addr == record.replaces))
+            })
             .map(|(id, _)| *id)
             .collect();
         let mut voters: BTreeSet<u64> = membership
             .voter_ids()
             .filter(|id| !replaced.contains(id))
             .collect();
-        voters.insert(req.node_id);
-        tracing::info!(?replaced, ?voters, "--- replacing member");
-        raft.change_membership(voters, false)
-            .await
-            .map_err(status::write_error)?;
+        if voters.len() < pb::placement::VOTERS {
+            voters.insert(req.node_id);
+        }
+        tracing::info!(?replaced, ?voters, "--- new member");
+        let current: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters != current {
+            raft.change_membership(voters, false)
+                .await
+                .map_err(status::write_error)?;
+        }
+        set_voters(raft, None, &replaced).await?;
+        if admitted {
+            self.set_record(raft, &req.addr, pb::NodeRecordState::NodeRecordNone, "")
+                .await?;
+        }
+        if !record.replaces.is_empty() {
+            self.set_record(
+                raft,
+                &record.replaces,
+                pb::NodeRecordState::NodeRecordNone,
+                "",
+            )
+            .await?;
+        }
         Ok(Response::new(pb::JoinReply {
             node_id: req.node_id,
+        }))
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::NodeChangeReply>, Status> {
+        let addr = node_addr(&req.get_ref().addr)?;
+        let raft = self.ensure_leader()?;
+        if let Some(state) = member_state(raft, &addr) {
+            return Ok(Response::new(pb::NodeChangeReply {
+                detail: format!("{addr} is a member ({state})"),
+                state: state.into(),
+                backlog: 0,
+            }));
+        }
+        self.set_record(raft, &addr, pb::NodeRecordState::NodeAdmitted, "")
+            .await?;
+        tracing::info!(node = %addr, "--- node admitted");
+        Ok(Response::new(pb::NodeChangeReply {
+            state: "admitted".into(),
+            detail: format!(
+                "{addr} may join: start `storaged --join {} --listen {addr}` there",
+                self.state.cfg.me().addr()
+            ),
+            backlog: 0,
+        }))
+    }
+
+    async fn replace_node(
+        &self,
+        req: Request<pb::ReplaceNodeRequest>,
+    ) -> Result<Response<pb::NodeChangeReply>, Status> {
+        let old = node_addr(&req.get_ref().old_addr)?;
+        let new = node_addr(&req.get_ref().new_addr)?;
+        let raft = self.ensure_leader()?;
+        if let Some(state) = member_state(raft, &new) {
+            if member_state(raft, &old).is_none() || old == new {
+                return Ok(Response::new(pb::NodeChangeReply {
+                    detail: format!("{new} is a member ({state}); {old} is not"),
+                    state: state.into(),
+                    backlog: 0,
+                }));
+            }
+            return Err(Status::failed_precondition(format!(
+                "{new} is already a member; remove {old} with `quizfs node remove {old}`"
+            )));
+        }
+        if member_state(raft, &old).is_none() {
+            return Err(Status::not_found(format!(
+                "{old} is not a member of the cluster"
+            )));
+        }
+        self.set_record(raft, &new, pb::NodeRecordState::NodeAdmitted, &old)
+            .await?;
+        tracing::info!(old = %old, new = %new, "--- node admitted as a replacement");
+        Ok(Response::new(pb::NodeChangeReply {
+            state: "admitted".into(),
+            detail: format!(
+                "{new} may join in place of {old}: start `storaged --join {} --listen {new}` there",
+                self.state.cfg.me().addr()
+            ),
+            backlog: 0,
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::NodeChangeReply>, Status> {
+        let addr = node_addr(&req.get_ref().addr)?;
+        let raft = self.ensure_leader()?;
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let records = self
+            .state
+            .reader
+            .node_records()
+            .map_err(status::read_error)?;
+        let Some(id) = membership
+            .nodes()
+            .find(|(_, n)| n.addr == addr)
+            .map(|(id, _)| *id)
+        else {
+            if records.contains_key(&addr) {
+                self.set_record(raft, &addr, pb::NodeRecordState::NodeRecordNone, "")
+                    .await?;
+                return Ok(Response::new(pb::NodeChangeReply {
+                    state: "removed".into(),
+                    detail: format!("{addr} was admitted but had not joined; admission withdrawn"),
+                    backlog: 0,
+                }));
+            }
+            return Err(Status::not_found(format!(
+                "{addr} is not a member of the cluster"
+            )));
+        };
+        let staying = membership
+            .nodes()
+            .filter(|(i, n)| **i != id && !records.get(&n.addr).is_some_and(|r| r.draining()))
+            .count();
+        if staying < pb::placement::REPLICAS {
+            return Err(Status::failed_precondition(format!(
+                "removing {addr} would leave {staying} nodes for {} copies of each chunk; add a node first",
+                pb::placement::REPLICAS
+            )));
+        }
+        let since_ns = match records.get(&addr) {
+            Some(r) if r.draining() => r.since_ns,
+            _ => {
+                self.set_record(raft, &addr, pb::NodeRecordState::NodeDraining, "")
+                    .await?;
+                tracing::info!(node = %addr, "--- draining node");
+                pb::now_ns()
+            }
+        };
+        // Clients learn of the drain from their next members refresh
+        // (every 2 s): until then one may still write a chunk to the
+        // draining node, so the drain is not checked before.
+        let heard_at = since_ns.saturating_add(CLIENTS_HEAR.as_nanos() as i64);
+        let wait = Duration::from_nanos(heard_at.saturating_sub(pb::now_ns()).max(0) as u64);
+        if wait > DRAIN_CHECK {
+            return Ok(Response::new(pb::NodeChangeReply {
+                state: "draining".into(),
+                detail: format!("{addr} is draining; waiting for clients to hear of it"),
+                backlog: 0,
+            }));
+        }
+        tokio::time::sleep(wait).await;
+        // Drained once every other member has scanned past the draining
+        // mark and lacks none of the chunks it holds now.
+        let mark = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let others: Vec<String> = membership
+            .nodes()
+            .filter(|(i, _)| **i != id)
+            .map(|(_, n)| n.addr.clone())
+            .collect();
+        let began = std::time::Instant::now();
+        let backlog = loop {
+            let mut backlog = 0;
+            let mut done = true;
+            for peer in &others {
+                match self.heal_info(peer).await {
+                    Ok(h) if h.scanned_index >= mark => backlog += h.backlog,
+                    Ok(_) => done = false,
+                    Err(e) => {
+                        return Ok(Response::new(pb::NodeChangeReply {
+                            state: "draining".into(),
+                            detail: format!("waiting for {peer} to answer: {e}"),
+                            backlog: 0,
+                        }));
+                    }
+                }
+            }
+            if done && backlog == 0 {
+                break None;
+            }
+            if began.elapsed() > DRAIN_CHECK {
+                break Some(backlog);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if let Some(backlog) = backlog {
+            return Ok(Response::new(pb::NodeChangeReply {
+                state: "draining".into(),
+                detail: format!("{backlog} chunks still to copy from {addr} to the other members"),
+                backlog,
+            }));
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            // A learner that is not draining takes the voter's place.
+            let promote = membership.nodes().find(|(i, n)| {
+                !voters.contains(i) && !records.get(&n.addr).is_some_and(|r| r.draining())
+            });
+            let mut next: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+            if let Some((p, _)) = promote {
+                next.insert(*p);
+            }
+            tracing::info!(node = %addr, ?next, "--- removing voter");
+            raft.change_membership(next, false)
+                .await
+                .map_err(status::write_error)?;
+        } else {
+            set_voters(raft, None, &BTreeSet::from([id])).await?;
+        }
+        // Without the membership change this node may no longer lead.
+        if let Ok(raft) = self.ensure_leader() {
+            self.set_record(raft, &addr, pb::NodeRecordState::NodeRecordNone, "")
+                .await?;
+        }
+        tracing::info!(node = %addr, "--- node removed");
+        Ok(Response::new(pb::NodeChangeReply {
+            state: "removed".into(),
+            detail: format!("{addr} left the cluster; its data directory can be deleted"),
+            backlog: 0,
         }))
     }
 }

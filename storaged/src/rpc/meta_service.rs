@@ -88,8 +88,12 @@ impl Meta for MetaService {
             .op
             .ok_or_else(|| Status::invalid_argument("request has no operation"))?;
         self.state.sessions.heard(req.client_id);
-        // Only the leader decides which sessions are silent.
-        if matches!(op.op, Some(pb::meta_op::Op::ExpireSessions(_))) {
+        // Only the leader decides which sessions are silent, and node
+        // records change through the Cluster RPCs that check them.
+        if matches!(
+            op.op,
+            Some(pb::meta_op::Op::ExpireSessions(_) | pb::meta_op::Op::SetNodeRecord(_))
+        ) {
             return Ok(Response::new(pb::MetaReply {
                 errno: libc::EPERM,
                 ..Default::default()

@@ -37,7 +37,7 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
     let Some(op) = &op.op else {
         return Err(Fail::Posix(libc::EINVAL));
     };
-    if !matches!(op, Op::AllocNodeId(_)) {
+    if !matches!(op, Op::AllocNodeId(_) | Op::SetNodeRecord(_)) {
         ensure_root(txn, ctx)?;
     }
     let attr = |a: pb::Attr| pb::MetaReply {
@@ -101,6 +101,22 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
             value: take_from_counter(txn, KEY_NEXT_INO, pb::ROOT_INO + 1, c.count.into())?,
             ..done
         },
+        Op::SetNodeRecord(c) => {
+            let key = schema::node_key(&c.addr);
+            if c.state == pb::NodeRecordState::NodeRecordNone as i32 {
+                txn.remove(&key);
+            } else {
+                txn.put(
+                    &key,
+                    &schema::NodeRecord {
+                        state: c.state,
+                        replaces: c.replaces.clone(),
+                        since_ns: ctx.now_ns,
+                    },
+                );
+            }
+            done
+        }
         Op::InitVolume(_) => done,
         Op::ReleaseOrphan(c) => namespace::release_orphan(txn, c.ino).map(|()| done)?,
     })
