@@ -17,11 +17,16 @@
 //! - `scale`: how uploads, metadata and sequential throughput change with
 //!   the number of files in the volume and the file size; writes
 //!   BENCHMARKS.md's scaling section and JSON.
+//! - `rebalance`: adds two nodes to a cluster of three holding data;
+//!   prints the rebalance time and a writer's throughput before and
+//!   during it.
 
 mod cmd;
 
 use clap::Parser;
-use cmd::args::{Args, CompareArgs, FailoverArgs, LogflushArgs, OplatArgs, RunArgs, ScaleArgs};
+use cmd::args::{
+    Args, CompareArgs, FailoverArgs, LogflushArgs, OplatArgs, RebalanceArgs, RunArgs, ScaleArgs,
+};
 use cmd::bench::{failover_bench, logflush_bench, oplat_bench, run_bench, scale_bench};
 use cmd::client::client_bench;
 use cmd::compare::compare_bench;
@@ -62,6 +67,10 @@ enum Cmd {
     /// files in the volume, sequential throughput at 64 MiB, 1 GiB and
     /// 4 GiB; on a quizfs cluster this command starts (root), or on --dir.
     Scale(ScaleArgs),
+    /// Adds two nodes (`storaged --join`, `quizfs node add`) to a cluster
+    /// of three it starts and fills (root: loopback addresses); prints the
+    /// rebalance time and a writer's throughput before and during it.
+    Rebalance(RebalanceArgs),
 }
 
 #[tokio::main]
@@ -75,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             Cmd::Logflush(args) => logflush_bench(args),
             Cmd::Compare(args) => compare_bench(args).await,
             Cmd::Scale(args) => scale_bench(args).await,
+            Cmd::Rebalance(args) => cmd::rebalance::rebalance_bench(args).await,
         }
     };
     // On Ctrl-C the work is dropped, and with it every process, mount and

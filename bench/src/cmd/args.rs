@@ -36,6 +36,21 @@ pub(crate) struct ScaleArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct RebalanceArgs {
+    /// GiB in the volume before the two nodes are added (one more is
+    /// written during the rebalance).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) gib: u64,
+    /// Every node's `--heal-rate-mib` (0: no limit; storaged's default
+    /// is 64).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) rate_mib: u64,
+    /// Give up when the rebalance has not ended after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub(crate) timeout_secs: u64,
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct CompareArgs {
     /// Systems, comma-separated: local, bindfs, quizfs, gluster.
     #[arg(
