@@ -19,15 +19,17 @@ use super::args::RebalanceArgs;
 /// Size of each file written.
 const FILE: usize = 64 << 20;
 
-/// Writes `files` files of [`FILE`] bytes; returns MiB/s.
+/// Writes `files` files of [`FILE`] bytes, each with content of its own
+/// (seeds from `seed` on); returns MiB/s.
 async fn write(
     client: &quizfs::client::ClusterClient,
     prefix: &str,
+    seed: u64,
     files: usize,
 ) -> anyhow::Result<f64> {
     let t = Instant::now();
     for i in 0..files {
-        let data = content(0xb00 + i as u64 + prefix.len() as u64 * 1_000_003, FILE);
+        let data = content(seed + i as u64, FILE);
         client
             .create_file(ROOT_INO, format!("{prefix}{i:05}").as_bytes(), &data)
             .await
@@ -47,8 +49,8 @@ pub(crate) async fn rebalance_bench(args: RebalanceArgs) -> anyhow::Result<()> {
         args.gib, args.rate_mib
     );
     let t = Instant::now();
-    write(&client, "fill", fill).await?;
-    let before = write(&client, "before", per_gib).await?;
+    write(&client, "fill", 1_000_000, fill).await?;
+    let before = write(&client, "before", 2_000_000, per_gib).await?;
     println!(
         "filled in {:.0} s; last GiB at {before:.0} MiB/s",
         t.elapsed().as_secs_f64()
@@ -79,7 +81,7 @@ pub(crate) async fn rebalance_bench(args: RebalanceArgs) -> anyhow::Result<()> {
         );
         added.push(i);
     }
-    let during = write(&client, "during", per_gib).await?;
+    let during = write(&client, "during", 3_000_000, per_gib).await?;
     println!("one GiB written during the rebalance at {during:.0} MiB/s");
     let mut printed = Instant::now() - Duration::from_secs(60);
     let done = loop {
