@@ -68,7 +68,7 @@ enum Cmd {
     /// 4 GiB; on a quizfs cluster this command starts (root), or on --dir.
     Scale(ScaleArgs),
     /// Adds two nodes (`storaged --join`, `quizfs node add`) to a cluster
-    /// of three it starts and fills (root: loopback addresses); prints the
+    /// of three it starts and fills (on 127.0.0.21-25); prints the
     /// rebalance time and a writer's throughput before and during it.
     Rebalance(RebalanceArgs),
 }
