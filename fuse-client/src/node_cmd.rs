@@ -19,7 +19,8 @@ pub(crate) enum NodeCmd {
     /// Admit a new storage node, then wait until it has joined (start it
     /// with `storaged --join SERVER --listen HOST`, before or after). It
     /// joins as a learner, or as a voter while the cluster has fewer than
-    /// three; placement then moves its share of the chunks to it.
+    /// the nodes' `--voters` (3 by default); placement then moves its
+    /// share of the chunks to it.
     Add {
         /// The new node, host[:port], as the cluster will dial it.
         host: String,

@@ -17,6 +17,23 @@ pub mod placement;
 pub mod range;
 pub mod tls;
 
+/// A status's message with the chain of errors under it: a transport
+/// error's message alone ("transport error") does not say that, for
+/// example, the other side refused a certificate.
+pub fn status_detail(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
 /// Most hashes in one `Chunks/Has` request.
 pub const MAX_HAS: usize = 4096;
 

@@ -11,11 +11,12 @@
 
 use crate::ChunkHash;
 
-/// Copies of each chunk (R), when the placement set has at least R nodes.
+/// Copies of each chunk (R) unless the cluster was started with another
+/// `--replicas`, when the placement set has at least R nodes.
 pub const REPLICAS: usize = 3;
 
-/// Voters the Raft group keeps; the other members are learners.
-pub const VOTERS: usize = 3;
+/// Fewest and most copies a cluster may keep.
+pub const REPLICAS_RANGE: std::ops::RangeInclusive<usize> = 2..=9;
 
 fn mix(mut x: u64) -> u64 {
     // splitmix64's finalizer: a bijection that spreads every input bit.

@@ -105,6 +105,17 @@ pub struct Args {
     /// second node on the same host). They carry no file names or data.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Copies of each chunk (R), from 2 to the number of --peers (default
+    /// 3); recorded by the first start (later values, and --join nodes',
+    /// are ignored).
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Raft voters the cluster keeps when it has that many nodes: 3, or 5
+    /// (tolerates two failures, costs a wider quorum per write). The
+    /// other nodes are learners. Read by the leader when a node joins or
+    /// leaves; give every node the same value.
+    #[arg(long, default_value_t = 3, value_parser = parse_voters)]
+    pub voters: usize,
     /// Plaintext, without certificates: for local experiments only. Anyone
     /// who can reach the port can read and change everything.
     #[arg(long)]
@@ -222,6 +233,10 @@ pub struct Config {
     /// Whether `--metrics-listen` was given: a port in use is then an
     /// error, not a warning.
     pub metrics_explicit: bool,
+    /// Voters the cluster keeps (3 or 5).
+    pub voters: usize,
+    /// Copies of each chunk, recorded at the first start.
+    pub replicas: usize,
 }
 
 impl Config {
@@ -326,6 +341,14 @@ impl Config {
                 "--election-ms must be larger than --heartbeat-ms > 0",
             ));
         }
+        let range = quizfs_proto::placement::REPLICAS_RANGE;
+        if let Some(r) = args.replicas {
+            if !range.contains(&r) || (args.join.is_none() && r > peers.len()) {
+                return Err(ConfigError::BadValue(
+                    "--replicas must be from 2 to 9, and at most the number of --peers",
+                ));
+            }
+        }
         if args.snapshot_logs == 0 {
             return Err(ConfigError::BadValue("--snapshot-logs must be at least 1"));
         }
@@ -353,6 +376,8 @@ impl Config {
         Ok(Self {
             metrics_listen,
             metrics_explicit: args.metrics_listen.is_some(),
+            voters: args.voters,
+            replicas: args.replicas.unwrap_or(quizfs_proto::placement::REPLICAS),
             tls,
             reserve: args.reserve_mib.saturating_mul(1024 * 1024),
             peers,
@@ -373,6 +398,15 @@ impl Config {
             scrub_rate: args.scrub_rate_mib.saturating_mul(1024 * 1024),
             session_timeout: args.session_timeout,
         })
+    }
+}
+
+/// Parses `--voters`: 3 or 5.
+fn parse_voters(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "3" => Ok(3),
+        "5" => Ok(5),
+        other => Err(format!("{other:?}: the cluster keeps 3 or 5 voters")),
     }
 }
 

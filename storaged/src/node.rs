@@ -32,7 +32,7 @@ use crate::raft::leader_gone::LeaderGone;
 use crate::raft::lease::ReadLease;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
-use crate::raft::{BasicNode, COMMIT_TIMEOUT, NodeId, ProposeError, Proposer, Raft, propose};
+use crate::raft::{BasicNode, COMMIT_TIMEOUT, NodeId, Proposer, Raft, propose};
 use crate::rpc::chunk_service::ChunkService;
 use crate::rpc::cluster_service::ClusterService;
 use crate::rpc::meta_service::MetaService;
@@ -137,19 +137,7 @@ async fn probe_or_why(pool: &PeerPool, addr: &str) -> Result<pb::ProbeReply, Str
     match tokio::time::timeout(PEER_CALL_TIMEOUT, c.probe(pb::ProbeRequest {})).await {
         Err(_) => Err("no answer in time".into()),
         Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => {
-            let mut out = s.message().to_string();
-            let mut source = std::error::Error::source(&s);
-            while let Some(e) = source {
-                let text = e.to_string();
-                if !out.contains(&text) {
-                    out.push_str(": ");
-                    out.push_str(&text);
-                }
-                source = e.source();
-            }
-            Err(out)
-        }
+        Ok(Err(s)) => Err(pb::status_detail(&s)),
     }
 }
 
@@ -328,24 +316,28 @@ async fn bootstrap(cfg: Config, raft: Raft, pool: PeerPool, cancel: Cancellation
         }
         tokio::time::sleep(PEER_RETRY).await;
     }
-    // Create the root directory, so the volume is usable at once.
+}
+
+/// On every node of the first start: whichever leads first creates the
+/// volume's root (so the volume is usable at once) and records the copies
+/// of each chunk (`--replicas`), once.
+async fn init_volume(
+    cfg: Config,
+    raft: Raft,
+    reader: crate::meta::read::MetaReader,
+    cancel: CancellationToken,
+) {
     let op = pb::MetaOp {
-        op: Some(Op::InitVolume(pb::InitVolume {})),
+        op: Some(Op::InitVolume(pb::InitVolume {
+            replicas: cfg.replicas as u32,
+        })),
     };
-    while !cancel.is_cancelled() {
-        match propose(&raft, Proposer::default(), &op, COMMIT_TIMEOUT).await {
-            Ok(_) => {
-                tracing::info!("volume ready");
-                return;
+    while !cancel.is_cancelled() && !reader.replicas_recorded() {
+        if raft.metrics().borrow().state == openraft::ServerState::Leader {
+            match propose(&raft, Proposer::default(), &op, COMMIT_TIMEOUT).await {
+                Ok(_) => tracing::info!(replicas = cfg.replicas, "volume ready"),
+                Err(e) => tracing::debug!(error = %e, "volume init retry"),
             }
-            Err(ProposeError::Raft(openraft::error::RaftError::APIError(
-                openraft::error::ClientWriteError::ForwardToLeader(f),
-            ))) if f.leader_id.is_some() => {
-                // Another node leads: the first client command creates the
-                // root there just as well.
-                return;
-            }
-            Err(e) => tracing::debug!(error = %e, "volume init retry"),
         }
         tokio::time::sleep(PEER_RETRY).await;
     }
@@ -610,11 +602,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartEr
                 pool.clone(),
                 work.clone(),
             ));
-        } else if fresh && cfg.self_index == 0 {
-            tasks.spawn(bootstrap(
+        } else if fresh {
+            if cfg.self_index == 0 {
+                tasks.spawn(bootstrap(
+                    cfg.clone(),
+                    r.clone(),
+                    pool.clone(),
+                    work.clone(),
+                ));
+            }
+            tasks.spawn(init_volume(
                 cfg.clone(),
                 r.clone(),
-                pool.clone(),
+                state.reader.clone(),
                 work.clone(),
             ));
         }

@@ -417,6 +417,101 @@ async fn replace_a_dead_voter_then_kill_the_leader_of_five() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_voters_when_asked_and_their_leader_killed() {
+    let mut cluster = Cluster::start(3, &["--voters", "5"]).await;
+    let client = cluster.client().await;
+    add_node(&mut cluster);
+    add_node(&mut cluster);
+    let server = cluster.addr(0);
+    let m = quizfs::client::membership::members_of(&server, client.options())
+        .await
+        .expect("members");
+    assert_eq!(m.members.iter().filter(|x| x.voter).count(), 5, "{m:?}");
+    let writer = Writer::start(client.clone(), ROOT_INO, "five");
+    writer.wait_more(20, Duration::from_secs(60)).await;
+    // Two of five down: a majority of three still commits.
+    let leader = cluster.leader().await.expect("a leader");
+    let other = (0..5).find(|i| *i != leader).unwrap();
+    println!(
+        "--- kill nas{} and then the leader nas{}",
+        other + 1,
+        leader + 1
+    );
+    cluster.kill(other);
+    writer.wait_more(10, Duration::from_secs(60)).await;
+    cluster.kill(leader);
+    writer.wait_more(20, Duration::from_secs(60)).await;
+    let (longest, files) = writer.stop().await;
+    println!(
+        "pause_max_ms with five voters, two killed: {}",
+        longest.as_millis()
+    );
+    assert!(longest < Duration::from_secs(5), "pause {longest:?}");
+    verify_files(&client, &files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_when_asked_and_a_node_of_three_removed() {
+    let cluster = Cluster::start(3, &["--replicas", "2"]).await;
+    let client = cluster.client().await;
+    let mount = Mount::new(&cluster, 0, "").await;
+    let load = Load::start(&mount.path, "two");
+    load.wait_more(40).await;
+    let files = load.stop();
+    let (code, out, _) = cli(&cluster, &["status", &cluster.addr(0)]);
+    assert_eq!(code, 0);
+    assert!(out.contains("copies 2"), "{out}");
+    let hashes = hashes_of(&client, &files).await;
+    let all: Vec<usize> = (0..3).collect();
+    let want = |n: usize| move |c: &[Vec<usize>]| c.iter().all(|h| h.len() == n);
+    wait_until(
+        Duration::from_secs(120),
+        "every chunk on exactly 2 of 3 disks",
+        || async {
+            let c = copies(&cluster, &all, &hashes);
+            if want(2)(&c) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", c.iter().map(Vec::len).collect::<Vec<_>>()))
+            }
+        },
+    )
+    .await;
+    // Two copies on three nodes: one node may go, and its chunks move.
+    let leader = cluster.leader().await.expect("a leader");
+    let gone = (0..3).find(|i| *i != leader).unwrap();
+    let (gone_addr, server) = (cluster.addr(gone), cluster.addr(leader));
+    let (code, out, _) = cli(
+        &cluster,
+        &["node", "remove", &gone_addr, "--server", &server],
+    );
+    assert_eq!(code, 0, "{out}");
+    let rest: Vec<usize> = all.iter().copied().filter(|i| *i != gone).collect();
+    wait_until(
+        Duration::from_secs(120),
+        "every chunk on both remaining nodes",
+        || async {
+            let c = copies(&cluster, &rest, &hashes);
+            if want(2)(&c) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", c.iter().map(Vec::len).collect::<Vec<_>>()))
+            }
+        },
+    )
+    .await;
+    // Now the last two cannot shrink further.
+    let other = rest.iter().copied().find(|i| *i != leader).unwrap();
+    let (code, _, err) = cli(
+        &cluster,
+        &["node", "remove", &cluster.addr(other), "--server", &server],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("would leave 1 nodes for 2 copies"), "{err}");
+    verify_uploads(&mount.path, &files);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_name_their_reason() {
     let mut cluster = Cluster::start(3, &[]).await;
     let server = cluster.addr(0);

@@ -266,7 +266,7 @@ fn storaged_refuses_bad_flags_in_one_line() {
     ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--join names this node itself"), "{err}");
-    for flag in ["--scrub-interval", "--session-timeout"] {
+    for flag in ["--scrub-interval", "--session-timeout", "--voters"] {
         for bad in ["7x", "d", "0s", "99999999999999999d"] {
             let (code, err, _) = run_storaged(&["--peers", "127.0.0.21", flag, bad]);
             assert_eq!(code, Some(2), "{flag} {bad}");

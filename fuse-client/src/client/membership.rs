@@ -110,22 +110,7 @@ pub async fn members_of(addr: &str, opts: &ClientOptions) -> Result<pb::MembersR
     }
 }
 
-/// A status's message with the chain of errors under it: a transport
-/// error's message alone ("transport error") does not say that, for
-/// example, the node refused the client's certificate.
-pub fn status_detail(s: &tonic::Status) -> String {
-    let mut out = s.message().to_string();
-    let mut source = std::error::Error::source(s);
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
-}
+pub use quizfs_proto::status_detail;
 
 /// Tries each server in turn until one lists the members.
 pub async fn discover(
@@ -168,6 +153,11 @@ impl ClusterClient {
                     uploads: Arc::new(Semaphore::new(pb::MAX_UPLOADS_PER_CLIENT)),
                 })),
             }
+        }
+        if m.replicas > 0 {
+            self.inner
+                .replicas
+                .store(u64::from(m.replicas), Ordering::Relaxed);
         }
         // Nodes removed from the cluster (replaced members) are dropped.
         nodes.retain(|n| m.members.iter().any(|x| x.addr == n.addr));
@@ -217,7 +207,8 @@ impl ClusterClient {
             }
         }
         out.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        let holders = quizfs_proto::placement::REPLICAS.min(set.len()).max(1);
+        let replicas = self.inner.replicas.load(Ordering::Relaxed) as usize;
+        let holders = replicas.min(set.len()).max(1);
         (out, holders)
     }
 

@@ -88,6 +88,8 @@ struct Inner {
     /// Smoothed latency of successful chunk reads, in microseconds: sets
     /// the hedge delay.
     read_ewma_us: AtomicU64,
+    /// Copies of each chunk the cluster keeps (from its members reply).
+    replicas: AtomicU64,
     client_id: AtomicU64,
     next_seq: AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
@@ -127,6 +129,7 @@ impl ClusterClient {
             counters: ClientCounters::default(),
             leader_moved: tokio::sync::Notify::new(),
             read_ewma_us: AtomicU64::new(20_000),
+            replicas: AtomicU64::new(quizfs_proto::placement::REPLICAS as u64),
             client_id: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             in_flight: Mutex::new(BTreeSet::new()),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use quizfs_proto::placement::{self, REPLICAS};
+use quizfs_proto::placement;
 use quizfs_proto::{CHUNK_SIZE, ChunkHash, GetChunkRequest, chunks_client::ChunksClient};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -176,12 +176,13 @@ impl Healer {
     /// One scan: the chunks to fetch, and the surplus ones.
     fn scan(&self, set: &[u64]) -> (HashSet<ChunkHash>, Vec<ChunkHash>) {
         let (mut missing, mut surplus) = (HashSet::new(), Vec::new());
+        let r = self.reader.replicas();
         let mut placed = 0u64;
         for h in self.reader.referenced_chunks() {
             match h {
                 Ok(h) => {
                     let h = ChunkHash(h);
-                    let mine = placement::holds(&h, set, REPLICAS, self.self_id);
+                    let mine = placement::holds(&h, set, r, self.self_id);
                     let here = self.store.contains(&h);
                     placed += u64::from(mine);
                     if mine && !here {
@@ -233,12 +234,13 @@ impl Healer {
         addrs: &HashMap<u64, String>,
     ) -> u64 {
         let mut removed = 0;
+        let r = self.reader.replicas();
         for batch in surplus.chunks(quizfs_proto::MAX_HAS) {
             // Every holder of every chunk in the batch is asked once.
             let mut asks: HashMap<u64, Vec<ChunkHash>> = HashMap::new();
             let holders: Vec<Vec<u64>> = batch
                 .iter()
-                .map(|h| placement::holders(h, set, REPLICAS))
+                .map(|h| placement::holders(h, set, r))
                 .collect();
             for (h, hs) in batch.iter().zip(&holders) {
                 for id in hs {
@@ -258,7 +260,7 @@ impl Healer {
                 }
             }
             for (h, hs) in batch.iter().zip(&holders) {
-                let everywhere = hs.len() >= REPLICAS.min(set.len())
+                let everywhere = hs.len() >= r.min(set.len())
                     && hs.iter().all(|id| have.get(&(*id, *h)) == Some(&true));
                 if !everywhere {
                     continue;

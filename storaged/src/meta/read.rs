@@ -229,6 +229,24 @@ impl MetaReader {
             })
     }
 
+    /// Copies of each chunk (R) the cluster keeps.
+    pub fn replicas(&self) -> usize {
+        self.tree
+            .get(super::schema::KEY_REPLICAS)
+            .ok()
+            .flatten()
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(pb::placement::REPLICAS, |v| u64::from_be_bytes(v) as usize)
+    }
+
+    /// Whether the copies of each chunk are recorded (the first start's
+    /// `InitVolume` applied).
+    pub fn replicas_recorded(&self) -> bool {
+        self.tree
+            .contains_key(super::schema::KEY_REPLICAS)
+            .unwrap_or(false)
+    }
+
     /// Every node record (`quizfs node add/remove/replace`), by address.
     pub fn node_records(
         &self,

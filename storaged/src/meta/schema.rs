@@ -29,6 +29,9 @@ pub const KEY_NEXT_INO: &[u8] = b"Nino";
 pub const KEY_NEXT_CLIENT: &[u8] = b"Nclient";
 /// Key of the next node id.
 pub const KEY_NEXT_NODE: &[u8] = b"Nnode";
+/// Key of the copies of each chunk (R), set by the first `InitVolume`
+/// that gives it (absent: [`quizfs_proto::placement::REPLICAS`]).
+pub const KEY_REPLICAS: &[u8] = b"Nreplicas";
 /// Key of the number of inodes.
 pub const KEY_INODE_COUNT: &[u8] = b"Ninodes";
 /// Prefix of inode records.

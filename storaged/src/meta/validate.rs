@@ -156,6 +156,13 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
             Ok(())
         }
         Op::CancelLockWait(_) => Ok(()),
+        Op::InitVolume(c) => {
+            let r = c.replicas as usize;
+            if r != 0 && !pb::placement::REPLICAS_RANGE.contains(&r) {
+                return Err(libc::EINVAL);
+            }
+            Ok(())
+        }
         Op::SetNodeRecord(c) => {
             let state = pb::NodeRecordState::try_from(c.state).map_err(|_| libc::EINVAL)?;
             let bad_addr = |a: &str| a.is_empty() || a.len() > 255 || a.contains(['/', ' ', ',']);
@@ -169,7 +176,6 @@ pub fn op(op: &pb::MetaOp) -> Result<(), i32> {
         }
         Op::RegisterClient(_)
         | Op::AllocNodeId(_)
-        | Op::InitVolume(_)
         | Op::ReleaseOrphan(_)
         | Op::TouchSession(_)
         | Op::ReserveInodes(_) => Ok(()),

@@ -131,6 +131,32 @@ impl ClusterService {
         Ok(())
     }
 
+    /// Admits the node at `addr` (in place of the member `replaces`, if not
+    /// empty) and says how to start it.
+    async fn admit(
+        &self,
+        raft: &Raft,
+        addr: &str,
+        replaces: &str,
+    ) -> Result<Response<pb::NodeChangeReply>, Status> {
+        self.set_record(raft, addr, pb::NodeRecordState::NodeAdmitted, replaces)
+            .await?;
+        tracing::info!(node = %addr, replaces, "--- node admitted");
+        let instead = if replaces.is_empty() {
+            String::new()
+        } else {
+            format!(" in place of {replaces}")
+        };
+        Ok(Response::new(pb::NodeChangeReply {
+            state: "admitted".into(),
+            detail: format!(
+                "{addr} may join{instead}: start `storaged --join {} --listen {addr}` there",
+                self.state.cfg.me().addr()
+            ),
+            backlog: 0,
+        }))
+    }
+
     /// The heal state of the node at `addr` (this node's own, or a peer's).
     async fn heal_info(&self, addr: &str) -> Result<pb::HealInfoReply, String> {
         if addr == self.state.cfg.me().addr() {
@@ -204,7 +230,7 @@ impl Cluster for ClusterService {
             members,
             leader_id: m.current_leader.unwrap_or(0),
             term: m.current_term,
-            replicas: pb::placement::REPLICAS as u32,
+            replicas: self.state.reader.replicas() as u32,
         }))
     }
 
@@ -412,7 +438,7 @@ impl Cluster for ClusterService {
             .voter_ids()
             .filter(|id| !replaced.contains(id))
             .collect();
-        if voters.len() < pb::placement::VOTERS {
+        if voters.len() < self.state.cfg.voters {
             voters.insert(req.node_id);
         }
         tracing::info!(?replaced, ?voters, "--- new member");
@@ -454,17 +480,7 @@ impl Cluster for ClusterService {
                 backlog: 0,
             }));
         }
-        self.set_record(raft, &addr, pb::NodeRecordState::NodeAdmitted, "")
-            .await?;
-        tracing::info!(node = %addr, "--- node admitted");
-        Ok(Response::new(pb::NodeChangeReply {
-            state: "admitted".into(),
-            detail: format!(
-                "{addr} may join: start `storaged --join {} --listen {addr}` there",
-                self.state.cfg.me().addr()
-            ),
-            backlog: 0,
-        }))
+        self.admit(raft, &addr, "").await
     }
 
     async fn replace_node(
@@ -491,17 +507,7 @@ impl Cluster for ClusterService {
                 "{old} is not a member of the cluster"
             )));
         }
-        self.set_record(raft, &new, pb::NodeRecordState::NodeAdmitted, &old)
-            .await?;
-        tracing::info!(old = %old, new = %new, "--- node admitted as a replacement");
-        Ok(Response::new(pb::NodeChangeReply {
-            state: "admitted".into(),
-            detail: format!(
-                "{new} may join in place of {old}: start `storaged --join {} --listen {new}` there",
-                self.state.cfg.me().addr()
-            ),
-            backlog: 0,
-        }))
+        self.admit(raft, &new, &old).await
     }
 
     async fn remove_node(
@@ -543,10 +549,10 @@ impl Cluster for ClusterService {
             .nodes()
             .filter(|(i, n)| **i != id && !records.get(&n.addr).is_some_and(|r| r.draining()))
             .count();
-        if staying < pb::placement::REPLICAS {
+        let replicas = self.state.reader.replicas();
+        if staying < replicas {
             return Err(Status::failed_precondition(format!(
-                "removing {addr} would leave {staying} nodes for {} copies of each chunk; add a node first",
-                pb::placement::REPLICAS
+                "removing {addr} would leave {staying} nodes for {replicas} copies of each chunk; add a node first"
             )));
         }
         let since_ns = match records.get(&addr) {

@@ -88,11 +88,16 @@ impl Meta for MetaService {
             .op
             .ok_or_else(|| Status::invalid_argument("request has no operation"))?;
         self.state.sessions.heard(req.client_id);
-        // Only the leader decides which sessions are silent, and node
-        // records change through the Cluster RPCs that check them.
+        // Only the leader decides which sessions are silent, node records
+        // change through the Cluster RPCs that check them, and the copies
+        // of each chunk are the first start's.
         if matches!(
             op.op,
-            Some(pb::meta_op::Op::ExpireSessions(_) | pb::meta_op::Op::SetNodeRecord(_))
+            Some(
+                pb::meta_op::Op::ExpireSessions(_)
+                    | pb::meta_op::Op::SetNodeRecord(_)
+                    | pb::meta_op::Op::InitVolume(_)
+            )
         ) {
             return Ok(Response::new(pb::MetaReply {
                 errno: libc::EPERM,

@@ -117,7 +117,12 @@ pub fn apply(txn: &mut Txn<'_>, ctx: &Ctx, op: &pb::MetaOp) -> OpResult<pb::Meta
             }
             done
         }
-        Op::InitVolume(_) => done,
+        Op::InitVolume(c) => {
+            if c.replicas > 0 && txn.get_raw(schema::KEY_REPLICAS)?.is_none() {
+                txn.put_u64(schema::KEY_REPLICAS, c.replicas.into());
+            }
+            done
+        }
         Op::ReleaseOrphan(c) => namespace::release_orphan(txn, c.ino).map(|()| done)?,
     })
 }
