@@ -55,6 +55,11 @@ impl ClusterService {
     }
 }
 
+/// The Raft membership of this cluster.
+type Membership = openraft::Membership<u64, BasicNode>;
+/// Node records by address.
+type NodeRecords = std::collections::BTreeMap<String, crate::meta::schema::NodeRecord>;
+
 /// Longest one `RemoveNode` call waits for the drain before it answers
 /// "draining".
 const DRAIN_CHECK: Duration = Duration::from_secs(5);
@@ -110,6 +115,22 @@ async fn set_voters(
 }
 
 impl ClusterService {
+    /// The membership as `raft` sees it, and the operator's node records.
+    fn view(&self, raft: &Raft) -> Result<(Membership, NodeRecords), Status> {
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let records = self
+            .state
+            .reader
+            .node_records()
+            .map_err(status::read_error)?;
+        Ok((membership, records))
+    }
+
     /// Commits the operator's record of the node at `addr`.
     async fn set_record(
         &self,
@@ -377,17 +398,7 @@ impl Cluster for ClusterService {
             ));
         }
         let raft = self.ensure_leader()?;
-        let membership = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
-        let records = self
-            .state
-            .reader
-            .node_records()
-            .map_err(status::read_error)?;
+        let (membership, records) = self.view(raft)?;
         let record = records.get(&req.addr).cloned().unwrap_or_default();
         let known_addr = membership.nodes().any(|(_, n)| n.addr == req.addr);
         let admitted = record.state == pb::NodeRecordState::NodeAdmitted as i32;
@@ -516,17 +527,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::NodeChangeReply>, Status> {
         let addr = node_addr(&req.get_ref().addr)?;
         let raft = self.ensure_leader()?;
-        let membership = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
-        let records = self
-            .state
-            .reader
-            .node_records()
-            .map_err(status::read_error)?;
+        let (membership, records) = self.view(raft)?;
         let Some(id) = membership
             .nodes()
             .find(|(_, n)| n.addr == addr)
