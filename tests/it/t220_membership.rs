@@ -151,7 +151,7 @@ fn copies(cluster: &Cluster, members: &[usize], hashes: &[ChunkHash]) -> Vec<Vec
         .collect()
 }
 
-/// Waits until every hash is on exactly R of `members` and (with
+/// Waits until every hash is on exactly R (three) of `members` and (with
 /// `settled`) no member has anything left to fetch or delete; returns the
 /// chunks each member holds.
 async fn wait_placed(
@@ -160,12 +160,23 @@ async fn wait_placed(
     hashes: &[ChunkHash],
     settled: bool,
 ) -> HashMap<usize, usize> {
+    wait_copies(cluster, members, hashes, REPLICAS, settled).await
+}
+
+/// [`wait_placed`] for `r` copies.
+async fn wait_copies(
+    cluster: &Cluster,
+    members: &[usize],
+    hashes: &[ChunkHash],
+    r: usize,
+    settled: bool,
+) -> HashMap<usize, usize> {
     wait_until(
         Duration::from_secs(180),
-        "every chunk on exactly R members",
+        &format!("every chunk on exactly {r} members"),
         || async {
             let c = copies(cluster, members, hashes);
-            let wrong = c.iter().filter(|h| h.len() != REPLICAS).count();
+            let wrong = c.iter().filter(|h| h.len() != r).count();
             let mut busy = Vec::new();
             for &i in members.iter().filter(|_| settled) {
                 match cluster.status(i).await {
@@ -183,7 +194,7 @@ async fn wait_placed(
                 Ok(share)
             } else {
                 Err(format!(
-                    "{wrong} of {} chunks not on exactly {REPLICAS} members; busy (backlog, surplus): {busy:?}",
+                    "{wrong} of {} chunks not on exactly {r} members; busy (backlog, surplus): {busy:?}",
                     hashes.len()
                 ))
             }
@@ -463,20 +474,7 @@ async fn two_copies_when_asked_and_the_leader_of_three_removed() {
     assert!(out.contains("copies 2"), "{out}");
     let hashes = hashes_of(&client, &files).await;
     let all: Vec<usize> = (0..3).collect();
-    let want = |n: usize| move |c: &[Vec<usize>]| c.iter().all(|h| h.len() == n);
-    wait_until(
-        Duration::from_secs(120),
-        "every chunk on exactly 2 of 3 disks",
-        || async {
-            let c = copies(&cluster, &all, &hashes);
-            if want(2)(&c) {
-                Ok(())
-            } else {
-                Err(format!("{:?}", c.iter().map(Vec::len).collect::<Vec<_>>()))
-            }
-        },
-    )
-    .await;
+    wait_copies(&cluster, &all, &hashes, 2, false).await;
     // Two copies on three nodes: one node may go, and its chunks move;
     // the leader itself, which hands over once the change is committed.
     let gone = cluster.leader().await.expect("a leader");
@@ -488,19 +486,7 @@ async fn two_copies_when_asked_and_the_leader_of_three_removed() {
     );
     assert_eq!(code, 0, "{out}");
     let rest: Vec<usize> = all.iter().copied().filter(|i| *i != gone).collect();
-    wait_until(
-        Duration::from_secs(120),
-        "every chunk on both remaining nodes",
-        || async {
-            let c = copies(&cluster, &rest, &hashes);
-            if want(2)(&c) {
-                Ok(())
-            } else {
-                Err(format!("{:?}", c.iter().map(Vec::len).collect::<Vec<_>>()))
-            }
-        },
-    )
-    .await;
+    wait_copies(&cluster, &rest, &hashes, 2, false).await;
     let m = quizfs::client::membership::members_of(&server, client.options())
         .await
         .expect("members");
@@ -514,6 +500,70 @@ async fn two_copies_when_asked_and_the_leader_of_three_removed() {
     assert_ne!(code, 0);
     assert!(err.contains("would leave 1 nodes for 2 copies"), "{err}");
     verify_uploads(&mount.path, &files);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_writes_each_chunk_to_its_holders_only() {
+    // Healers that never scan: every copy on disk is one the client put.
+    let mut cluster = Cluster::start(3, &["--heal-interval-ms", "3600000"]).await;
+    add_node(&mut cluster);
+    add_node(&mut cluster);
+    let client = cluster.client().await;
+    let server = cluster.addr(0);
+    wait_until(
+        Duration::from_secs(10),
+        "the client to know 5 nodes",
+        || async {
+            match client.nodes().len() {
+                5 => Ok(()),
+                n => Err(format!("{n}")),
+            }
+        },
+    )
+    .await;
+    let m = quizfs::client::membership::members_of(&server, client.options())
+        .await
+        .expect("members");
+    let ids: Vec<u64> = m.members.iter().map(|x| x.id).collect();
+    let index = |id: u64| {
+        let addr = &m.members.iter().find(|x| x.id == id).unwrap().addr;
+        (0..5).find(|i| cluster.addr(*i) == *addr).unwrap()
+    };
+    let mut hashes = Vec::new();
+    for i in 0..8u64 {
+        // Past the inline limit: each file's chunk is uploaded, not
+        // carried in its commit.
+        let attr = client
+            .create_file(
+                ROOT_INO,
+                format!("big{i}").as_bytes(),
+                &pattern(50 + i, 1 << 20),
+            )
+            .await
+            .expect("write");
+        hashes.extend(chunk_hashes(&client, attr.ino).await);
+    }
+    // A majority of the holders has each chunk when the write returns;
+    // the third upload finishes in the background.
+    wait_until(
+        Duration::from_secs(30),
+        "every chunk on its three holders",
+        || async {
+            for h in &hashes {
+                let mut want: Vec<usize> = quizfs_proto::placement::holders(h, &ids, REPLICAS)
+                    .into_iter()
+                    .map(index)
+                    .collect();
+                want.sort();
+                let got: Vec<usize> = (0..5).filter(|i| cluster.has_good_chunk(*i, h)).collect();
+                if got != want {
+                    return Err(format!("{}: on {got:?}, holders {want:?}", h.to_hex()));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,38 +178,20 @@ impl ClusterClient {
     /// nodes that are not draining, then the draining ones; and how many
     /// holders it has.
     pub fn placed(&self, hash: &quizfs_proto::ChunkHash) -> (Vec<Arc<NodeHandle>>, usize) {
-        let nodes = self.nodes();
-        let set: Vec<u64> = nodes
-            .iter()
-            .filter(|n| !n.draining.load(Ordering::Relaxed))
-            .map(|n| n.id.load(Ordering::Relaxed))
-            .collect();
-        let mut out: Vec<Arc<NodeHandle>> = quizfs_proto::placement::rank(hash, &set)
-            .into_iter()
-            .filter_map(|id| {
-                nodes
-                    .iter()
-                    .find(|n| n.id.load(Ordering::Relaxed) == id)
-                    .cloned()
-            })
-            .collect();
-        out.extend(
-            nodes
-                .iter()
-                .filter(|n| n.draining.load(Ordering::Relaxed))
-                .cloned(),
-        );
-        // Ids the client has not learnt yet (0) or duplicated: every node
-        // once, whatever its id says.
-        for n in &nodes {
-            if !out.iter().any(|x| Arc::ptr_eq(x, n)) {
-                out.push(n.clone());
-            }
-        }
-        out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let mut nodes = self.nodes();
+        let draining = |n: &NodeHandle| n.draining.load(Ordering::Relaxed);
+        // The order of `placement::rank` (highest score, then id), with
+        // the draining nodes after all others.
+        nodes.sort_by_cached_key(|n| {
+            let id = n.id.load(Ordering::Relaxed);
+            (
+                draining(n),
+                std::cmp::Reverse((quizfs_proto::placement::score(hash, id), id)),
+            )
+        });
+        let set = nodes.iter().filter(|n| !draining(n)).count();
         let replicas = self.inner.replicas.load(Ordering::Relaxed) as usize;
-        let holders = replicas.min(set.len()).max(1);
-        (out, holders)
+        (nodes, replicas.min(set).max(1))
     }
 
     /// The handle of the node at `addr`, if known.

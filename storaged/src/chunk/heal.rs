@@ -12,12 +12,10 @@
 //! I/O keeps its speed: at most [`HEAL_PARALLELISM`] fetches at a time and
 //! at most the configured bytes per second.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::collections::HashMap;
 
 use quizfs_proto::placement;
 use quizfs_proto::{CHUNK_SIZE, ChunkHash, GetChunkRequest, chunks_client::ChunksClient};
@@ -50,7 +48,6 @@ pub struct Healer {
     healed_bytes: AtomicU64,
     placed: AtomicU64,
     surplus: AtomicU64,
-    surplus_removed: AtomicU64,
     pending: Mutex<HashSet<ChunkHash>>,
     urgent: Mutex<HashSet<ChunkHash>>,
     wake: Notify,
@@ -91,7 +88,6 @@ impl Healer {
             healed_bytes: AtomicU64::new(0),
             placed: AtomicU64::new(0),
             surplus: AtomicU64::new(0),
-            surplus_removed: AtomicU64::new(0),
             pending: Mutex::new(HashSet::new()),
             urgent: Mutex::new(HashSet::new()),
             wake: Notify::new(),
@@ -131,14 +127,24 @@ impl Healer {
         self.surplus.load(Ordering::Relaxed)
     }
 
-    /// Surplus chunks deleted since start.
-    pub fn surplus_removed(&self) -> u64 {
-        self.surplus_removed.load(Ordering::Relaxed)
-    }
-
     /// The fetch limit in bytes per second (0: none).
     pub fn rate_limit(&self) -> u64 {
         self.rate.bytes_per_sec()
+    }
+
+    /// What `Cluster/HealInfo` answers: the backlog, the index the last
+    /// scan saw, the chunks healed, and up to `limit` missing hashes.
+    pub fn info(&self, limit: usize) -> quizfs_proto::HealInfoReply {
+        quizfs_proto::HealInfoReply {
+            backlog: self.backlog(),
+            scanned_index: self.scanned_index(),
+            healed_total: self.healed_total(),
+            pending: self
+                .pending(limit)
+                .into_iter()
+                .map(|c| c.0.to_vec())
+                .collect(),
+        }
     }
 
     /// Up to `limit` of the chunks still missing.
@@ -158,7 +164,7 @@ impl Healer {
 
     /// The placement set (members that are not draining), the address of
     /// every member, and whether the membership is settled (not joint, and
-    /// this node in it): surplus is deleted only then.
+    /// this node in it): surplus is deleted only then. Taken once per scan.
     fn placement(&self) -> (Vec<u64>, HashMap<u64, String>, bool) {
         let m = self.raft.metrics().borrow().membership_config.clone();
         let draining = self.reader.draining().unwrap_or_default();
@@ -200,9 +206,8 @@ impl Healer {
     }
 
     /// Every other member, those placement asks first for `hash` first.
-    fn sources(&self, hash: &ChunkHash) -> Vec<String> {
-        let (set, addrs, _) = self.placement();
-        let mut ids: Vec<u64> = placement::rank(hash, &set);
+    fn sources(&self, hash: &ChunkHash, set: &[u64], addrs: &HashMap<u64, String>) -> Vec<String> {
+        let mut ids: Vec<u64> = placement::rank(hash, set);
         ids.extend(addrs.keys().filter(|id| !set.contains(id)));
         ids.into_iter()
             .filter(|id| *id != self.self_id)
@@ -259,28 +264,33 @@ impl Healer {
                     Err(e) => tracing::debug!(peer = %addr, error = %e, "surplus check failed"),
                 }
             }
-            for (h, hs) in batch.iter().zip(&holders) {
-                let everywhere = hs.len() >= r.min(set.len())
-                    && hs.iter().all(|id| have.get(&(*id, *h)) == Some(&true));
-                if !everywhere {
-                    continue;
-                }
-                let store = self.store.clone();
-                let h = *h;
-                let r =
-                    tokio::task::spawn_blocking(move || store.remove_surplus(&h, || true)).await;
-                match r {
-                    Ok(Ok(true)) => removed += 1,
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(hash = ?h, error = %e, "deleting a surplus chunk failed")
+            let gone: Vec<ChunkHash> = batch
+                .iter()
+                .zip(&holders)
+                .filter(|(h, hs)| {
+                    hs.len() >= r.min(set.len())
+                        && hs.iter().all(|id| have.get(&(*id, **h)) == Some(&true))
+                })
+                .map(|(h, _)| *h)
+                .collect();
+            let store = self.store.clone();
+            let deleted = tokio::task::spawn_blocking(move || {
+                let mut n = 0u64;
+                for h in gone {
+                    match store.remove_surplus(&h) {
+                        Ok(true) => n += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(hash = ?h, error = %e, "deleting a surplus chunk failed")
+                        }
                     }
-                    Err(_) => {}
                 }
-            }
+                n
+            })
+            .await;
+            removed += deleted.unwrap_or(0);
         }
         if removed > 0 {
-            self.surplus_removed.fetch_add(removed, Ordering::Relaxed);
             self.surplus
                 .fetch_sub(removed.min(self.surplus()), Ordering::Relaxed);
             tracing::info!(
@@ -324,8 +334,13 @@ impl Healer {
 
     /// Fetches one chunk from the first peer that has it; its size, or
     /// `None` when no peer could give it.
-    async fn heal_one(&self, hash: ChunkHash) -> Option<u64> {
-        for addr in self.sources(&hash) {
+    async fn heal_one(
+        &self,
+        hash: ChunkHash,
+        set: &[u64],
+        addrs: &HashMap<u64, String>,
+    ) -> Option<u64> {
+        for addr in self.sources(&hash, set, addrs) {
             match self.fetch_from(&addr, hash).await {
                 Ok(data) => match self.store.put(hash, &data).await {
                     Ok(_) => {
@@ -361,8 +376,8 @@ impl Healer {
                 .last_applied
                 .map_or(0, |l| l.index);
             let (set, addrs, settled) = self.placement();
-            let me = self.clone();
-            let scan_set = set.clone();
+            let (set, addrs) = (Arc::new(set), Arc::new(addrs));
+            let (me, scan_set) = (self.clone(), set.clone());
             let Ok((missing, surplus)) =
                 tokio::task::spawn_blocking(move || me.scan(&scan_set)).await
             else {
@@ -386,8 +401,8 @@ impl Healer {
             loop {
                 while running.len() < HEAL_PARALLELISM {
                     let Some(h) = queue.next() else { break };
-                    let me = self.clone();
-                    running.spawn(async move { (h, me.heal_one(h).await) });
+                    let (me, set, addrs) = (self.clone(), set.clone(), addrs.clone());
+                    running.spawn(async move { (h, me.heal_one(h, &set, &addrs).await) });
                 }
                 match running.join_next().await {
                     Some(Ok((h, Some(bytes)))) => {

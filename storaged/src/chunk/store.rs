@@ -697,6 +697,22 @@ impl ChunkStore {
         }
     }
 
+    /// Deletes a chunk that placement gives to other nodes, unless it is
+    /// held in memory (not yet written); whether it is gone.
+    pub fn remove_surplus(&self, hash: &ChunkHash) -> io::Result<bool> {
+        let _g = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.held(hash).is_some() {
+            return Ok(false);
+        }
+        match std::fs::remove_file(self.path(hash)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.forget(hash);
+        Ok(true)
+    }
+
     /// Deletes a chunk if `still_garbage` holds for it and it is older than
     /// `grace`. Returns whether it was deleted.
     pub fn remove_if_old(
@@ -715,28 +731,6 @@ impl ChunkStore {
             return Ok(false);
         }
         std::fs::remove_file(&path)?;
-        self.forget(hash);
-        Ok(true)
-    }
-}
-
-impl ChunkStore {
-    /// Deletes a chunk that placement gives to other nodes, if
-    /// `still_surplus` (asked under the collection lock) says it still is.
-    pub fn remove_surplus(
-        &self,
-        hash: &ChunkHash,
-        still_surplus: impl FnOnce() -> bool,
-    ) -> io::Result<bool> {
-        let _g = self.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.held(hash).is_some() || !still_surplus() {
-            return Ok(false);
-        }
-        match std::fs::remove_file(self.path(hash)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
         self.forget(hash);
         Ok(true)
     }

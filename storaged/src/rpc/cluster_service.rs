@@ -87,21 +87,11 @@ fn member_state(raft: &Raft, addr: &str) -> Option<&'static str> {
     })
 }
 
-/// Takes the learners `remove` out of the cluster (voters are removed by
-/// replacing the voter set); `voters`, when given, becomes the voter set
-/// first.
-async fn set_voters(
-    raft: &Raft,
-    voters: Option<BTreeSet<u64>>,
-    remove: &BTreeSet<u64>,
-) -> Result<(), Status> {
-    if let Some(v) = voters {
-        raft.change_membership(v, false)
-            .await
-            .map_err(status::write_error)?;
-    }
+/// Takes the learners among `ids` that are still members out of the
+/// cluster (a voter leaves by a new voter set instead).
+async fn remove_learners(raft: &Raft, ids: &BTreeSet<u64>) -> Result<(), Status> {
     let m = raft.metrics().borrow().membership_config.clone();
-    let gone: BTreeSet<u64> = remove
+    let gone: BTreeSet<u64> = ids
         .iter()
         .copied()
         .filter(|id| m.membership().get_node(id).is_some())
@@ -182,12 +172,7 @@ impl ClusterService {
     async fn heal_info(&self, addr: &str) -> Result<pb::HealInfoReply, String> {
         if addr == self.state.cfg.me().addr() {
             let h = self.state.healer.get().ok_or("not ready")?;
-            return Ok(pb::HealInfoReply {
-                backlog: h.backlog(),
-                scanned_index: h.scanned_index(),
-                healed_total: h.healed_total(),
-                pending: Vec::new(),
-            });
+            return Ok(h.info(0));
         }
         let channel = self.state.pool.channel(addr).map_err(|e| e.to_string())?;
         let mut c = pb::cluster_client::ClusterClient::new(channel);
@@ -339,12 +324,7 @@ impl Cluster for ClusterService {
         let Some(h) = self.state.healer.get() else {
             return Err(status::not_ready());
         };
-        Ok(Response::new(pb::HealInfoReply {
-            backlog: h.backlog(),
-            scanned_index: h.scanned_index(),
-            healed_total: h.healed_total(),
-            pending: h.pending(limit).into_iter().map(|c| c.0.to_vec()).collect(),
-        }))
+        Ok(Response::new(h.info(limit)))
     }
 
     async fn scrub_status(
@@ -459,7 +439,7 @@ impl Cluster for ClusterService {
                 .await
                 .map_err(status::write_error)?;
         }
-        set_voters(raft, None, &replaced).await?;
+        remove_learners(raft, &replaced).await?;
         if admitted {
             self.set_record(raft, &req.addr, pb::NodeRecordState::NodeRecordNone, "")
                 .await?;
@@ -633,7 +613,7 @@ impl Cluster for ClusterService {
                 .await
                 .map_err(status::write_error)?;
         } else {
-            set_voters(raft, None, &BTreeSet::from([id])).await?;
+            remove_learners(raft, &BTreeSet::from([id])).await?;
         }
         // Without the membership change this node may no longer lead.
         if let Ok(raft) = self.ensure_leader() {
